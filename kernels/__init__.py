@@ -1,0 +1,1 @@
+"""Fused Triton kernels for distillation losses (installed as ``specdistill.kernels``)."""

@@ -1,0 +1,199 @@
+"""Lossless speculative decoding with any pair of Hugging Face causal LMs.
+
+One step reads top to bottom:
+    draft   the draft proposes k tokens, one forward each, with its KV cache
+    verify  the target scores [last token, d_1..d_k] in ONE forward with its KV cache
+    accept  greedy: longest prefix equal to the target's argmax;
+            sampling: accept d_i with min(1, p/q), else draw from norm(max(0, p - q)),
+            and a bonus token from the target when all k are accepted
+    crop    both caches are cut back to the accepted prefix (never recomputed)
+
+Invariant between steps: ``tokens`` holds the sequence; the target cache holds
+every token but the last; the draft cache holds a prefix of that (it may lag
+by one token, which it feeds at the start of the next proposal).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+from specdistill.serve.sampling import SamplingParams, accept_greedy, accept_sampled, sample, warp_probs
+from specdistill.serve.stats import SpecStats
+from transformers import DynamicCache
+
+from specdistill.models import check_compatible
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # [1, prompt + new] token ids
+    stats: SpecStats
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Keep the first ``length`` positions. A negative argument drops tokens from
+    the end on every transformers version (5.x refuses a positive one)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _timed_forward(model, input_ids, cache, last_only: bool):
+    features = _forward_features(model)
+    kwargs = {features["cache_arg"]: cache}
+    if last_only and features["logits_to_keep"]:
+        kwargs["logits_to_keep"] = 1
+    if input_ids.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    logits = model(input_ids=input_ids, use_cache=True, **kwargs).logits
+    if input_ids.is_cuda:
+        torch.cuda.synchronize()
+    return logits[0], time.perf_counter() - start
+
+
+def _forward_features(model) -> dict:
+    """What the model's forward accepts, looked up once: transformers >= 5.24 names
+    the cache argument ``cache`` (``past_key_values`` is deprecated there)."""
+    features = getattr(model, "_specdistill_forward_features", None)
+    if features is None:
+        params = inspect.signature(model.forward).parameters
+        features = {"cache_arg": "cache" if "cache" in params else "past_key_values",
+                    "logits_to_keep": "logits_to_keep" in params}
+        model._specdistill_forward_features = features
+    return features
+
+
+class SpeculativeGenerator:
+    """Speculative decoding with a draft model; output is the target's own.
+
+    Greedy output equals ``target.generate(do_sample=False)`` token for token;
+    sampled output follows the target's (temperature/top-k/top-p warped)
+    distribution exactly."""
+
+    def __init__(self, target, draft, num_draft_tokens: int = 5, tokenizer=None, draft_tokenizer=None):
+        check_compatible(target, draft, tokenizer, draft_tokenizer)
+        if num_draft_tokens < 0:
+            raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
+        self.target = target.eval()
+        self.draft = draft.eval()
+        self.num_draft_tokens = num_draft_tokens
+        self.tokenizer = tokenizer
+        self.max_positions = getattr(target.config, "max_position_embeddings", None)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,  # [1, L] or [L]
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_id: int | list[int] | None = None,
+        seed: int | None = None,
+    ) -> GenerationOutput:
+        params = SamplingParams(temperature, top_p, top_k)
+        ids = self._check_prompt(input_ids, max_new_tokens)
+        eos = self._eos_ids(eos_token_id)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=ids.device).manual_seed(seed)
+        stats = SpecStats()
+        start = time.perf_counter()
+        tokens = ids[0].tolist()
+        target_cache, draft_cache = DynamicCache(), DynamicCache()
+        self._prefill(ids, target_cache, draft_cache, stats)
+        new = 0
+        while new < max_new_tokens:
+            # One target call always yields one token of its own, so draft at most budget - 1.
+            k = min(self.num_draft_tokens, max_new_tokens - new - 1)
+            drafts, draft_probs = self._propose(tokens, draft_cache, k, params, generator, stats)
+            target_logits = self._verify(tokens[-1], drafts, target_cache, stats)
+            if params.greedy:
+                n, next_token = accept_greedy(drafts, target_logits)
+            else:
+                n, next_token = accept_sampled(drafts, draft_probs, warp_probs(target_logits, params), generator)
+            stats.record_step(k, n)
+            produced = drafts[:n].tolist() + [next_token]
+            crop_cache(target_cache, len(tokens) + n)
+            crop_cache(draft_cache, len(tokens) + n)
+            done, produced = _cut_at_eos(produced, eos)
+            tokens += produced
+            new += len(produced)
+            if done:
+                break
+        stats.new_tokens = new
+        stats.total_seconds = time.perf_counter() - start
+        return GenerationOutput(torch.tensor([tokens], device=ids.device), stats)
+
+    def _check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"generate takes one prompt of shape [1, L] or [L], got {tuple(input_ids.shape)}")
+        if ids.shape[1] == 0:
+            raise ValueError("the prompt is empty; give at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if self.max_positions and ids.shape[1] + max_new_tokens + self.num_draft_tokens > self.max_positions:
+            raise ValueError(
+                f"prompt of {ids.shape[1]} tokens + max_new_tokens {max_new_tokens} + "
+                f"{self.num_draft_tokens} draft tokens exceeds the target's context of "
+                f"{self.max_positions} positions; shorten the prompt or max_new_tokens"
+            )
+        return ids.to(self.target.device)
+
+    def _eos_ids(self, eos_token_id) -> set[int]:
+        if eos_token_id is None:
+            eos_token_id = self.target.generation_config.eos_token_id
+        if eos_token_id is None:
+            return set()
+        return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+    def _prefill(self, ids, target_cache, draft_cache, stats: SpecStats) -> None:
+        """Both caches take the prompt minus its last token (the first step feeds it)."""
+        if ids.shape[1] < 2:
+            return
+        _, seconds = _timed_forward(self.target, ids[:, :-1], target_cache, last_only=True)
+        stats.target_seconds += seconds
+        _, seconds = _timed_forward(self.draft, ids[:, :-1], draft_cache, last_only=True)
+        stats.draft_seconds += seconds
+
+    def _propose(self, tokens, draft_cache, k, params, generator, stats):
+        """k draft tokens [k] and the warped draft distributions they came from [k, V]."""
+        device = self.target.device
+        drafts, probs = [], []
+        pending = tokens[draft_cache.get_seq_length():]  # the uncached tail, at least one token
+        for _ in range(k):
+            logits, seconds = _timed_forward(
+                self.draft, torch.tensor([pending], device=device), draft_cache, last_only=True
+            )
+            stats.draft_seconds += seconds
+            stats.draft_calls += 1
+            if params.greedy:
+                token = logits[-1].argmax()
+            else:
+                q = warp_probs(logits[-1], params)
+                token = sample(q, generator)
+                probs.append(q)
+            drafts.append(token)
+            pending = [int(token)]
+        draft_tokens = torch.stack(drafts) if drafts else torch.empty(0, dtype=torch.long, device=device)
+        return draft_tokens, (torch.stack(probs) if probs else None)
+
+    def _verify(self, last_token: int, drafts: torch.Tensor, target_cache, stats) -> torch.Tensor:
+        """Target logits [k + 1, V] after the last token and after each draft token."""
+        candidate = torch.cat([torch.tensor([last_token], device=drafts.device), drafts]).unsqueeze(0)
+        logits, seconds = _timed_forward(self.target, candidate, target_cache, last_only=False)
+        stats.target_seconds += seconds
+        stats.target_calls += 1
+        return logits
+
+
+def _cut_at_eos(produced: list[int], eos: set[int]) -> tuple[bool, list[int]]:
+    for i, token in enumerate(produced):
+        if token in eos:
+            return True, produced[: i + 1]
+    return False, produced

@@ -1,0 +1,97 @@
+"""Sampling parameters, logit warping and the speculative acceptance rule.
+
+The same warping (temperature, top-k, top-p) is applied to the target's and
+the draft's logits before the rule, so the output follows the *warped* target
+distribution exactly (Leviathan et al. 2023; Chen et al. 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy; top_k 0 and top_p 1 mean no truncation."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or int(self.top_k) != self.top_k:
+            raise ValueError(f"top_k must be a non-negative integer (0 = off), got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def warp_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:  # [..., V] -> [..., V]
+    """Probabilities after temperature, top-k and top-p (in that order, as HF does)."""
+    logits = logits.float() / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p;
+        # the most likely token is always kept.
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def accept_greedy(
+    draft_tokens: torch.Tensor,  # [k]
+    target_logits: torch.Tensor,  # [k + 1, V]
+) -> tuple[int, int]:
+    """Accept the longest prefix where the draft equals the target's argmax;
+    the next token is the target's argmax after it (a correction, or the bonus)."""
+    best = target_logits.argmax(-1)  # [k + 1]
+    k = draft_tokens.shape[0]
+    matches = (draft_tokens == best[:k]).int()
+    n = int(matches.cumprod(0).sum())
+    return n, int(best[n])
+
+
+def accept_sampled(
+    draft_tokens: torch.Tensor,  # [k]
+    draft_probs: torch.Tensor,  # [k, V] warped q the drafts were sampled from
+    target_probs: torch.Tensor,  # [k + 1, V] warped p at the same positions, plus one
+    generator: torch.Generator | None,
+) -> tuple[int, int]:
+    """Speculative sampling. Draft token d_i is accepted with probability
+    min(1, p_i(d_i) / q_i(d_i)); at the first rejection the next token is drawn
+    from norm(max(0, p_i - q_i)), which makes the output distributed as p. When
+    all k are accepted, a bonus token is drawn from p_{k+1}."""
+    k = draft_tokens.shape[0]
+    if k == 0:
+        return 0, int(torch.multinomial(target_probs[0], 1, generator=generator))
+    rows = torch.arange(k, device=draft_tokens.device)
+    p = target_probs[rows, draft_tokens]
+    q = draft_probs[rows, draft_tokens]
+    u = torch.rand(k, generator=generator, device=p.device)
+    accepted = (u * q < p).int()  # u < p / q without dividing by q
+    n = int(accepted.cumprod(0).sum())
+    if n == k:
+        dist = target_probs[k]
+    else:
+        dist = (target_probs[n] - draft_probs[n]).clamp_min(0)
+        if not dist.sum() > 0:  # p == q there: a rejection has probability 0; fall back to p
+            dist = target_probs[n]
+    token = torch.multinomial(dist, 1, generator=generator)
+    return n, int(token)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:  # [V] -> scalar
+    return torch.multinomial(probs, 1, generator=generator)[0]

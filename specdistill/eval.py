@@ -1,0 +1,74 @@
+"""Measure a draft: acceptance (α, τ, per position) and tokens/s against the target alone."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from specdistill.prompts import chat_prompt_ids
+from specdistill.serve import SpecStats, SpeculativeGenerator
+
+
+def expected_tokens_per_call(alpha: float, k: int) -> float:
+    """Tokens per target call with k drafts and constant per-token acceptance α:
+    (1 - α^(k+1)) / (1 - α)."""
+    if alpha >= 1:
+        return k + 1.0
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def predicted_speedup(alpha: float, k: int, cost_ratio: float) -> float:
+    """Walltime speedup over the target alone; cost_ratio = draft step / target step."""
+    return expected_tokens_per_call(alpha, k) / (k * cost_ratio + 1)
+
+
+def _eos(tokenizer):
+    return tokenizer.eos_token_id if tokenizer is not None else None
+
+
+@torch.inference_mode()
+def measure_target(target, tokenizer, prompts: list[str], max_new_tokens: int = 96,
+                   progress: bool = True) -> dict:
+    """Plain greedy decoding with Hugging Face ``generate``: tokens/s and the outputs."""
+    device = target.device
+    outputs, new_tokens, seconds = [], 0, 0.0
+    for prompt in tqdm(prompts, desc="target alone", disable=not progress, leave=False):
+        ids = chat_prompt_ids(tokenizer, prompt).to(device)
+        start = time.perf_counter()
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                              do_sample=False, eos_token_id=_eos(tokenizer), pad_token_id=_eos(tokenizer))
+        seconds += time.perf_counter() - start
+        outputs.append(out[0, ids.shape[1]:].tolist())
+        new_tokens += out.shape[1] - ids.shape[1]
+    return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
+            "step_seconds": seconds / max(new_tokens, 1), "outputs": outputs}
+
+
+def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_tokens: int = 5,
+                        max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
+                        progress: bool = True) -> dict:
+    """Speculative decoding over the prompts; merged raw counts and derived rates."""
+    generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens)
+    stats, outputs = SpecStats(), []
+    for i, prompt in enumerate(tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress,
+                                    leave=False)):
+        ids = chat_prompt_ids(tokenizer, prompt).to(target.device)
+        result = generator.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    eos_token_id=_eos(tokenizer), seed=seed + i)
+        stats = stats.merge(result.stats)
+        outputs.append(result.sequences[0, ids.shape[1]:].tolist())
+    summary = stats.summary()
+    summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
+    summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)
+    return {**summary, "stats": stats, "outputs": outputs}
+
+
+@torch.inference_mode()
+def warm_up(target, draft, tokenizer) -> None:
+    """One short run of each path, so one-time allocation costs stay out of the timings."""
+    ids = chat_prompt_ids(tokenizer, "Hello").to(target.device)
+    target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                    pad_token_id=_eos(tokenizer))
+    SpeculativeGenerator(target, draft, num_draft_tokens=2).generate(ids, max_new_tokens=4)

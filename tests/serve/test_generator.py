@@ -1,0 +1,132 @@
+"""SpeculativeGenerator: greedy output is the target's own, sampling follows the target exactly."""
+
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from specdistill.serve import SpeculativeGenerator
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from specdistill.models import prune_draft, tiny_llama
+
+
+def _hf_greedy(target, ids, n):
+    # eos_token_id=None and min_new_tokens=n: exactly n tokens, like eos_token_id=[] below.
+    return target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, eos_token_id=None, pad_token_id=1)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 6])
+@pytest.mark.parametrize("prompt_len", [1, 5, 17])
+def test_greedy_equals_target_generate(tiny_models, k, prompt_len):
+    target, draft = tiny_models
+    ids = torch.randint(2, 64, (1, prompt_len))
+    out = SpeculativeGenerator(target, draft, num_draft_tokens=k).generate(ids, max_new_tokens=30, eos_token_id=[])
+    assert out.sequences.tolist() == _hf_greedy(target, ids, 30).tolist()
+    assert out.stats.new_tokens == 30
+
+
+def test_draft_equal_to_target_accepts_everything(tiny_models):
+    target, _ = tiny_models
+    ids = torch.randint(2, 64, (1, 6))
+    for temperature in (0.0, 1.0):
+        stats = SpeculativeGenerator(target, target, num_draft_tokens=4).generate(
+            ids, max_new_tokens=25, temperature=temperature, eos_token_id=[], seed=0).stats
+        assert stats.alpha == 1.0 and stats.acceptance_rate == 1.0
+        assert stats.tau == 5.0  # 25 tokens in 5 target calls
+
+
+def test_stats_are_consistent(tiny_models):
+    target, draft = tiny_models
+    stats = SpeculativeGenerator(target, draft, num_draft_tokens=4).generate(
+        torch.randint(2, 64, (1, 6)), max_new_tokens=40, eos_token_id=[]).stats
+    assert stats.new_tokens == stats.accepted + stats.target_calls
+    assert sum(stats.accept_length_hist) == stats.target_calls
+    assert stats.accepted == sum(stats.accepted_at)
+    assert stats.accepted + stats.rejected == sum(stats.reached_at)
+
+
+def test_stops_at_eos(tiny_models):
+    target, draft = tiny_models
+    ids = torch.randint(2, 64, (1, 5))
+    reference = _hf_greedy(target, ids, 20)[0, 5:].tolist()
+    eos = reference[7]
+    out = SpeculativeGenerator(target, draft, num_draft_tokens=3).generate(ids, max_new_tokens=20, eos_token_id=eos)
+    new = out.sequences[0, 5:].tolist()
+    assert new == reference[: reference.index(eos) + 1]
+
+
+def test_seed_reproduces_samples(tiny_models):
+    target, draft = tiny_models
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3)
+    ids = torch.randint(2, 64, (1, 5))
+    a = gen.generate(ids, max_new_tokens=20, temperature=1.0, seed=7, eos_token_id=[]).sequences
+    b = gen.generate(ids, max_new_tokens=20, temperature=1.0, seed=7, eos_token_id=[]).sequences
+    assert torch.equal(a, b)
+
+
+def test_clear_errors(tiny_models):
+    target, draft = tiny_models
+    gen = SpeculativeGenerator(target, draft)
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        SpeculativeGenerator(target, tiny_llama(vocab_size=80))
+    with pytest.raises(ValueError, match="temperature"):
+        gen.generate(torch.tensor([[3, 4]]), temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        gen.generate(torch.tensor([[3, 4]]), temperature=1, top_p=0)
+    with pytest.raises(ValueError, match="context"):
+        gen.generate(torch.randint(2, 64, (1, 500)), max_new_tokens=20)
+    with pytest.raises(ValueError, match="empty"):
+        gen.generate(torch.zeros(1, 0, dtype=torch.long))
+
+
+def _exact_joint(target, prompt, vocab, warpers):
+    """P(x1, x2 | prompt) under the warped target, by enumeration, using HF's own warpers."""
+    def next_probs(ids):
+        logits = target(ids).logits[:, -1].float()
+        return warpers(ids, logits).softmax(-1)[0]
+
+    with torch.no_grad():
+        p1 = next_probs(prompt)
+        joint = torch.zeros(vocab, vocab, dtype=torch.float64)
+        for x1 in range(vocab):
+            p2 = next_probs(torch.cat([prompt, torch.tensor([[x1]])], dim=1))
+            joint[x1] = p1[x1].double() * p2.double()
+    return joint.flatten()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8)])
+def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
+    vocab, samples = 8, 3000
+    target = tiny_llama(vocab_size=vocab, num_layers=3, hidden_size=32, seed=3)
+    with torch.no_grad():  # sharpen the random model so the distribution is far from uniform
+        target.lm_head.weight.mul_(8)
+    draft = prune_draft(target, [0])
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    prompt = torch.tensor([[2, 5, 3]])
+    expected = _exact_joint(target, prompt, vocab, warpers)
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2)
+    counts = torch.zeros(vocab * vocab, dtype=torch.float64)
+    stats = None
+    for seed in range(samples):
+        out = gen.generate(prompt, max_new_tokens=2, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, eos_token_id=[])
+        x1, x2 = out.sequences[0, 3:].tolist()
+        counts[x1 * vocab + x2] += 1
+        stats = out.stats if stats is None else stats.merge(out.stats)
+    assert 0 < stats.alpha < 1  # the rejection path was exercised
+    support = expected > 0
+    assert counts[~support].sum() == 0  # nothing outside top-k / top-p
+    # Pool rare cells so the chi-square approximation holds.
+    big = expected[support] * samples >= 5
+    obs = torch.cat([counts[support][big], counts[support][~big].sum().reshape(1)])
+    exp = torch.cat([expected[support][big], expected[support][~big].sum().reshape(1)]) * samples
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+

@@ -1,0 +1,88 @@
+"""The trainer on a tiny model pair: it learns, saves a loadable checkpoint, and resumes."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from specdistill import train as train_module
+from specdistill.data import batch_at
+from specdistill.models import prune_draft, tiny_llama
+from specdistill.train import TrainConfig, train
+
+
+@pytest.fixture()
+def target_and_chunks():
+    target = tiny_llama(vocab_size=64, num_layers=4, hidden_size=32, seed=1)
+    # Text with structure the draft can learn: a repeating pattern with noise.
+    base = torch.arange(64).repeat(40)[: 32 * 48]
+    chunks = ((base + torch.randint(0, 2, base.shape)) % 64).view(48, 32)
+    return target, chunks
+
+
+def _config(tmp_path, **overrides):
+    values = dict(target="unused", keep_layers="0,-1", output_dir=str(tmp_path / "run"), seq_len=32,
+                  batch_size=4, steps=30, lr=3e-3, warmup_steps=2, save_every=10, bf16=False)
+    return TrainConfig(**(values | overrides))
+
+
+def test_distillation_lowers_loss_and_saves_hf_checkpoint(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    result = train(_config(tmp_path), target=target, chunks=chunks, progress=False)
+    history = result["history"]
+    assert result["steps"] == 30 and len(history) == 30
+    first = sum(h["loss"] for h in history[:5]) / 5
+    last = sum(h["loss"] for h in history[-5:]) / 5
+    assert last < 0.7 * first
+    assert history[-1]["acceptance"] > history[0]["acceptance"]
+    loaded = AutoModelForCausalLM.from_pretrained(result["draft_dir"])
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(loaded(ids).logits, result["draft"](ids).logits)
+
+
+def test_frozen_embeddings_stay_put(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    result = train(_config(tmp_path, steps=5), target=target, chunks=chunks, progress=False)
+    draft = result["draft"]
+    torch.testing.assert_close(draft.get_output_embeddings().weight, target.get_output_embeddings().weight)
+    assert not torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[0].mlp.up_proj.weight)
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, monkeypatch):
+    target, chunks = target_and_chunks
+    full = train(_config(tmp_path / "a", steps=20), target=target, chunks=chunks, progress=False)
+    # Kill a run at step 13: the last checkpoint holds step 10.
+    real_step, calls = train_module.distill_step, []
+
+    def dies_at_step_13(*args):
+        calls.append(1)
+        if len(calls) > 13:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "distill_step", dies_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path / "b", steps=20), target=target, chunks=chunks, progress=False)
+    monkeypatch.setattr(train_module, "distill_step", real_step)
+    resumed = train(_config(tmp_path / "b", steps=20), target=target, chunks=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 10
+    assert [h["step"] for h in resumed["history"]] == list(range(1, 21))
+    # Same batches, same optimizer state, same schedule: it ends where the uninterrupted run did.
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(resumed["draft"](ids).logits, full["draft"](ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    broken = prune_draft(target, [0, 1, 2, 3])
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan_draft")
+    with pytest.raises(FloatingPointError, match="step 0"):
+        train(_config(tmp_path, draft=str(tmp_path / "nan_draft")), target=target, chunks=chunks, progress=False)
+
+
+def test_batches_are_a_function_of_step():
+    chunks = torch.arange(40).view(10, 4)
+    assert torch.equal(batch_at(chunks, 3, 4, seed=0), batch_at(chunks, 3, 4, seed=0))
+    seen = torch.cat([batch_at(chunks, s, 5, seed=0) for s in range(2)])
+    assert sorted(seen[:, 0].tolist()) == list(range(0, 40, 4))
