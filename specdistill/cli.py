@@ -5,25 +5,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import re
 import sys
 import typing
 
 from specdistill.train import TrainConfig
 
 
+def field_comments(config_cls) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the dataclass source: its help text."""
+    comments = {}
+    for line in inspect.getsource(config_cls).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One ``--flag`` per field, typed and defaulted from the dataclass; the help
-    text is the field's trailing comment when the class docstring gives none."""
+    """One ``--flag`` per field, typed and defaulted from the dataclass, with the
+    field's trailing comment as help."""
     hints = typing.get_type_hints(config_cls)
+    comments = field_comments(config_cls)
     for field in dataclasses.fields(config_cls):
         kind = hints[field.name]
         flag = "--" + field.name.replace("_", "-")
+        help_text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=field.default, help=f"(default: {field.default})")
+            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
 
 
 def config_from_args(config_cls, args: argparse.Namespace):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from specdistill.data import batch_at, corpus_files, split_files, token_chunks
-from specdistill.losses import distill_loss, expected_acceptance
+from specdistill.losses import DIVERGENCES, distill_loss, expected_acceptance
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,21 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 10
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1...
+
+    def __post_init__(self):
+        # Fail before loading anything: a typo should not cost a model load and tokenization.
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        for name in ("seq_len", "batch_size", "steps", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
 
 def pick_device(device: str) -> torch.device:
