@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from specdistill.data import batch_at, corpus_files, split_files, token_chunks
-from specdistill.losses import DIVERGENCES, distill_loss, expected_acceptance
+from specdistill.losses import DIVERGENCES, compute_distill_loss, compute_linear_distill_loss
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TrainConfig:
     alpha: float = 1.0  # weight of the soft term; 1 - alpha goes to cross entropy on the text
     train_embeddings: bool = False  # False keeps the (tied) embeddings and LM head frozen
     bf16: bool = True  # bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)
+    fused_linear: bool = True  # loss from hidden states + LM heads, chunked: no [B, T, V] logits
     save_every: int = 50
     log_every: int = 10
     seed: int = 0
@@ -104,22 +105,49 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def decoder_and_head(model):
+    """(decoder, LM-head weight) when logits are exactly ``decoder(x) @ W.T``, else None
+    (a head bias, logit soft-capping or scaling needs the plain logits path)."""
+    head = model.get_output_embeddings()
+    config = model.config
+    plain = (
+        hasattr(model, "get_decoder") and getattr(head, "bias", None) is None
+        and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
+    )
+    return (model.get_decoder(), head.weight) if plain else None
+
+
 def distill_step(target, draft, input_ids: torch.Tensor, config: TrainConfig, device) -> tuple:
-    """Forward both models on one batch; returns (loss, mean expected acceptance)."""
-    with torch.no_grad(), _autocast(device, config.bf16):
-        teacher_logits = target(input_ids=input_ids).logits
-    with _autocast(device, config.bf16):
-        student_logits = draft(input_ids=input_ids).logits
+    """Forward both models on one batch; returns (loss, mean expected acceptance).
+
+    With ``fused_linear`` the loss takes both models' final hidden states and LM
+    heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
+    (less memory, and faster on CPU too: see bench/RESULTS.md)."""
     labels = None
     if config.alpha < 1:
         labels = torch.full_like(input_ids, -100)
         labels[:, :-1] = input_ids[:, 1:]
-    loss = distill_loss(
-        student_logits, teacher_logits, divergence=config.divergence, temperature=config.temperature,
-        beta=config.beta, labels=labels, alpha=config.alpha,
-    )
-    acceptance = expected_acceptance(student_logits.detach(), teacher_logits).mean()
-    return loss, acceptance
+    options = dict(divergence=config.divergence, temperature=config.temperature, beta=config.beta,
+                   labels=labels, alpha=config.alpha)
+    teacher_parts, student_parts = decoder_and_head(target), decoder_and_head(draft)
+    if config.fused_linear and teacher_parts and student_parts:
+        (teacher_decoder, teacher_head), (student_decoder, student_head) = teacher_parts, student_parts
+        with torch.no_grad(), _autocast(device, config.bf16):
+            teacher_hidden = teacher_decoder(input_ids=input_ids).last_hidden_state
+        with _autocast(device, config.bf16):
+            student_hidden = student_decoder(input_ids=input_ids).last_hidden_state
+            loss, acceptance = compute_linear_distill_loss(
+                student_hidden, student_head, teacher_hidden=teacher_hidden, teacher_weight=teacher_head,
+                return_acceptance=True, **options)
+        mask = torch.ones_like(acceptance, dtype=torch.bool) if labels is None else labels != -100
+        return loss, acceptance[mask].mean()
+    with torch.no_grad(), _autocast(device, config.bf16):
+        teacher_logits = target(input_ids=input_ids).logits
+    with _autocast(device, config.bf16):
+        student_logits = draft(input_ids=input_ids).logits
+    loss, acceptance = compute_distill_loss(student_logits, teacher_logits, return_acceptance=True, **options)
+    mask = torch.ones_like(acceptance, dtype=torch.bool) if labels is None else labels != -100
+    return loss, acceptance[mask].mean()
 
 
 def save_checkpoint(path: Path, draft, tokenizer, optimizer, step: int, history: list) -> None:

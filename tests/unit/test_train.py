@@ -86,3 +86,18 @@ def test_batches_are_a_function_of_step():
     assert torch.equal(batch_at(chunks, 3, 4, seed=0), batch_at(chunks, 3, 4, seed=0))
     seen = torch.cat([batch_at(chunks, s, 5, seed=0) for s in range(2)])
     assert sorted(seen[:, 0].tolist()) == list(range(0, 40, 4))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_fused_linear_step_matches_the_logits_step(tmp_path, target_and_chunks, alpha):
+    target, chunks = target_and_chunks
+    draft = prune_draft(target, [0, -1])
+    grads = []
+    for fused in (True, False):
+        config = _config(tmp_path, fused_linear=fused, alpha=alpha, divergence="jsd", temperature=2.0)
+        draft.zero_grad()
+        loss, acceptance = train_module.distill_step(target, draft, chunks[:3], config, torch.device("cpu"))
+        loss.backward()
+        grads.append((loss.detach(), acceptance, draft.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
