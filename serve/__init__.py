@@ -1,7 +1,18 @@
 """Speculative decoding engine (installed as ``specdistill.serve``)."""
 
-from specdistill.serve.generator import GenerationOutput, SpeculativeGenerator
+from specdistill.serve.generator import GenerationOutput, SpeculativeGenerator, StreamChunk
+from specdistill.serve.policy import CostAwareDraftLength, DraftLengthPolicy, FixedDraftLength, HeuristicDraftLength
 from specdistill.serve.sampling import SamplingParams
 from specdistill.serve.stats import SpecStats
 
-__all__ = ["GenerationOutput", "SamplingParams", "SpecStats", "SpeculativeGenerator"]
+__all__ = [
+    "CostAwareDraftLength",
+    "DraftLengthPolicy",
+    "FixedDraftLength",
+    "GenerationOutput",
+    "HeuristicDraftLength",
+    "SamplingParams",
+    "SpecStats",
+    "SpeculativeGenerator",
+    "StreamChunk",
+]

@@ -71,7 +71,9 @@ class SpecStats:
         return self.new_tokens / self.total_seconds if self.total_seconds else 0.0
 
     def per_position_acceptance(self) -> list[float]:
-        return [a / r if r else 0.0 for a, r in zip(self.accepted_at, self.reached_at)]
+        # accepted_at can be shorter than reached_at (no acceptance at the last positions).
+        accepted = _pad(self.accepted_at, len(self.reached_at))
+        return [a / r if r else 0.0 for a, r in zip(accepted, self.reached_at)]
 
     def summary(self) -> dict:
         return {

@@ -42,7 +42,7 @@ class DemoConfig:
     target: str = DEFAULT_TARGET
     keep_layers: str = "0,1,2,-1"
     output_dir: str = "runs/demo"
-    steps: int = 150
+    steps: int = 200
     batch_size: int = 4
     seq_len: int = 256
     lr: float = 1e-3

@@ -130,3 +130,12 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
     assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
 
 
+
+
+def test_per_position_acceptance_counts_positions_never_accepted():
+    from specdistill.serve import SpecStats
+
+    stats = SpecStats()
+    stats.record_step(3, 0)
+    stats.record_step(3, 1)
+    assert stats.per_position_acceptance() == [0.5, 0.0]

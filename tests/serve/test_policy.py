@@ -1,0 +1,94 @@
+"""Draft-length policies: the cost-aware choice on synthetic numbers, and HF's heuristic."""
+
+import random
+
+import pytest
+import torch
+from specdistill.serve import CostAwareDraftLength, FixedDraftLength, HeuristicDraftLength, SpeculativeGenerator
+
+from specdistill.eval import predicted_speedup
+
+
+def _feed(policy, alpha, draft_seconds, verify_seconds, steps=400, ks=(2, 4, 8), seed=0):
+    """Steps with per-token acceptance alpha; verify cost verify_seconds(k)."""
+    rng = random.Random(seed)
+    for step in range(steps):
+        k = ks[step % len(ks)]
+        n = 0
+        while n < k and rng.random() < alpha:
+            n += 1
+        policy.update(k, n, k * draft_seconds, verify_seconds(k))
+
+
+def test_high_acceptance_and_a_cheap_draft_draft_many():
+    policy = CostAwareDraftLength(k_max=8)
+    _feed(policy, alpha=0.97, draft_seconds=0.002, verify_seconds=lambda k: 0.05)
+    assert policy.next_k() == 8
+
+
+def test_no_acceptance_drafts_nothing_but_probes():
+    policy = CostAwareDraftLength(k_max=8, probe_every=5)
+    _feed(policy, alpha=0.0, draft_seconds=0.01, verify_seconds=lambda k: 0.05)
+    assert [policy.next_k() for _ in range(5)] == [0, 0, 0, 0, 1]
+
+
+def test_an_expensive_draft_drafts_little():
+    policy = CostAwareDraftLength(k_max=8)
+    _feed(policy, alpha=0.6, draft_seconds=0.05, verify_seconds=lambda k: 0.05)  # c = 1
+    assert policy.next_k() == 0
+
+
+@pytest.mark.parametrize("alpha,c", [(0.9, 0.1), (0.8, 0.2), (0.7, 0.05), (0.5, 0.3)])
+def test_choice_matches_the_speedup_formula(alpha, c):
+    """Constant α and a flat verify cost: the best k is the argmax of DESIGN.md's
+    (1 - α^(k+1)) / ((1 - α)(k c + 1)), up to estimation noise."""
+    policy = CostAwareDraftLength(k_max=8)
+    _feed(policy, alpha, draft_seconds=c * 0.05, verify_seconds=lambda k: 0.05, steps=3000, ks=(8,))
+    chosen = policy.next_k()
+    best = max(range(9), key=lambda k: predicted_speedup(alpha, k, c))
+    assert predicted_speedup(alpha, chosen, c) >= 0.97 * predicted_speedup(alpha, best, c)
+    for k in (1, 4, 8):
+        assert policy.expected_tokens(k) == pytest.approx((1 - alpha ** (k + 1)) / (1 - alpha), rel=0.08)
+
+
+def test_a_verify_cost_that_grows_with_k_shortens_k():
+    flat, steep = CostAwareDraftLength(k_max=8), CostAwareDraftLength(k_max=8)
+    _feed(flat, 0.8, 0.005, lambda k: 0.05)
+    _feed(steep, 0.8, 0.005, lambda k: 0.05 + 0.02 * k)
+    assert steep.verify_seconds(8) == pytest.approx(0.21, rel=0.01)
+    assert steep.next_k() < flat.next_k()
+
+
+def test_heuristic_is_hugging_faces_schedule():
+    policy = HeuristicDraftLength(initial=5)
+    seen = []
+    for accepted_all in (True, True, False, False, False, False, False, False, True):
+        k = policy.next_k()
+        seen.append(k)
+        policy.update(k, k if accepted_all else 0, 0.0, 0.0)
+    assert seen == [5, 7, 9, 8, 7, 6, 5, 4, 3] and policy.next_k() == 5
+    for _ in range(10):
+        policy.update(policy.next_k(), 0, 0.0, 0.0)
+    assert policy.next_k() == 1
+
+
+def test_bad_policies_are_refused(tiny_models):
+    target, draft = tiny_models
+    for bad in (-1, "fast", 2.5, True):
+        with pytest.raises(ValueError, match="num_draft_tokens"):
+            SpeculativeGenerator(target, draft, num_draft_tokens=bad)
+    with pytest.raises(ValueError):
+        FixedDraftLength(-2)
+
+
+@pytest.mark.parametrize("spec", ["auto", "heuristic", CostAwareDraftLength(k_max=3, warmup_k=1)])
+def test_adaptive_policies_stay_lossless(tiny_models, spec):
+    target, draft = tiny_models
+    ids = torch.randint(2, 64, (1, 6))
+    reference = SpeculativeGenerator(target, draft, num_draft_tokens=0).generate(ids, max_new_tokens=40,
+                                                                                  eos_token_id=[])
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=spec)
+    for _ in range(2):  # the second call starts from what the policy learned
+        out = gen.generate(ids, max_new_tokens=40, eos_token_id=[])
+        assert out.sequences.tolist() == reference.sequences.tolist()
+    assert out.stats.proposed > 0
