@@ -75,7 +75,10 @@ def _report(baseline: dict, before: dict, after: dict, config: DemoConfig, extra
     base = baseline["tokens_per_s"]
     print(f"\n{'':<28}{'alpha':>8}{'tau':>8}{'tok/s':>10}{'speedup':>10}")
     print(_row("target alone (HF generate)", base, base))
-    for name, r in (("pruned draft, before", before), ("distilled draft, after", after)):
+    rows = [("pruned draft, before", before), ("distilled draft, after", after)]
+    if "after_auto" in extra:
+        rows.append(("distilled, auto k", extra.pop("after_auto")))
+    for name, r in rows:
         print(_row(name, r["tokens_per_s"], base, f"{r['alpha']:.3f}", f"{r['tau']:.2f}"))
     cost_ratio = after["draft_step_seconds"] / baseline["step_seconds"]
     predicted = predicted_speedup(after["alpha"], config.num_draft_tokens, cost_ratio)
@@ -90,7 +93,7 @@ def _report(baseline: dict, before: dict, after: dict, config: DemoConfig, extra
         "predicted_speedup_after": round(predicted, 3),
         "cost_ratio": round(cost_ratio, 3),
         "num_draft_tokens": config.num_draft_tokens,
-        "lossless": before["outputs"] == baseline["outputs"] and after["outputs"] == baseline["outputs"],
+        "greedy_outputs_equal_target": [r["outputs"] == baseline["outputs"] for r in (before, after)],
         **extra,
     }
     print(json.dumps(summary))
@@ -126,16 +129,20 @@ def run_demo(config: DemoConfig) -> dict:
     draft = result["draft"]
     target.to(dtype)
     after = _measure(target, draft.to(dtype), tokenizer, prompts, config.num_draft_tokens, config.max_new_tokens)
+    # The cost-aware policy picks k per step from measured acceptance and step costs.
+    after_auto = _measure(target, draft, tokenizer, prompts, "auto", config.max_new_tokens)
     if result["resumed_from_step"]:
         print(f"(resumed an earlier run in {config.output_dir} at step {result['resumed_from_step']})")
     print(f"\ndistilled draft saved to {result['draft_dir']} after {result['steps']} steps")
     history = result["history"]
     extra = {"train_steps": result["steps"], "train_expected_acceptance": history[-1]["acceptance"],
              "draft_dir": result["draft_dir"], "decode_dtype": config.dtype,
+             "after_auto_k": {k: after_auto[k] for k in ("alpha", "tau", "tokens_per_s")},
+             "speedup_after_auto_k": round(after_auto["tokens_per_s"] / baseline["tokens_per_s"], 3),
              "target_fp32_tokens_per_s": round(fp32_baseline["tokens_per_s"], 2),
              "speedup_after_vs_best_target": round(
                  after["tokens_per_s"] / max(baseline["tokens_per_s"], fp32_baseline["tokens_per_s"]), 3)}
-    summary = _report(baseline, before, after, config, extra)
+    summary = _report(baseline, before, after, config, {**extra, "after_auto": after_auto})
     (Path(config.output_dir) / "demo_result.json").write_text(json.dumps(summary, indent=2))
     return summary
 
