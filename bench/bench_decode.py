@@ -104,8 +104,12 @@ def warm_up(target, draft, tokenizer, prompt):
 def bench_mode(target, draft, tokenizer, prompts, args, temperature) -> dict:
     results = {"target_hf": run_hf(target, tokenizer, prompts, args, temperature),
                "hf_assisted": run_hf(target, tokenizer, prompts, args, temperature, assistant=draft)}
-    for name, policy in ((f"ours_k{args.k}", args.k), ("ours_auto", "auto"), ("ours_hf_heuristic", "heuristic")):
-        generator = SpeculativeGenerator(target, draft, num_draft_tokens=policy, tokenizer=tokenizer)
+    # ours_k*_conf0.4 stops drafting below 0.4 draft confidence, as HF assisted generation does by default.
+    runs = ((f"ours_k{args.k}", args.k, 0.0), (f"ours_k{args.k}_conf0.4", args.k, 0.4), ("ours_auto", "auto", 0.0),
+            ("ours_auto_conf0.4", "auto", 0.4), ("ours_hf_heuristic", "heuristic", 0.0))
+    for name, policy, confidence in runs:
+        generator = SpeculativeGenerator(target, draft, num_draft_tokens=policy, tokenizer=tokenizer,
+                                         draft_confidence=confidence)
         results[name] = run_ours(generator, tokenizer, prompts, args, temperature)
     for name, result in results.items():
         print(f"  {name}: {result['tokens_per_s']:.2f} tok/s", file=sys.stderr, flush=True)

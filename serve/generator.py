@@ -100,8 +100,13 @@ class SpeculativeGenerator:
     decode loop. One prompt at a time; ``generate_batch`` loops over rows."""
 
     def __init__(self, target, draft, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
-                 draft_tokenizer=None):
+                 draft_tokenizer=None, draft_confidence: float = 0.0):
         check_compatible(target, draft, tokenizer, draft_tokenizer)
+        if not 0 <= draft_confidence < 1:
+            raise ValueError(f"draft_confidence must be in [0, 1) (0 = off), got {draft_confidence}")
+        # Stop drafting early once the draft's probability of its own token falls below this
+        # (HF's assistant_confidence_threshold). It looks only at the draft, so it stays lossless.
+        self.draft_confidence = draft_confidence
         if isinstance(num_draft_tokens, int) and not isinstance(num_draft_tokens, bool) and num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
         self.draft_length = make_policy(num_draft_tokens)
@@ -210,6 +215,7 @@ class SpeculativeGenerator:
             k = max(0, min(self.draft_length.next_k(), max_new_tokens - new - 1))
             draft_seconds, target_seconds = stats.draft_seconds, stats.target_seconds
             drafts, draft_probs = self._propose(tokens, draft_cache, k, params, generator, stats)
+            k = drafts.shape[0]  # fewer than asked when the draft lost confidence
             target_logits = self._verify(tokens[-1], drafts, target_cache, stats)
             if params.greedy:
                 n, next_token = accept_greedy(drafts, target_logits)
@@ -275,12 +281,16 @@ class SpeculativeGenerator:
             stats.draft_calls += 1
             if params.greedy:
                 token = logits[-1].argmax()
+                confidence = logits[-1].float().softmax(-1)[token] if self.draft_confidence else 1.0
             else:
                 q = warp_probs(logits[-1], params)
                 token = sample(q, generator)
                 probs.append(q)
+                confidence = q[token]
             drafts.append(token)
             pending = [int(token)]
+            if confidence < self.draft_confidence:
+                break
         draft_tokens = torch.stack(drafts) if drafts else torch.empty(0, dtype=torch.long, device=device)
         return draft_tokens, (torch.stack(probs) if probs else None)
 

@@ -26,6 +26,18 @@ def test_greedy_equals_target_generate(tiny_models, k, prompt_len):
     assert out.stats.new_tokens == 30
 
 
+@pytest.mark.parametrize("confidence", [0.05, 0.5])
+def test_confidence_early_stop_stays_lossless_and_drafts_less(tiny_models, confidence):
+    target, draft = tiny_models
+    ids = torch.randint(2, 64, (1, 6))
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=5, draft_confidence=confidence)
+    out = gen.generate(ids, max_new_tokens=30, eos_token_id=[])
+    assert out.sequences.tolist() == _hf_greedy(target, ids, 30).tolist()
+    assert out.stats.proposed < 5 * out.stats.target_calls  # some steps stopped drafting early
+    with pytest.raises(ValueError, match="draft_confidence"):
+        SpeculativeGenerator(target, draft, draft_confidence=1.0)
+
+
 def test_draft_equal_to_target_accepts_everything(tiny_models):
     target, _ = tiny_models
     ids = torch.randint(2, 64, (1, 6))
@@ -109,7 +121,8 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
         warpers.append(TopPLogitsWarper(top_p))
     prompt = torch.tensor([[2, 5, 3]])
     expected = _exact_joint(target, prompt, vocab, warpers)
-    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2)
+    # A confidence threshold shortens some drafts; the output distribution must not move.
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2, draft_confidence=0.3 if top_p < 1 else 0.0)
     counts = torch.zeros(vocab * vocab, dtype=torch.float64)
     stats = None
     for seed in range(samples):
