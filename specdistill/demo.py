@@ -48,15 +48,17 @@ class DemoConfig:
     lr: float = 1e-3
     max_minutes: float = 10.0  # distillation stops after this much wall time
     num_draft_tokens: int = 4
+    draft_confidence: float = 0.4  # stop drafting below this draft probability (HF assisted's default)
     max_new_tokens: int = 64
     num_prompts: int = 8  # held-out chat prompts used to measure
     dtype: str = "bf16"  # fp32 or bf16, for both models while decoding (bf16 verifies k tokens at ~1 step's cost)
     seed: int = 0
 
 
-def _measure(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0) -> dict:
+def _measure(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0) -> dict:
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
-                                 max_new_tokens=max_new_tokens, temperature=temperature)
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 draft_confidence=draft_confidence)
     result.pop("stats")
     return result
 
@@ -81,9 +83,11 @@ def _report(baseline: dict, before: dict, after: dict, config: DemoConfig, extra
     for name, r in rows:
         print(_row(name, r["tokens_per_s"], base, f"{r['alpha']:.3f}", f"{r['tau']:.2f}"))
     cost_ratio = after["draft_step_seconds"] / baseline["step_seconds"]
-    predicted = predicted_speedup(after["alpha"], config.num_draft_tokens, cost_ratio)
+    # With the confidence stop, fewer than k drafts are proposed: predict with the mean k used.
+    predicted = predicted_speedup(after["alpha"], after["mean_k"], cost_ratio)
     print(f"\nper-position acceptance after: {after['per_position_acceptance']}")
-    print(f"cost ratio c = {cost_ratio:.3f}; predicted speedup from alpha and c: {predicted:.2f}x")
+    print(f"cost ratio c = {cost_ratio:.3f}, mean k = {after['mean_k']:.2f}; "
+          f"predicted speedup from alpha, k and c: {predicted:.2f}x")
     summary = {
         "target_tokens_per_s": round(base, 2),
         "before": {k: before[k] for k in ("alpha", "tau", "tokens_per_s")},
@@ -93,6 +97,8 @@ def _report(baseline: dict, before: dict, after: dict, config: DemoConfig, extra
         "predicted_speedup_after": round(predicted, 3),
         "cost_ratio": round(cost_ratio, 3),
         "num_draft_tokens": config.num_draft_tokens,
+        "mean_k_after": round(after["mean_k"], 2),
+        "draft_confidence": config.draft_confidence,
         "greedy_outputs_equal_target": [r["outputs"] == baseline["outputs"] for r in (before, after)],
         **extra,
     }
@@ -117,7 +123,8 @@ def run_demo(config: DemoConfig) -> dict:
     target.to(dtype)
     warm_up(target, draft.to(dtype), tokenizer)
     baseline = measure_target(target, tokenizer, prompts, config.max_new_tokens)
-    before = _measure(target, draft, tokenizer, prompts, config.num_draft_tokens, config.max_new_tokens)
+    before = _measure(target, draft, tokenizer, prompts, config.num_draft_tokens, config.max_new_tokens,
+                      draft_confidence=config.draft_confidence)
 
     train_config = TrainConfig(
         target=config.target, keep_layers=config.keep_layers, output_dir=config.output_dir, steps=config.steps,
@@ -128,9 +135,11 @@ def run_demo(config: DemoConfig) -> dict:
     result = train(train_config, target=target, tokenizer=tokenizer)
     draft = result["draft"]
     target.to(dtype)
-    after = _measure(target, draft.to(dtype), tokenizer, prompts, config.num_draft_tokens, config.max_new_tokens)
+    after = _measure(target, draft.to(dtype), tokenizer, prompts, config.num_draft_tokens, config.max_new_tokens,
+                     draft_confidence=config.draft_confidence)
     # The cost-aware policy picks k per step from measured acceptance and step costs.
-    after_auto = _measure(target, draft, tokenizer, prompts, "auto", config.max_new_tokens)
+    after_auto = _measure(target, draft, tokenizer, prompts, "auto", config.max_new_tokens,
+                          draft_confidence=config.draft_confidence)
     if result["resumed_from_step"]:
         print(f"(resumed an earlier run in {config.output_dir} at step {result['resumed_from_step']})")
     print(f"\ndistilled draft saved to {result['draft_dir']} after {result['steps']} steps")

@@ -48,9 +48,10 @@ def measure_target(target, tokenizer, prompts: list[str], max_new_tokens: int = 
 
 def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_tokens: int = 5,
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, draft_confidence: float = 0.0) -> dict:
     """Speculative decoding over the prompts; merged raw counts and derived rates."""
-    generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens)
+    generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
+                                     draft_confidence=draft_confidence)
     stats, outputs = SpecStats(), []
     for i, prompt in enumerate(tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress,
                                     leave=False)):
@@ -62,6 +63,7 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_
     summary = stats.summary()
     summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
     summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)
+    summary["mean_k"] = stats.proposed / max(stats.target_calls, 1)  # drafts per step actually proposed
     return {**summary, "stats": stats, "outputs": outputs}
 
 
