@@ -264,9 +264,9 @@ class SpeculativeGenerator:
         if ids.shape[1] < 2:
             return
         _, seconds = _timed_forward(self.target, ids[:, :-1], target_cache, last_only=True)
-        stats.target_seconds += seconds
+        stats.prefill_seconds += seconds
         _, seconds = _timed_forward(self.draft, ids[:, :-1], draft_cache, last_only=True)
-        stats.draft_seconds += seconds
+        stats.prefill_seconds += seconds
 
     def _propose(self, tokens, draft_cache, k, params, generator, stats):
         """k draft tokens [k] and the warped draft distributions they came from [k, V]."""

@@ -20,8 +20,9 @@ class SpecStats:
     rejected: int = 0  # steps that ended at a rejection
     target_calls: int = 0
     draft_calls: int = 0
-    target_seconds: float = 0.0
-    draft_seconds: float = 0.0
+    target_seconds: float = 0.0  # verification calls only
+    draft_seconds: float = 0.0  # proposal calls only
+    prefill_seconds: float = 0.0  # both prompt prefills, kept apart so per-step costs stay per step
     total_seconds: float = 0.0
     accepted_at: list[int] = field(default_factory=list)
     reached_at: list[int] = field(default_factory=list)

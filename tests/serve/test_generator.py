@@ -56,6 +56,7 @@ def test_stats_are_consistent(tiny_models):
     assert sum(stats.accept_length_hist) == stats.target_calls
     assert stats.accepted == sum(stats.accepted_at)
     assert stats.accepted + stats.rejected == sum(stats.reached_at)
+    assert stats.prefill_seconds > 0 and stats.draft_seconds > 0 and stats.target_seconds > 0
 
 
 def test_stops_at_eos(tiny_models):
