@@ -1,9 +1,8 @@
 """Argument checks and constants shared by the kernels; imports torch only.
 
 ``specdistill.kernels`` may not import ``specdistill.losses`` (dependency
-direction), so the validation of the eager ``check_loss_args`` is mirrored here
-with the same rules and messages; ``tests/kernels/test_dispatch.py`` checks that
-both reject the same arguments.
+direction), so the argument validation lives here and the eager
+``specdistill.losses.reference.check_loss_args`` calls it.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def check_args(
     alpha: float,
     reduction: str,
 ) -> None:
-    """Same rules as ``specdistill.losses.reference.check_loss_args``.
+    """Validate the arguments of every distillation loss, eager or fused.
 
     Takes the shapes the logits have (or would have, for the fused-linear path)."""
     student_shape, teacher_shape = tuple(student_shape), tuple(teacher_shape)

@@ -139,15 +139,14 @@ def distill_step(target, draft, input_ids: torch.Tensor, config: TrainConfig, de
             loss, acceptance = compute_linear_distill_loss(
                 student_hidden, student_head, teacher_hidden=teacher_hidden, teacher_weight=teacher_head,
                 return_acceptance=True, **options)
-        mask = torch.ones_like(acceptance, dtype=torch.bool) if labels is None else labels != -100
-        return loss, acceptance[mask].mean()
-    with torch.no_grad(), _autocast(device, config.bf16):
-        teacher_logits = target(input_ids=input_ids).logits
-    with _autocast(device, config.bf16):
-        student_logits = draft(input_ids=input_ids).logits
-    loss, acceptance = compute_distill_loss(student_logits, teacher_logits, return_acceptance=True, **options)
-    mask = torch.ones_like(acceptance, dtype=torch.bool) if labels is None else labels != -100
-    return loss, acceptance[mask].mean()
+    else:
+        with torch.no_grad(), _autocast(device, config.bf16):
+            teacher_logits = target(input_ids=input_ids).logits
+        with _autocast(device, config.bf16):
+            student_logits = draft(input_ids=input_ids).logits
+        loss, acceptance = compute_distill_loss(student_logits, teacher_logits, return_acceptance=True, **options)
+    # Acceptance is 0 at masked positions; average over the positions that count.
+    return loss, acceptance.mean() if labels is None else acceptance[labels != -100].mean()
 
 
 def save_checkpoint(path: Path, draft, tokenizer, optimizer, step: int, history: list) -> None:

@@ -29,8 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl")
-REDUCTIONS = ("mean", "sum", "none")
+from specdistill.kernels._args import DIVERGENCES, check_args
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -90,32 +89,9 @@ def check_loss_args(
     alpha: float,
     reduction: str,
 ) -> None:
-    """Validate arguments shared by the reference and the fused implementations."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ in shape; the draft and the target must share "
-            "a vocabulary (last dimension) and be computed on the same positions"
-        )
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if divergence == "jsd" and not 0 < beta < 1:
-        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
-    if divergence == "skl" and not 0 <= beta < 1:
-        raise ValueError(f"skl needs 0 <= beta < 1, got {beta}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if alpha < 1 and labels is None:
-        raise ValueError("alpha < 1 mixes in cross entropy, which needs labels")
-    if labels is not None and labels.shape != student_logits.shape[:-1]:
-        raise ValueError(
-            f"labels {tuple(labels.shape)} must match the logits without the vocab dimension "
-            f"{tuple(student_logits.shape[:-1])}"
-        )
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    """Validate arguments shared by the reference and the fused implementations
+    (one set of rules and messages, in ``specdistill.kernels._args``)."""
+    check_args(student_logits.shape, teacher_logits.shape, divergence, temperature, beta, labels, alpha, reduction)
 
 
 def reduce_loss(per_row: torch.Tensor, mask: torch.Tensor, reduction: str, shape) -> torch.Tensor:
