@@ -6,28 +6,30 @@ One step reads top to bottom:
     accept  greedy: longest prefix equal to the target's argmax;
             sampling: accept d_i with min(1, p/q), else draw from norm(max(0, p - q)),
             and a bonus token from the target when all k are accepted
-    crop    both caches are cut back to the accepted prefix (never recomputed)
+    roll    both caches are rolled back to the accepted prefix (never recomputed)
 
-Invariant between steps: ``tokens`` holds the sequence; the target cache holds
-every token but the last; the draft cache holds a prefix of that (it may lag
-by one token, which it feeds at the start of the next proposal).
+Every step runs a batch of rows (one prompt is a batch of one); each row
+accepts its own number of drafts, and the runners (``runners.py``) keep each
+row's cache length. Invariant between steps, per row: ``tokens`` holds the
+sequence; the target cache holds every token but the last; the draft cache
+holds a prefix of that (it may lag by a token or two, which it feeds at the
+start of the next proposal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import torch
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
-from specdistill.serve.sampling import SamplingParams, accept_greedy, accept_sampled, sample, warp_probs
+from specdistill.serve.runners import make_runner
+from specdistill.serve.sampling import SamplingParams, accept_greedy, accept_sampled, warp_probs
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
-from transformers import DynamicCache
 
 from specdistill.models import check_compatible
 
@@ -51,38 +53,26 @@ class StreamChunk:
     stats: SpecStats  # running counts of this generation (the same object every chunk)
 
 
-def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Keep the first ``length`` positions. A negative argument drops tokens from
-    the end on every transformers version (5.x refuses a positive one)."""
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
-
-
-def _timed_forward(model, input_ids, cache, last_only: bool):
-    features = _forward_features(model)
-    kwargs = {features["cache_arg"]: cache}
-    if last_only and features["logits_to_keep"]:
-        kwargs["logits_to_keep"] = 1
+def _timed(runner, state, input_ids, keep):
     if input_ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    logits = model(input_ids=input_ids, use_cache=True, **kwargs).logits
+    logits = runner.forward(state, input_ids, keep)
     if input_ids.is_cuda:
         torch.cuda.synchronize()
-    return logits[0], time.perf_counter() - start
+    return logits, time.perf_counter() - start
 
 
-def _forward_features(model) -> dict:
-    """What the model's forward accepts, looked up once: transformers >= 5.24 names
-    the cache argument ``cache`` (``past_key_values`` is deprecated there)."""
-    features = getattr(model, "_specdistill_forward_features", None)
-    if features is None:
-        params = inspect.signature(model.forward).parameters
-        features = {"cache_arg": "cache" if "cache" in params else "past_key_values",
-                    "logits_to_keep": "logits_to_keep" in params}
-        model._specdistill_forward_features = features
-    return features
+@dataclass
+class _Row:
+    """One prompt being decoded: its tokens, counts and text."""
+
+    index: int  # position in the caller's batch
+    tokens: list[int]
+    stats: SpecStats
+    text: TextTracker | None
+    new: int = 0
+    finish_reason: str | None = None
 
 
 class SpeculativeGenerator:
@@ -95,12 +85,19 @@ class SpeculativeGenerator:
     ``num_draft_tokens`` is a fixed k, ``"auto"`` (cost-aware: picks k from the
     measured acceptance and step costs), ``"heuristic"`` (Hugging Face's +2/-1
     schedule) or any object with ``next_k()`` and ``update(...)`` (see
-    ``specdistill.serve.policy``). ``generate`` returns the whole output;
-    ``stream`` and ``astream`` yield it step by step. All three run the same
-    decode loop. One prompt at a time; ``generate_batch`` loops over rows."""
+    ``specdistill.serve.policy``). ``generate`` returns one prompt's output;
+    ``stream`` and ``astream`` yield it step by step; ``generate_batch`` decodes
+    prompts of any lengths together, each row accepting its own number of drafts.
+    All of them run the same decode loop.
+
+    ``fast_path``: "auto" runs Llama-family models (Llama, SmolLM, Mistral, Qwen2)
+    on the lean runner with a preallocated KV cache and everything else on the
+    Hugging Face model; True insists on the lean runner, False never uses it.
+    ``compile=True`` wraps the lean runner in ``torch.compile``."""
 
     def __init__(self, target, draft, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
-                 draft_tokenizer=None, draft_confidence: float = 0.0):
+                 draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
+                 compile: bool = False):
         check_compatible(target, draft, tokenizer, draft_tokenizer)
         if not 0 <= draft_confidence < 1:
             raise ValueError(f"draft_confidence must be in [0, 1) (0 = off), got {draft_confidence}")
@@ -112,6 +109,8 @@ class SpeculativeGenerator:
         self.draft_length = make_policy(num_draft_tokens)
         self.target = target.eval()
         self.draft = draft.eval()
+        self.target_runner = make_runner(self.target, fast_path, compile)
+        self.draft_runner = make_runner(self.draft, fast_path, compile)
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)
@@ -130,15 +129,42 @@ class SpeculativeGenerator:
         """The whole generation. ``stop`` strings end it when they appear in the text
         (needs a tokenizer); ``text`` is then cut before the stop string while
         ``sequences`` keeps the tokens up to the one that completed it."""
+        ids = self._check_prompt(input_ids, max_new_tokens, single=True)
+        return self.generate_batch([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)[0]
+
+    def generate_batch(
+        self,
+        prompts: list[torch.Tensor],  # each [1, L] or [L], of any lengths
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_id: int | list[int] | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+    ) -> list[GenerationOutput]:
+        """Several prompts decoded together. Each row accepts its own number of drafts
+        per step and leaves the batch when it finishes; greedy rows equal their
+        single-prompt output. ``seed`` seeds the whole batch."""
         start = time.perf_counter()
-        prompt = self._check_prompt(input_ids, max_new_tokens)
-        chunks = list(self.stream(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop))
-        stats = chunks[-1].stats
-        stats.total_seconds = time.perf_counter() - start
-        new = [token for chunk in chunks for token in chunk.token_ids]
-        sequences = torch.tensor([prompt[0].tolist() + new], device=prompt.device)
-        text = "".join(chunk.text for chunk in chunks) if self.tokenizer is not None else None
-        return GenerationOutput(sequences, stats, text, chunks[-1].finish_reason)
+        steps = self._stream_rows(prompts, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
+        new = [[] for _ in prompts]
+        texts = [[] for _ in prompts]
+        finished = [None] * len(prompts)
+        for updates in steps:
+            for row, chunk in updates:
+                new[row] += chunk.token_ids
+                texts[row].append(chunk.text)
+                finished[row] = chunk
+        outputs = []
+        for ids, tokens, text, last in zip(prompts, new, texts, finished):
+            last.stats.total_seconds = time.perf_counter() - start
+            ids = ids.reshape(1, -1)
+            sequences = torch.cat([ids.to(self.target.device, torch.long),
+                                   torch.tensor([tokens], device=self.target.device, dtype=torch.long)], dim=1)
+            outputs.append(GenerationOutput(sequences, last.stats, "".join(text) if self.tokenizer else None,
+                                            last.finish_reason))
+        return outputs
 
     def stream(
         self,
@@ -153,12 +179,9 @@ class SpeculativeGenerator:
     ) -> Iterator[StreamChunk]:
         """An iterator of ``StreamChunk``, one per decode step, for servers. Arguments
         are checked now, so a bad request fails before the first chunk."""
-        params = SamplingParams(temperature, top_p, top_k)
-        ids = self._check_prompt(input_ids, max_new_tokens)
-        stops = normalize_stop(stop, self.tokenizer)
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        return self._chunks(ids, max_new_tokens, params, self._eos_ids(eos_token_id), seed, stops)
+        ids = self._check_prompt(input_ids, max_new_tokens, single=True)
+        steps = self._stream_rows([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
+        return (chunk for updates in steps for _, chunk in updates)
 
     async def astream(self, input_ids: torch.Tensor, **kwargs) -> AsyncIterator[StreamChunk]:
         """``stream`` for asyncio servers: each step runs in a worker thread
@@ -174,72 +197,94 @@ class SpeculativeGenerator:
             with contextlib.suppress(ValueError):
                 steps.close()
 
-    def generate_batch(self, prompts: list[torch.Tensor], **kwargs) -> list[GenerationOutput]:
-        """Several prompts of any lengths, decoded ONE AFTER ANOTHER with their own caches:
-        each row gets exactly its single-prompt output (and its own accepted lengths), but
-        no batched speed. ``seed`` s gives row i the seed s + i."""
-        seed = kwargs.pop("seed", None)
-        return [self.generate(ids, seed=None if seed is None else seed + i, **kwargs)
-                for i, ids in enumerate(prompts)]
+    def _stream_rows(self, prompts, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop):
+        """Checks every argument now (a bad request fails before any work), then returns
+        the iterator of steps: lists of (row, StreamChunk) for the rows the step advanced."""
+        params = SamplingParams(temperature, top_p, top_k)
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise ValueError("prompts must be a non-empty list of token id tensors")
+        prompts = [self._check_prompt(ids, max_new_tokens, single=True) for ids in prompts]
+        stops = normalize_stop(stop, self.tokenizer)
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        return self._steps(prompts, max_new_tokens, params, self._eos_ids(eos_token_id), seed, stops)
 
     @torch.inference_mode()
-    def _chunks(self, ids, max_new_tokens, params, eos, seed, stops) -> Iterator[StreamChunk]:
-        stats = SpecStats()
+    def _steps(self, prompts, max_new_tokens, params, eos, seed, stops) -> Iterator[list]:
         start = time.perf_counter()
-        text = TextTracker(self.tokenizer, stops) if self.tokenizer is not None else None
-        new, reason = 0, None
-        for produced, reason in self._decode(ids, max_new_tokens, params, eos, seed, stats):
-            delta = ""
-            if text is not None:
-                produced, delta, stopped = text.push(produced)
-                if stopped:
-                    reason = "stop"
-                elif reason:
-                    delta += text.finish()  # flush what was held back
-            new += len(produced)
-            stats.new_tokens = new
-            stats.total_seconds = time.perf_counter() - start
-            yield StreamChunk(produced, delta, reason, stats)
-            if reason:
-                return
+        rows = [_Row(i, ids[0].tolist(), SpecStats(), TextTracker(self.tokenizer, stops) if self.tokenizer else None)
+                for i, ids in enumerate(prompts)]
+        for updates in self._decode(rows, max_new_tokens, params, eos, seed):
+            chunks = []
+            for row, produced, reason in updates:
+                delta = ""
+                if row.text is not None:
+                    produced, delta, stopped = row.text.push(produced)
+                    if stopped:
+                        reason = "stop"
+                    elif reason:
+                        delta += row.text.finish()  # flush what was held back
+                row.tokens += produced
+                row.new += len(produced)
+                row.stats.new_tokens = row.new
+                row.stats.total_seconds = time.perf_counter() - start
+                row.finish_reason = reason
+                chunks.append((row.index, StreamChunk(produced, delta, reason, row.stats)))
+            yield chunks
 
-    def _decode(self, ids, max_new_tokens, params, eos, seed, stats):
-        """The decode loop: yields (tokens produced by the step, finish reason or None)."""
-        generator = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
-        tokens = ids[0].tolist()
-        target_cache, draft_cache = DynamicCache(), DynamicCache()
-        self._prefill(ids, target_cache, draft_cache, stats)
-        new = 0
-        while new < max_new_tokens:
+    def _decode(self, rows: list[_Row], max_new_tokens, params, eos, seed):
+        """The decode loop over a batch of rows: yields, per step, (row, tokens the step
+        produced, finish reason or None) for every row still running. A row's tokens are
+        appended by the caller, which may also finish it (a stop string)."""
+        device = self.target.device
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        # Rows past their budget still draft along with the batch: room for a few more.
+        capacity = max(len(row.tokens) for row in rows) + max_new_tokens + 8
+        target_state = self.target_runner.start(len(rows), capacity)
+        draft_state = self.draft_runner.start(len(rows), capacity)
+        self._prefill(rows, target_state, draft_state)
+        active = list(rows)
+        while active:
             # One target call always yields one token of its own, so draft at most budget - 1.
-            k = max(0, min(self.draft_length.next_k(), max_new_tokens - new - 1))
-            draft_seconds, target_seconds = stats.draft_seconds, stats.target_seconds
-            drafts, draft_probs = self._propose(tokens, draft_cache, k, params, generator, stats)
-            k = drafts.shape[0]  # fewer than asked when the draft lost confidence
-            target_logits = self._verify(tokens[-1], drafts, target_cache, stats)
-            if params.greedy:
-                n, next_token = accept_greedy(drafts, target_logits)
-            else:
-                n, next_token = accept_sampled(drafts, draft_probs, warp_probs(target_logits, params), generator)
-            stats.record_step(k, n)
-            self.draft_length.update(k, n, stats.draft_seconds - draft_seconds, stats.target_seconds - target_seconds)
-            produced = drafts[:n].tolist() + [next_token]
-            crop_cache(target_cache, len(tokens) + n)
-            crop_cache(draft_cache, len(tokens) + n)
-            done, produced = _cut_at_eos(produced, eos)
-            tokens += produced
-            new += len(produced)
-            yield produced, "eos" if done else ("length" if new >= max_new_tokens else None)
-            if done:
-                return
+            k = self.draft_length.next_k()
+            limits = [max(0, min(k, max_new_tokens - row.new - 1)) for row in active]
+            drafts, draft_probs, limits, draft_seconds = self._propose(active, draft_state, limits, params,
+                                                                       generator)
+            target_logits, target_seconds = self._verify(active, drafts, target_state)
+            target_probs = None if params.greedy else warp_probs(target_logits, params)
+            updates, lengths = [], []
+            for i, row in enumerate(active):
+                n, next_token = self._accept(i, limits[i], drafts, draft_probs, target_logits, target_probs,
+                                             params, generator)
+                row.stats.record_step(limits[i], n)
+                self.draft_length.update(limits[i], n, draft_seconds, target_seconds)
+                lengths.append(len(row.tokens) + n)
+                done, produced = _cut_at_eos(drafts[i, :n].tolist() + [next_token], eos)
+                updates.append((row, produced, "eos" if done else (
+                    "length" if row.new + len(produced) >= max_new_tokens else None)))
+            self.target_runner.rollback(target_state, lengths)
+            self.draft_runner.rollback(draft_state, lengths)
+            yield updates
+            still = [i for i, row in enumerate(active) if row.finish_reason is None]
+            if len(still) < len(active):
+                if still:
+                    self.target_runner.select(target_state, still)
+                    self.draft_runner.select(draft_state, still)
+                active = [active[i] for i in still]
 
-    def _check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def _accept(self, i, k, drafts, draft_probs, target_logits, target_probs, params, generator):
+        if params.greedy:
+            return accept_greedy(drafts[i, :k], target_logits[i, : k + 1])
+        row_probs = None if draft_probs is None else draft_probs[i, :k]
+        return accept_sampled(drafts[i, :k], row_probs, target_probs[i, : k + 1], generator)
+
+    def _check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int, single: bool) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
             raise ValueError("input_ids must be an integer tensor of token ids (use the tokenizer first)")
         ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
         if ids.dim() != 2 or ids.shape[0] != 1:
-            raise ValueError(f"generate takes one prompt of shape [1, L] or [L], got {tuple(input_ids.shape)}; "
-                             "use generate_batch for several")
+            raise ValueError(f"a prompt has shape [1, L] or [L], got {tuple(input_ids.shape)}; "
+                             "pass several prompts to generate_batch as a list")
         if ids.shape[1] == 0:
             raise ValueError("the prompt is empty; give at least one token")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -259,48 +304,75 @@ class SpeculativeGenerator:
             return set()
         return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
 
-    def _prefill(self, ids, target_cache, draft_cache, stats: SpecStats) -> None:
-        """Both caches take the prompt minus its last token (the first step feeds it)."""
-        if ids.shape[1] < 2:
+    def _prefill(self, rows, target_state, draft_state) -> None:
+        """Both caches take each prompt minus its last token (the first step feeds it).
+        Prompts are right-padded; the padding is rolled back at once."""
+        width = max(len(row.tokens) for row in rows) - 1
+        if width < 1:
             return
-        _, seconds = _timed_forward(self.target, ids[:, :-1], target_cache, last_only=True)
-        stats.prefill_seconds += seconds
-        _, seconds = _timed_forward(self.draft, ids[:, :-1], draft_cache, last_only=True)
-        stats.prefill_seconds += seconds
+        ids = _right_padded([row.tokens[:-1] for row in rows], width, self.target.device)
+        lengths = [len(row.tokens) - 1 for row in rows]
+        seconds = 0.0
+        for runner, state in ((self.target_runner, target_state), (self.draft_runner, draft_state)):
+            _, elapsed = _timed(runner, state, ids, [width - 1] * len(rows))
+            runner.rollback(state, lengths)
+            seconds += elapsed
+        for row in rows:
+            row.stats.prefill_seconds += seconds
 
-    def _propose(self, tokens, draft_cache, k, params, generator, stats):
-        """k draft tokens [k] and the warped draft distributions they came from [k, V]."""
+    def _propose(self, rows, draft_state, limits, params, generator):
+        """Drafts [B, K] and their warped distributions [B, K, V] (None when greedy), and
+        each row's number of usable drafts (fewer than asked where the draft lost confidence)."""
         device = self.target.device
         drafts, probs = [], []
-        pending = tokens[draft_cache.get_seq_length():]  # the uncached tail, at least one token
-        for _ in range(k):
-            logits, seconds = _timed_forward(
-                self.draft, torch.tensor([pending], device=device), draft_cache, last_only=True
-            )
-            stats.draft_seconds += seconds
-            stats.draft_calls += 1
+        steps = max(limits)
+        # Each row feeds the tokens its draft cache lacks (one or two, more after k = 0 steps),
+        # right-padded to a common width; the padding is rolled back after the call.
+        pending = [row.tokens[held:] for row, held in zip(rows, draft_state.lengths)]
+        inputs = _right_padded(pending, max(map(len, pending)), device)
+        keep = [len(p) - 1 for p in pending]
+        seconds = 0.0
+        for step in range(steps):
+            logits, elapsed = _timed(self.draft_runner, draft_state, inputs, keep)
+            seconds += elapsed
+            if step == 0:
+                self.draft_runner.rollback(draft_state, [len(row.tokens) for row in rows])
             if params.greedy:
-                token = logits[-1].argmax()
-                confidence = logits[-1].float().softmax(-1)[token] if self.draft_confidence else 1.0
+                tokens = logits.argmax(-1)
+                confidence = logits.float().softmax(-1).gather(1, tokens[:, None])[:, 0] if self.draft_confidence \
+                    else None
             else:
-                q = warp_probs(logits[-1], params)
-                token = sample(q, generator)
+                q = warp_probs(logits, params)
+                tokens = torch.multinomial(q, 1, generator=generator)[:, 0]
                 probs.append(q)
-                confidence = q[token]
-            drafts.append(token)
-            pending = [int(token)]
-            if confidence < self.draft_confidence:
+                confidence = q.gather(1, tokens[:, None])[:, 0]
+            drafts.append(tokens)
+            if confidence is not None and self.draft_confidence:
+                low = (confidence < self.draft_confidence).tolist()
+                limits = [min(limit, step + 1) if stop else limit for limit, stop in zip(limits, low)]
+            if max(limits) <= step + 1:
                 break
-        draft_tokens = torch.stack(drafts) if drafts else torch.empty(0, dtype=torch.long, device=device)
-        return draft_tokens, (torch.stack(probs) if probs else None)
+            inputs, keep = tokens[:, None], [0] * len(rows)
+        for row in rows:
+            row.stats.draft_seconds += seconds
+            row.stats.draft_calls += len(drafts)
+        draft_tokens = torch.stack(drafts, 1) if drafts else torch.empty(len(rows), 0, dtype=torch.long,
+                                                                          device=device)
+        return draft_tokens, (torch.stack(probs, 1) if probs else None), limits, seconds
 
-    def _verify(self, last_token: int, drafts: torch.Tensor, target_cache, stats) -> torch.Tensor:
-        """Target logits [k + 1, V] after the last token and after each draft token."""
-        candidate = torch.cat([torch.tensor([last_token], device=drafts.device), drafts]).unsqueeze(0)
-        logits, seconds = _timed_forward(self.target, candidate, target_cache, last_only=False)
-        stats.target_seconds += seconds
-        stats.target_calls += 1
-        return logits
+    def _verify(self, rows, drafts: torch.Tensor, target_state) -> torch.Tensor:
+        """Target logits [B, K + 1, V] after each row's last token and after each draft token."""
+        last = torch.tensor([[row.tokens[-1]] for row in rows], device=drafts.device)
+        logits, seconds = _timed(self.target_runner, target_state, torch.cat([last, drafts], dim=1), None)
+        for row in rows:
+            row.stats.target_seconds += seconds
+            row.stats.target_calls += 1
+        return logits, seconds
+
+
+def _right_padded(sequences: list[list[int]], width: int, device) -> torch.Tensor:
+    # The pad id is never attended to: it lands past each row's length and is rolled back.
+    return torch.tensor([seq + [0] * (width - len(seq)) for seq in sequences], device=device)
 
 
 def _cut_at_eos(produced: list[int], eos: set[int]) -> tuple[bool, list[int]]:

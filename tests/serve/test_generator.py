@@ -133,6 +133,36 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
         counts[x1 * vocab + x2] += 1
         stats = out.stats if stats is None else stats.merge(out.stats)
     assert 0 < stats.alpha < 1  # the rejection path was exercised
+    _assert_follows(counts, expected)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_batched_sampling_follows_the_target_distribution_per_row(fast_path):
+    """One batch of 2 x 1500 rows with two prompts of different lengths: rows accept
+    different numbers of drafts each step, and each prompt's outputs must follow its
+    own exact distribution."""
+    vocab, samples = 8, 1500
+    target = tiny_llama(vocab_size=vocab, num_layers=3, hidden_size=32, seed=3)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(8)
+    draft = prune_draft(target, [0])
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(0.9), TopPLogitsWarper(0.9)])
+    prompts = [torch.tensor([[2, 5, 3]]), torch.tensor([[4, 4, 7, 1, 6, 2]])]
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2, fast_path=fast_path)
+    outs = gen.generate_batch(prompts * samples, max_new_tokens=2, temperature=0.9, top_p=0.9, seed=0,
+                              eos_token_id=[])
+    for which, prompt in enumerate(prompts):
+        counts = torch.zeros(vocab * vocab, dtype=torch.float64)
+        for out in outs[which::2]:
+            x1, x2 = out.sequences[0, prompt.shape[1]:].tolist()
+            counts[x1 * vocab + x2] += 1
+        _assert_follows(counts, _exact_joint(target, prompt, vocab, warpers))
+    # Both paths of the rule were taken, and rows of one step accepted different numbers.
+    assert any(out.stats.rejected for out in outs) and any(out.stats.accepted for out in outs)
+
+
+def _assert_follows(counts, expected):
+    samples = counts.sum()
     support = expected > 0
     assert counts[~support].sum() == 0  # nothing outside top-k / top-p
     # Pool rare cells so the chi-square approximation holds.
@@ -142,8 +172,6 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
     if exp[-1] == 0:
         obs, exp = obs[:-1], exp[:-1]
     assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
-
-
 
 
 def test_per_position_acceptance_counts_positions_never_accepted():

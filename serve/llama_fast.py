@@ -1,0 +1,210 @@
+"""A lean runner for Llama-family checkpoints (Llama, SmolLM, Mistral, Qwen2).
+
+It runs the Hugging Face model's own weights (no copy: the q/k/v and gate/up
+projections are fused into one matrix each, and the HF modules are pointed at
+views of it) with a KV cache preallocated once per generation, so a decode
+step allocates nothing that grows with the sequence. Rows of a batch keep
+their own lengths: each row writes its keys at its own positions and a causal
+mask per row hides everything past them, so rolling back is just setting a
+length. Rotary embeddings come from the model's own rotary module, so every
+RoPE scaling variant it supports is supported here. ``compile=True`` wraps the
+forward in ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the fast path cannot run ``model`` (None when it can)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_TYPES:
+        return f"the fast path supports model types {SUPPORTED_TYPES}, not {model_type!r}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"the fast path needs hidden_act 'silu', not {config.hidden_act!r}"
+    if getattr(config, "mlp_bias", False):
+        return "the fast path does not support mlp_bias"
+    if not hasattr(getattr(model, "model", None), "layers") or not hasattr(model, "lm_head"):
+        return "the fast path needs a *ForCausalLM with .model.layers and .lm_head"
+    return None
+
+
+@dataclass
+class FastState:
+    keys: list[torch.Tensor]  # per layer [B, kv_heads, max_length, head_dim]
+    values: list[torch.Tensor]
+    lengths: list[int]  # tokens each row holds
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor
+    window: int | None  # sliding attention window, None = full
+
+
+class LlamaRunner:
+    name = "fast"
+
+    def __init__(self, model, compile: bool = False):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(reason)
+        self.model = model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.layers = [_fuse_layer(layer, _window(config, i)) for i, layer in enumerate(model.model.layers)]
+        self.embed = model.model.embed_tokens.weight
+        self.final_norm = model.model.norm.weight
+        self.head = model.lm_head.weight
+        self.rotary = model.model.rotary_emb
+        self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
+
+    def start(self, batch_size: int, max_length: int) -> FastState:
+        shape = (batch_size, self.kv_heads, max_length, self.head_dim)
+        device, dtype = self.embed.device, self.embed.dtype
+        return FastState([torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers],
+                         [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers], [0] * batch_size)
+
+    def forward(self, state: FastState, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor:
+        """Logits after feeding input_ids [B, T]: [B, T, V] at every position, or [B, V]
+        at position ``keep[b]`` of each row when ``keep`` is given."""
+        width = input_ids.shape[1]
+        if max(state.lengths) + width > state.keys[0].shape[2]:
+            _grow(state, max(state.lengths) + width)
+        start = torch.tensor(state.lengths, device=input_ids.device)
+        positions = start[:, None] + torch.arange(width, device=input_ids.device)  # [B, T]
+        keep_index = None if keep is None else torch.tensor(keep, device=input_ids.device)
+        logits = self._forward(input_ids, positions, state.keys, state.values, max(state.lengths) + width,
+                               keep_index)
+        state.lengths = [n + width for n in state.lengths]
+        return logits
+
+    def rollback(self, state: FastState, lengths: list[int]) -> None:
+        # Entries past a row's length are never read (the causal mask stops at the query's
+        # position) and are overwritten by the next tokens fed to that row.
+        state.lengths = [min(new, old) for new, old in zip(lengths, state.lengths)]
+
+    def select(self, state: FastState, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=state.keys[0].device)
+        state.keys = [cache.index_select(0, index) for cache in state.keys]
+        state.values = [cache.index_select(0, index) for cache in state.values]
+        state.lengths = [state.lengths[row] for row in rows]
+
+    def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index):
+        x = F.embedding(input_ids, self.embed)
+        cos, sin = self.rotary(x, positions)
+        key_positions = torch.arange(span, device=x.device)
+        causal = key_positions <= positions[:, None, :, None]  # [B, 1, T, S]
+        for layer, layer_keys, layer_values in zip(self.layers, keys, values):
+            mask = causal
+            if layer.window is not None:
+                mask = causal & (key_positions > positions[:, None, :, None] - layer.window)
+            x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
+                                    layer_values, mask, span)
+            gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
+            x = x[torch.arange(x.shape[0], device=x.device), keep_index]
+        return F.linear(self._norm(x, self.final_norm), self.head)
+
+    def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span):
+        batch, width, _ = x.shape
+        q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        # Each row writes its new keys at its own positions.
+        index = positions[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
+        layer_keys.scatter_(2, index, k)
+        layer_values.scatter_(2, index, v)
+        out = F.scaled_dot_product_attention(q, layer_keys[:, :, :span], layer_values[:, :, :span], attn_mask=mask,
+                                             enable_gqa=self.heads != self.kv_heads)
+        return F.linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
+
+    def _norm(self, x, weight):
+        # As LlamaRMSNorm: normalize in float32, cast back, then scale.
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def _grow(state: FastState, needed: int) -> None:
+    """Rarely needed: a row past its budget still drafts along with the batch."""
+    extra = max(needed, 2 * state.keys[0].shape[2]) - state.keys[0].shape[2]
+
+    def grown(cache):
+        return torch.cat([cache, cache.new_zeros(*cache.shape[:2], extra, cache.shape[3])], dim=2)
+
+    state.keys = [grown(cache) for cache in state.keys]
+    state.values = [grown(cache) for cache in state.values]
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _window(config, index: int) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[index] == "sliding_attention" else None
+    return window if config.model_type == "mistral" else None
+
+
+def _fuse_layer(layer, window) -> _Layer:
+    attention, mlp = layer.self_attn, layer.mlp
+    qkv = _fuse_in_place([attention.q_proj, attention.k_proj, attention.v_proj])
+    biases = [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]
+    qkv_bias = None if biases[0] is None else _fuse_in_place(
+        [attention.q_proj, attention.k_proj, attention.v_proj], attr="bias")
+    if attention.o_proj.bias is not None:
+        raise ValueError("the fast path does not support a bias on o_proj")
+    return _Layer(layer.input_layernorm.weight, qkv, qkv_bias, attention.o_proj.weight,
+                  layer.post_attention_layernorm.weight, _fuse_in_place([mlp.gate_proj, mlp.up_proj]),
+                  mlp.down_proj.weight, window)
+
+
+def _fuse_in_place(linears, attr: str = "weight") -> torch.Tensor:
+    """One tensor holding the linears' weights back to back; each module's parameter
+    becomes a view of it, so nothing is stored twice and the HF path sees the same values.
+    A second runner on the same model finds the views still in place and reuses them."""
+    params = [getattr(linear, attr) for linear in linears]
+    marker = f"_specdistill_fused_{attr}"
+    fused = getattr(linears[0], marker, None)
+    if fused is not None and _views_of(fused, params):
+        return fused
+    fused = torch.cat([p.data for p in params], dim=0)
+    offset = 0
+    for p in params:
+        p.data = fused[offset: offset + p.shape[0]]
+        offset += p.shape[0]
+    setattr(linears[0], marker, fused)
+    return fused
+
+
+def _views_of(fused: torch.Tensor, params) -> bool:
+    row_bytes = fused[0].numel() * fused.element_size()
+    offset = 0
+    for p in params:
+        if p.data_ptr() != fused.data_ptr() + offset * row_bytes or p.dtype != fused.dtype:
+            return False
+        offset += p.shape[0]
+    return offset == fused.shape[0]

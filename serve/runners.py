@@ -1,0 +1,123 @@
+"""Model runners: one model, its KV cache, and rows that each hold their own number of tokens.
+
+A runner does three things the decode loop needs, for a batch of rows:
+    forward   feed T tokens per row; row b's go to positions lengths[b] .. lengths[b] + T - 1
+    rollback  shorten rows to the given lengths (the rejected drafts disappear)
+    select    keep some rows (finished ones leave the batch)
+
+``HFRunner`` works with any Hugging Face causal LM through a ``DynamicCache``.
+``LlamaRunner`` (``specdistill.serve.llama_fast``) is the lean path for Llama-family
+checkpoints. ``make_runner`` picks one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class HFState:
+    cache: DynamicCache
+    lengths: list[int]  # tokens each row holds
+    # Logical position of each cache column per row, -1 where the column is a hole
+    # (padding, or a draft rejected in this row but not in another). [B, S]
+    positions: torch.Tensor
+
+
+class HFRunner:
+    """Any Hugging Face causal LM. Rows of a batch share cache columns; a row whose
+    tokens were rolled back while another row's were not leaves holes there, which
+    the attention mask hides and the position ids skip. Trailing columns that are
+    holes in every row are cropped, so one row (the common case) never has holes and
+    runs exactly like ``model.generate``: no mask, no position ids."""
+
+    name = "hf"
+
+    def __init__(self, model):
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        # transformers >= 5.24 names the cache argument ``cache`` (past_key_values is deprecated).
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in params
+
+    def start(self, batch_size: int, max_length: int) -> HFState:
+        if batch_size > 1 and _sliding_window(self.model.config):
+            # HF applies the window to cache columns, and holes make columns differ from positions.
+            raise ValueError(f"batches on the generic path do not support sliding-window attention "
+                             f"({self.model.config.model_type}); use the fast path or one prompt at a time")
+        device = self.model.device
+        return HFState(DynamicCache(), [0] * batch_size, torch.empty(batch_size, 0, dtype=torch.long, device=device))
+
+    def forward(self, state: HFState, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor:
+        """Logits after feeding input_ids [B, T]: [B, T, V] at every position, or [B, V]
+        at position ``keep[b]`` of each row when ``keep`` is given."""
+        batch, width = input_ids.shape
+        new_positions = torch.tensor(state.lengths, device=input_ids.device)[:, None] + torch.arange(
+            width, device=input_ids.device)
+        kwargs = {self._cache_arg: state.cache}
+        if bool((state.positions < 0).any()):
+            valid = torch.cat([state.positions >= 0, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
+            kwargs.update(attention_mask=valid.long(), position_ids=new_positions)
+        if keep is not None and self._logits_to_keep:
+            kwargs["logits_to_keep"] = width - min(keep)  # the head runs on the last positions only
+        logits = self.model(input_ids=input_ids, use_cache=True, **kwargs).logits
+        state.positions = torch.cat([state.positions, new_positions], dim=1)
+        state.lengths = [n + width for n in state.lengths]
+        if keep is None:
+            return logits
+        index = torch.tensor(keep, device=logits.device) - (width - logits.shape[1])
+        return logits[torch.arange(batch, device=logits.device), index]
+
+    def rollback(self, state: HFState, lengths: list[int]) -> None:
+        lengths = [min(new, old) for new, old in zip(lengths, state.lengths)]
+        if lengths == state.lengths:
+            return
+        limit = torch.tensor(lengths, device=state.positions.device)[:, None]
+        state.positions = state.positions.masked_fill(state.positions >= limit, -1)
+        state.lengths = lengths
+        self._crop_trailing_holes(state)
+
+    def select(self, state: HFState, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=state.positions.device)
+        state.cache.batch_select_indices(index)
+        state.positions = state.positions[index]
+        state.lengths = [state.lengths[row] for row in rows]
+        self._crop_trailing_holes(state)
+
+    def _crop_trailing_holes(self, state: HFState) -> None:
+        used = (state.positions >= 0).any(dim=0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 0
+        extra = state.positions.shape[1] - keep
+        if extra > 0:
+            # A negative crop drops from the end on every transformers version (5.x refuses a positive one).
+            state.cache.crop(-extra)
+            state.positions = state.positions[:, :keep]
+
+
+def _sliding_window(config) -> bool:
+    if getattr(config, "sliding_window", None) is None:
+        return False
+    if getattr(config, "layer_types", None) is not None:
+        return "sliding_attention" in config.layer_types
+    return getattr(config, "use_sliding_window", True)
+
+
+def make_runner(model, fast_path: bool | str = "auto", compile: bool = False):
+    """The lean Llama runner when ``fast_path`` is True, or "auto" and the model is a
+    supported Llama-family checkpoint; otherwise the generic Hugging Face runner."""
+    from specdistill.serve.llama_fast import LlamaRunner, unsupported_reason
+
+    if fast_path not in (True, False, "auto"):
+        raise ValueError(f"fast_path must be True, False or 'auto', got {fast_path!r}")
+    reason = unsupported_reason(model)
+    if fast_path is True and reason:
+        raise ValueError(f"fast_path=True but {reason}; use fast_path='auto' or False for the generic path")
+    if fast_path is False or reason:
+        if compile:
+            raise ValueError("compile=True needs the fast path (a Llama-family model and fast_path True or 'auto')")
+        return HFRunner(model)
+    return LlamaRunner(model, compile=compile)

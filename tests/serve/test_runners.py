@@ -1,0 +1,126 @@
+"""Both runners (lean Llama path and generic HF path): same logits as the HF model, same
+greedy output as target.generate, batch > 1 equal to single rows, clear errors."""
+
+import pytest
+import torch
+from specdistill.serve import SpeculativeGenerator
+from specdistill.serve.llama_fast import LlamaRunner
+from specdistill.serve.runners import HFRunner, make_runner
+from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Qwen2Config
+
+from specdistill.models import prune_draft, tiny_llama
+
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=128, eos_token_id=1, pad_token_id=1)
+
+
+def _model(config):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def _architectures():
+    return {
+        "llama": tiny_llama(num_layers=3),
+        # A window of 5 positions is crossed many times within these tests.
+        "mistral": _model(MistralConfig(num_hidden_layers=3, sliding_window=5, **SMALL)),
+        "qwen2": _model(Qwen2Config(num_hidden_layers=3, **SMALL)),  # q/k/v biases
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("runner_class", [LlamaRunner, HFRunner])
+def test_runner_logits_equal_the_model_with_ragged_rows(arch, runner_class):
+    model = _architectures()[arch]
+    ids = torch.randint(2, 64, (2, 14))
+    reference = model(ids).logits
+    runner = runner_class(model)
+    if arch == "mistral" and runner_class is HFRunner:
+        with pytest.raises(ValueError, match="sliding-window"):
+            runner.start(2, 16)
+        return
+    state = runner.start(2, 16)  # too small on purpose: the fast cache must grow
+    first = runner.forward(state, ids[:, :9], None)
+    second = runner.forward(state, ids[:, 9:12], None)
+    torch.testing.assert_close(torch.cat([first, second], 1), reference[:, :12], atol=1e-5, rtol=1e-5)
+    runner.rollback(state, [12, 10])  # row 1 loses two tokens, then both rows go on
+    refed = torch.stack([ids[0, 12:14], ids[1, 10:12]])
+    out = runner.forward(state, refed, [1, 0])  # [B, V] at a position per row
+    torch.testing.assert_close(out[0], reference[0, 13], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], reference[1, 10], atol=1e-5, rtol=1e-5)
+    runner.select(state, [1])
+    assert state.lengths == [12]
+    torch.testing.assert_close(runner.forward(state, ids[1:, 12:13], [0])[0], reference[1, 12], atol=1e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_batch_greedy_equals_generate_on_both_paths(arch, fast_path):
+    target = _architectures()[arch]
+    draft = prune_draft(target, [0])
+    prompts = [torch.randint(2, 64, (1, n)) for n in (1, 7, 4, 12)]
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3, fast_path=fast_path, draft_confidence=0.2)
+    assert gen.target_runner.name == ("fast" if fast_path else "hf")
+    if arch == "mistral" and not fast_path:
+        prompts = prompts[1:2]  # one row: a batch would be refused (sliding window)
+    outs = gen.generate_batch(prompts, max_new_tokens=20, eos_token_id=[])
+    for ids, out in zip(prompts, outs):
+        expected = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
+                                   do_sample=False, eos_token_id=None, pad_token_id=1)
+        assert out.sequences.tolist() == expected.tolist()
+        assert out.stats.new_tokens == 20
+
+
+def test_rows_finish_at_their_own_eos_and_leave_the_batch(tiny_models):
+    target, draft = tiny_models
+    prompts = [torch.randint(2, 64, (1, n)) for n in (3, 9, 5)]
+    free = SpeculativeGenerator(target, draft, num_draft_tokens=4).generate_batch(prompts, max_new_tokens=12,
+                                                                                 eos_token_id=[])
+    # Each row's 4th new token becomes its EOS: rows end at different steps.
+    eos = [out.sequences[0, ids.shape[1] + 3].item() for ids, out in zip(prompts, free)]
+    for fast_path in (True, False):
+        gen = SpeculativeGenerator(target, draft, num_draft_tokens=4, fast_path=fast_path)
+        for ids, out, token in zip(prompts, free, eos):
+            single = gen.generate(ids, max_new_tokens=12, eos_token_id=token)
+            first = out.sequences[0, ids.shape[1]:].tolist().index(token)
+            assert single.sequences[0, ids.shape[1]:].tolist() == out.sequences[0, ids.shape[1]:][:first + 1].tolist()
+            assert single.finish_reason == "eos"
+
+
+def test_non_llama_models_take_the_generic_path_in_batches():
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128, eos_token_id=1,
+                        bos_token_id=0)
+    target = _model(config)
+    draft = _model(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=128, eos_token_id=1,
+                              bos_token_id=0))
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3)
+    assert gen.target_runner.name == "hf"
+    prompts = [torch.randint(2, 64, (1, n)) for n in (2, 8)]
+    for ids, out in zip(prompts, gen.generate_batch(prompts, max_new_tokens=15, eos_token_id=[])):
+        single = gen.generate(ids, max_new_tokens=15, eos_token_id=[])
+        assert out.sequences.tolist() == single.sequences.tolist()
+    with pytest.raises(ValueError, match="fast_path=True"):
+        make_runner(target, fast_path=True)
+    with pytest.raises(ValueError, match="compile=True needs the fast path"):
+        make_runner(target, fast_path="auto", compile=True)
+    with pytest.raises(ValueError, match="fast_path must be"):
+        make_runner(target, fast_path="yes")
+
+
+def test_fast_path_shares_the_weights_and_keeps_the_model_working():
+    model = tiny_llama(num_layers=2)
+    ids = torch.randint(2, 64, (1, 6))
+    before = model(ids).logits
+    stored = _stored_bytes(model)
+    LlamaRunner(model)
+    LlamaRunner(model)  # a second runner reuses the fused views
+    torch.testing.assert_close(model(ids).logits, before)
+    layer = model.model.layers[0].self_attn
+    assert layer.q_proj.weight.untyped_storage().data_ptr() == layer.v_proj.weight.untyped_storage().data_ptr()
+    assert _stored_bytes(model) == stored  # fused, not copied
+
+
+def _stored_bytes(model) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
