@@ -1,6 +1,8 @@
 """Decoding speed on the default target: HF `generate` alone, HF assisted generation
-and our SpeculativeGenerator (fixed k, cost-aware "auto", HF's heuristic schedule),
-with the same draft, the same held-out prompts and the same seeds; greedy and T = 0.7.
+and our SpeculativeGenerator (the target alone on our runner, fixed k, cost-aware
+"auto", HF's heuristic schedule; the fast path, and the generic HF path once), with
+the same draft, the same held-out prompts and the same seeds; greedy and T = 0.7.
+With several prompts it also runs them as one batch, HF `generate` and ours.
 
     python bench/bench_decode.py --quick            # 1 prompt, 48 new tokens: a smoke run
     python bench/bench_decode.py --draft runs/demo/final --dtype bf16
@@ -87,6 +89,45 @@ def run_ours(generator, tokenizer, prompts, args, temperature) -> dict:
         seconds += time.perf_counter() - start
         stats = stats.merge(out.stats)
         outputs.append(out.sequences[0, ids.shape[1]:].tolist())
+    return _ours_result(stats, outputs, seconds)
+
+
+def run_ours_batch(generator, tokenizer, prompts, args, temperature) -> dict:
+    """All prompts in one batch: tokens/s is the batch's throughput."""
+    start = time.perf_counter()
+    outs = generator.generate_batch(prompts, max_new_tokens=args.max_new_tokens, temperature=temperature,
+                                    eos_token_id=tokenizer.eos_token_id, seed=args.seed)
+    seconds = time.perf_counter() - start
+    stats = SpecStats()
+    for out in outs:
+        stats = stats.merge(out.stats)
+    # Counts add up per row, but every row lived through the same target calls.
+    stats.target_calls = max(out.stats.target_calls for out in outs)
+    outputs = [out.sequences[0, ids.shape[1]:].tolist() for ids, out in zip(prompts, outs)]
+    return _ours_result(stats, outputs, seconds)
+
+
+def run_hf_batch(target, tokenizer, prompts, args, temperature) -> dict:
+    """HF generate on all prompts at once, left-padded (its batched mode)."""
+    width = max(ids.shape[1] for ids in prompts)
+    pad = tokenizer.eos_token_id
+    ids = torch.stack([torch.cat([torch.full((width - p.shape[1],), pad), p[0].cpu()]) for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(width - p.shape[1]), torch.ones(p.shape[1])]) for p in prompts])
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    out = target.generate(ids.to(target.device), attention_mask=mask.long().to(target.device),
+                          max_new_tokens=args.max_new_tokens, **hf_kwargs(tokenizer, temperature))
+    seconds = time.perf_counter() - start
+    outputs = [_until_eos(row[width:].tolist(), pad) for row in out]
+    return {"tokens_per_s": sum(map(len, outputs)) / seconds, "new_tokens": sum(map(len, outputs)),
+            "seconds": seconds, "outputs": outputs}
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def _ours_result(stats, outputs, seconds) -> dict:
     return {"tokens_per_s": stats.new_tokens / seconds, "new_tokens": stats.new_tokens, "seconds": seconds,
             "alpha": stats.alpha, "tau": stats.tau, "mean_k": stats.proposed / max(stats.target_calls, 1),
             "per_position_acceptance": [round(a, 3) for a in stats.per_position_acceptance()],
@@ -98,29 +139,46 @@ def warm_up(target, draft, tokenizer, prompt):
     kwargs = hf_kwargs(tokenizer, 0.0)
     target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, **kwargs)
     target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, assistant_model=draft, **kwargs)
-    SpeculativeGenerator(target, draft, num_draft_tokens=2).generate(prompt, max_new_tokens=4)
+    for fast_path in (True, False):
+        SpeculativeGenerator(target, draft, num_draft_tokens=2, fast_path=fast_path).generate(prompt, max_new_tokens=4)
+
+
+def our_runs(k: int) -> list[tuple]:
+    """(name, draft length policy, draft confidence, fast path). Confidence 0.4 stops drafting
+    below 0.4 draft probability, as HF assisted generation does by default; k = 0 is the
+    target alone on our runner (what the fast path gains without any draft)."""
+    return [("ours_target_only", 0, 0.0, "auto"), (f"ours_k{k}", k, 0.0, "auto"),
+            (f"ours_k{k}_conf0.4", k, 0.4, "auto"), ("ours_auto", "auto", 0.0, "auto"),
+            ("ours_auto_conf0.4", "auto", 0.4, "auto"), ("ours_hf_heuristic", "heuristic", 0.0, "auto"),
+            ("ours_auto_conf0.4_hfpath", "auto", 0.4, False)]
 
 
 def bench_mode(target, draft, tokenizer, prompts, args, temperature) -> dict:
     results = {"target_hf": run_hf(target, tokenizer, prompts, args, temperature),
                "hf_assisted": run_hf(target, tokenizer, prompts, args, temperature, assistant=draft)}
-    # ours_k*_conf0.4 stops drafting below 0.4 draft confidence, as HF assisted generation does by default.
-    runs = ((f"ours_k{args.k}", args.k, 0.0), (f"ours_k{args.k}_conf0.4", args.k, 0.4), ("ours_auto", "auto", 0.0),
-            ("ours_auto_conf0.4", "auto", 0.4), ("ours_hf_heuristic", "heuristic", 0.0))
-    for name, policy, confidence in runs:
+    for name, policy, confidence, fast_path in our_runs(args.k):
         generator = SpeculativeGenerator(target, draft, num_draft_tokens=policy, tokenizer=tokenizer,
-                                         draft_confidence=confidence)
+                                         draft_confidence=confidence, fast_path=fast_path)
         results[name] = run_ours(generator, tokenizer, prompts, args, temperature)
+    if len(prompts) > 1:
+        results["target_hf_batch"] = run_hf_batch(target, tokenizer, prompts, args, temperature)
+        generator = SpeculativeGenerator(target, draft, num_draft_tokens="auto", tokenizer=tokenizer,
+                                         draft_confidence=0.4)
+        results["ours_batch_auto_conf0.4"] = run_ours_batch(generator, tokenizer, prompts, args, temperature)
     for name, result in results.items():
         print(f"  {name}: {result['tokens_per_s']:.2f} tok/s", file=sys.stderr, flush=True)
-    base = results["target_hf"]
-    step_s = base["seconds"] / max(base["new_tokens"], 1)
-    for result in results.values():
+    base, assisted = results["target_hf"], results["hf_assisted"]
+    for name, result in results.items():
         result["speedup"] = result["tokens_per_s"] / base["tokens_per_s"]
-    fixed = results[f"ours_k{args.k}"]
-    fixed["cost_ratio"] = fixed["draft_step_s"] / step_s
-    fixed["predicted_speedup"] = predicted_speedup(fixed["alpha"], args.k, fixed["cost_ratio"])
-    fixed["measured_over_predicted"] = fixed["speedup"] / fixed["predicted_speedup"]
+        if name.startswith("ours"):
+            result["vs_hf_assisted"] = result["tokens_per_s"] / assisted["tokens_per_s"]
+    # The speedup formula's prediction, on our own runner: c = one draft step over one plain
+    # target step, both measured; measured = fixed k over the target alone.
+    alone, fixed = results["ours_target_only"], results[f"ours_k{args.k}"]
+    fixed["cost_ratio"] = fixed["draft_step_s"] * alone["tokens_per_s"]
+    fixed["predicted_speedup_over_target_only"] = predicted_speedup(fixed["alpha"], args.k, fixed["cost_ratio"])
+    fixed["measured_over_predicted"] = (fixed["tokens_per_s"] / alone["tokens_per_s"]
+                                        / fixed["predicted_speedup_over_target_only"])
     if temperature == 0:
         for name, result in results.items():
             if name.startswith("ours"):
@@ -129,16 +187,17 @@ def bench_mode(target, draft, tokenizer, prompts, args, temperature) -> dict:
 
 
 def print_table(all_results, num_prompts):
-    print(f"\n{'mode':<7} {'method':<18} {'tok/s':>7} {'speedup':>8} {'alpha':>6} {'tau':>5} {'mean k':>6} "
-          f"{'greedy==HF':>10}")
+    print(f"\n{'mode':<7} {'method':<25} {'tok/s':>7} {'speedup':>8} {'vs asst':>8} {'alpha':>6} {'tau':>5} "
+          f"{'mean k':>6} {'greedy==HF':>10}")
     for mode, results in all_results.items():
         for name, r in results.items():
             alpha = f"{r['alpha']:.3f}" if "alpha" in r else "-"
             tau = f"{r['tau']:.2f}" if "tau" in r else "-"
             mean_k = f"{r['mean_k']:.1f}" if "mean_k" in r else "-"
             match = f"{r['greedy_outputs_match']}/{num_prompts}" if "greedy_outputs_match" in r else "-"
-            print(f"{mode:<7} {name:<18} {r['tokens_per_s']:>7.1f} {r['speedup']:>7.2f}x {alpha:>6} {tau:>5} "
-                  f"{mean_k:>6} {match:>10}")
+            vs_assisted = f"{r['vs_hf_assisted']:.2f}x" if "vs_hf_assisted" in r else "-"
+            print(f"{mode:<7} {name:<25} {r['tokens_per_s']:>7.1f} {r['speedup']:>7.2f}x {vs_assisted:>8} {alpha:>6} "
+                  f"{tau:>5} {mean_k:>6} {match:>10}")
 
 
 def main():

@@ -25,8 +25,9 @@ def test_default_target_loads_as_a_real_model(smollm2):
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("prompt", HELDOUT_PROMPTS[:2])
-def test_greedy_speculative_equals_target_generate(smollm2, prompt):
+def test_greedy_speculative_equals_target_generate(smollm2, prompt, fast_path):
     target, tokenizer, draft = smollm2
     ids = chat_prompt_ids(tokenizer, prompt)
     n = 40
@@ -34,10 +35,23 @@ def test_greedy_speculative_equals_target_generate(smollm2, prompt):
                                 pad_token_id=tokenizer.eos_token_id)
     # Draft = the target's first layers; also a draft equal to the target (accepts all).
     for draft_model in (draft, target):
-        out = SpeculativeGenerator(target, draft_model, num_draft_tokens=4, tokenizer=tokenizer).generate(
-            ids, max_new_tokens=n, eos_token_id=tokenizer.eos_token_id)
+        out = SpeculativeGenerator(target, draft_model, num_draft_tokens=4, tokenizer=tokenizer,
+                                   fast_path=fast_path).generate(ids, max_new_tokens=n,
+                                                                 eos_token_id=tokenizer.eos_token_id)
         assert out.sequences.tolist() == reference.tolist()
     assert out.stats.alpha == 1.0
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_batched_greedy_equals_target_generate_per_row(smollm2, fast_path):
+    target, tokenizer, draft = smollm2
+    prompts = [chat_prompt_ids(tokenizer, p) for p in HELDOUT_PROMPTS[2:5]]  # three lengths
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3, draft_confidence=0.3, fast_path=fast_path)
+    outs = gen.generate_batch(prompts, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
+    for ids, out in zip(prompts, outs):
+        reference = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                                    pad_token_id=tokenizer.eos_token_id)
+        assert out.sequences.tolist() == reference.tolist()
 
 
 def test_sampling_runs_losslessly_and_reproducibly(smollm2):
