@@ -41,16 +41,19 @@ def parse_args():
     parser.add_argument("--k", type=int, default=5, help="draft length of the fixed-k run")
     parser.add_argument("--modes", default="greedy,t0.7", help="comma-separated: greedy, t0.7")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     parser.add_argument("--quick", action="store_true", help="1 prompt and 48 new tokens (a smoke run)")
     return parser.parse_args()
 
 
 def load_models(args):
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     target, tokenizer = load_target(args.target, dtype)
+    target = target.to(device)
     draft_path = Path(args.draft) if args.draft else DEFAULT_DRAFT
     if draft_path.is_dir():
-        return target, tokenizer, load_model(draft_path, dtype), str(draft_path)
+        return target, tokenizer, load_model(draft_path, dtype).to(device), str(draft_path)
     if args.draft:
         raise SystemExit(f"--draft {args.draft} is not a directory")
     print(f"WARNING: {DEFAULT_DRAFT} not found; using an UNDISTILLED draft pruned from the target "
@@ -217,6 +220,7 @@ def main():
                              if key != "outputs"} for name, r in results.items()}
                for mode, results in all_results.items()}
     print(json.dumps({"bench": "decode", "target": args.target, "draft": draft_name, "dtype": args.dtype,
+                      "device": str(target.device),
                       "max_new_tokens": args.max_new_tokens, "num_prompts": len(prompts), "k": args.k,
                       "threads": torch.get_num_threads(), "results": summary}))
 

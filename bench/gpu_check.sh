@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine: kernel correctness tests, then the kernel benchmark; prints a short
-# table. Installs nothing: it uses the machine's python3 (torch + triton) and, when specdistill is
-# not installed there, puts this checkout on the path through a folder of symlinks.
+# One call on a CUDA machine: kernel correctness tests, the kernel benchmark, then the decoding
+# benchmark (bf16, with runs/demo/final when it is there); prints a short table. Installs nothing:
+# it uses the machine's python3 (torch + triton) and, when specdistill is not installed there,
+# puts this checkout on the path through a folder of symlinks.
 #
 #   bash bench/gpu_check.sh            # PYTHON=... to pick the interpreter; OUT=dir keeps the logs
 #
-# About 3-5 minutes on one H100/H200; each step has a timeout, so the whole stays under 10.
+# About 5-8 minutes on one H100/H200; each step has a timeout (4, 5.5 and 4 minutes).
 # Record what it prints in bench/RESULTS.md with the date and the device.
 set -u
 cd "$(dirname "$0")/.."
@@ -46,6 +47,11 @@ timeout 330 "$PY" bench/bench_kernels.py --device cuda --sweep > "$OUT/bench_ker
 BENCH_RC=$?
 grep -v '^{' "$OUT/bench_kernels.txt" | tail -n 30
 
+echo "== decoding benchmark (bench/bench_decode.py --device cuda --dtype bf16)"
+timeout 240 "$PY" bench/bench_decode.py --device cuda --dtype bf16 --num-prompts 4 > "$OUT/bench_decode.txt" 2>&1
+DECODE_RC=$?
+grep -v '^{' "$OUT/bench_decode.txt" | tail -n 30
+
 echo "== summary"
 "$PY" - "$OUT" "$TESTS_RC" "$BENCH_RC" <<'EOF'
 import json, sys
@@ -65,5 +71,6 @@ for key in ("fused_bw_vs_copy", "fused_speedup_vs_reference", "chunked_triton_me
     if key in goals:
         print(f"{key:<40}{goals[key]:>8.3f}")
 EOF
+echo "decoding benchmark: $([ "$DECODE_RC" -eq 0 ] && echo ok || echo "FAILED (rc $DECODE_RC)")"
 echo "logs: $OUT"
-[ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ]
+[ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ] && [ "$DECODE_RC" -eq 0 ]

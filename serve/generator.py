@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
-from specdistill.serve.runners import make_runner
+from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.sampling import SamplingParams, accept_greedy, accept_sampled, warp_probs
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
@@ -93,12 +93,19 @@ class SpeculativeGenerator:
     ``fast_path``: "auto" runs Llama-family models (Llama, SmolLM, Mistral, Qwen2)
     on the lean runner with a preallocated KV cache and everything else on the
     Hugging Face model; True insists on the lean runner, False never uses it.
-    ``compile=True`` wraps the lean runner in ``torch.compile``."""
+    ``compile=True`` wraps the lean runner in ``torch.compile``. ``draft=None`` decodes
+    with the target alone on the same engine (a baseline, or to generate data fast).
+    ``draft_vocab`` (token ids, e.g. the most frequent ones from ``draft_vocab.json``
+    beside a trained draft) lets the draft propose only those: its LM head shrinks to
+    them, which makes draft steps far cheaper for large vocabularies; still lossless."""
 
-    def __init__(self, target, draft, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
+    def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
-                 compile: bool = False):
-        check_compatible(target, draft, tokenizer, draft_tokenizer)
+                 compile: bool = False, draft_vocab=None):
+        if draft is not None:
+            check_compatible(target, draft, tokenizer, draft_tokenizer)
+        else:
+            num_draft_tokens = 0  # the target alone, on the same engine (a baseline, or to generate data)
         if not 0 <= draft_confidence < 1:
             raise ValueError(f"draft_confidence must be in [0, 1) (0 = off), got {draft_confidence}")
         # Stop drafting early once the draft's probability of its own token falls below this
@@ -108,9 +115,9 @@ class SpeculativeGenerator:
             raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
         self.draft_length = make_policy(num_draft_tokens)
         self.target = target.eval()
-        self.draft = draft.eval()
+        self.draft = None if draft is None else draft.eval()
         self.target_runner = make_runner(self.target, fast_path, compile)
-        self.draft_runner = make_runner(self.draft, fast_path, compile)
+        self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile, draft_vocab)
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)
@@ -326,6 +333,8 @@ class SpeculativeGenerator:
         device = self.target.device
         drafts, probs = [], []
         steps = max(limits)
+        if steps == 0:
+            return torch.empty(len(rows), 0, dtype=torch.long, device=device), None, limits, 0.0
         # Each row feeds the tokens its draft cache lacks (one or two, more after k = 0 steps),
         # right-padded to a common width; the padding is rolled back after the call.
         pending = [row.tokens[held:] for row, held in zip(rows, draft_state.lengths)]

@@ -9,6 +9,12 @@ mask per row hides everything past them, so rolling back is just setting a
 length. Rotary embeddings come from the model's own rotary module, so every
 RoPE scaling variant it supports is supported here. ``compile=True`` wraps the
 forward in ``torch.compile``.
+
+``vocab_subset`` (token ids) runs the LM head on those rows only and gives every
+other token -inf: for a draft with a large vocabulary the head is most of a step,
+and a frequency-ranked subset (as in FR-Spec) keeps nearly all of its
+acceptance. Speculative decoding stays lossless: the draft's q is simply zero
+outside the subset.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ class _Layer:
 class LlamaRunner:
     name = "fast"
 
-    def __init__(self, model, compile: bool = False):
+    def __init__(self, model, compile: bool = False, vocab_subset: torch.Tensor | None = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(reason)
@@ -72,6 +78,11 @@ class LlamaRunner:
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
         self.head = model.lm_head.weight
+        self.vocab_size = self.head.shape[0]
+        self.vocab_subset = None
+        if vocab_subset is not None:
+            self.vocab_subset = _check_subset(vocab_subset, self.vocab_size).to(self.head.device)
+            self.head = self.head[self.vocab_subset]  # a copy of those rows only
         self.rotary = model.model.rotary_emb
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
@@ -121,7 +132,11 @@ class LlamaRunner:
             x = x + F.linear(F.silu(gate) * up, layer.down)
         if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
             x = x[torch.arange(x.shape[0], device=x.device), keep_index]
-        return F.linear(self._norm(x, self.final_norm), self.head)
+        logits = F.linear(self._norm(x, self.final_norm), self.head)
+        if self.vocab_subset is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.vocab_subset, logits)
 
     def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span):
         batch, width, _ = x.shape
@@ -142,6 +157,15 @@ class LlamaRunner:
     def _norm(self, x, weight):
         # As LlamaRMSNorm: normalize in float32, cast back, then scale.
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def _check_subset(ids, vocab_size: int) -> torch.Tensor:
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise ValueError(f"vocab_subset must be a non-empty list of token ids in [0, {vocab_size})")
+    if ids.unique().numel() != ids.numel():
+        raise ValueError("vocab_subset has repeated token ids")
+    return ids
 
 
 def _grow(state: FastState, needed: int) -> None:

@@ -98,6 +98,24 @@ class HFRunner:
             state.positions = state.positions[:, :keep]
 
 
+class NoDraft:
+    """The draft runner when there is no draft: holds nothing and runs nothing."""
+
+    name = "none"
+
+    def start(self, batch_size: int, max_length: int) -> HFState:
+        return HFState(None, [0] * batch_size, torch.empty(batch_size, 0, dtype=torch.long))
+
+    def forward(self, state, input_ids, keep):
+        return None
+
+    def rollback(self, state, lengths: list[int]) -> None:
+        pass
+
+    def select(self, state, rows: list[int]) -> None:
+        state.lengths = [state.lengths[row] for row in rows]
+
+
 def _sliding_window(config) -> bool:
     if getattr(config, "sliding_window", None) is None:
         return False
@@ -106,9 +124,10 @@ def _sliding_window(config) -> bool:
     return getattr(config, "use_sliding_window", True)
 
 
-def make_runner(model, fast_path: bool | str = "auto", compile: bool = False):
+def make_runner(model, fast_path: bool | str = "auto", compile: bool = False, vocab_subset=None):
     """The lean Llama runner when ``fast_path`` is True, or "auto" and the model is a
-    supported Llama-family checkpoint; otherwise the generic Hugging Face runner."""
+    supported Llama-family checkpoint; otherwise the generic Hugging Face runner.
+    ``vocab_subset`` (lean runner only) restricts the LM head to those token ids."""
     from specdistill.serve.llama_fast import LlamaRunner, unsupported_reason
 
     if fast_path not in (True, False, "auto"):
@@ -117,7 +136,8 @@ def make_runner(model, fast_path: bool | str = "auto", compile: bool = False):
     if fast_path is True and reason:
         raise ValueError(f"fast_path=True but {reason}; use fast_path='auto' or False for the generic path")
     if fast_path is False or reason:
-        if compile:
-            raise ValueError("compile=True needs the fast path (a Llama-family model and fast_path True or 'auto')")
+        for option, value in (("compile=True", compile), ("a draft vocabulary subset", vocab_subset is not None)):
+            if value:
+                raise ValueError(f"{option} needs the fast path (a Llama-family model and fast_path True or 'auto')")
         return HFRunner(model)
-    return LlamaRunner(model, compile=compile)
+    return LlamaRunner(model, compile=compile, vocab_subset=vocab_subset)

@@ -9,6 +9,7 @@ directory works as well.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -94,6 +95,31 @@ def load_target(name_or_path: str | os.PathLike = DEFAULT_TARGET, dtype: torch.d
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+DRAFT_VOCAB_FILE = "draft_vocab.json"
+
+
+def save_draft_vocab(directory: str | os.PathLike, chunks: torch.Tensor, vocab: int, always: list[int]) -> Path:
+    """Rank the token ids of the training text by frequency and write them beside the
+    draft: the first N are a draft vocabulary subset (``SpeculativeGenerator(draft_vocab=...)``).
+    ``always`` (EOS and friends) come first: a draft that cannot propose EOS drafts past it."""
+    counts = torch.bincount(chunks.flatten().cpu(), minlength=vocab)[:vocab]
+    ranked = [int(i) for i in counts.argsort(descending=True, stable=True) if counts[i] > 0]
+    ranked = list(dict.fromkeys([t for t in always if 0 <= t < vocab] + ranked))
+    path = Path(directory) / DRAFT_VOCAB_FILE
+    path.write_text(json.dumps({"token_ids_by_frequency": ranked, "tokens_counted": int(counts.sum())}))
+    return path
+
+
+def load_draft_vocab(directory: str | os.PathLike, size: int | None = None) -> torch.Tensor | None:
+    """The ``size`` most frequent token ids saved beside a draft (all of them when None);
+    None when the draft has no such file."""
+    path = Path(directory) / DRAFT_VOCAB_FILE
+    if not path.exists():
+        return None
+    ranked = json.loads(path.read_text())["token_ids_by_frequency"]
+    return torch.tensor(ranked[:size] if size else ranked)
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM
 
 from specdistill.data import batch_at, corpus_files, split_files, token_chunks
 from specdistill.losses import DIVERGENCES, compute_distill_loss, compute_linear_distill_loss
-from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft
+from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
+from specdistill.target_data import generate_answers, sequence_chunks
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class TrainConfig:
     draft: str = ""  # a local HF draft directory; empty = prune the target
     keep_layers: str = "0,1,2,-1"  # target layers the pruned draft keeps (negative = from the end)
     output_dir: str = "runs/draft"
-    corpus: str = "stdlib"  # 'stdlib' (Python's own source) or a text file / folder
+    corpus: str = "stdlib"  # 'stdlib' (Python source), 'target' (the target's chat answers), or a text file/folder
+    generate_tokens: int = 40000  # with corpus 'target': answer tokens to generate (cached in output_dir)
+    generate_temperature: float = 0.8  # with corpus 'target': sampling temperature of the answers
     seq_len: int = 256
     batch_size: int = 8
     steps: int = 200
@@ -65,6 +68,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.generate_tokens < 1:
+            raise ValueError(f"generate_tokens must be >= 1, got {self.generate_tokens}")
+        if not self.generate_temperature >= 0:
+            raise ValueError(f"generate_temperature must be >= 0 (0 = greedy), got {self.generate_temperature}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
@@ -184,6 +191,22 @@ def _build_draft(config: TrainConfig, target, device):
     return prune_draft(target, keep).float().to(device), None
 
 
+def _as_list(ids) -> list[int]:
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
+def corpus_chunks(config: TrainConfig, target, tokenizer, progress: bool = True) -> torch.Tensor:
+    """The training chunks [N, seq_len] of ``config.corpus``."""
+    if config.corpus == "target":
+        sequences = generate_answers(target, tokenizer, config.generate_tokens,
+                                     cache=Path(config.output_dir) / "target_answers.pt",
+                                     temperature=config.generate_temperature, seed=config.seed, progress=progress)
+        return sequence_chunks(sequences, config.seq_len)
+    files, _ = split_files(corpus_files(config.corpus), heldout_fraction=0.05, seed=config.seed)
+    return token_chunks(tokenizer, files, config.seq_len, config.steps * config.batch_size * config.seq_len,
+                        progress=progress)
+
+
 def train(config: TrainConfig, target=None, tokenizer=None, chunks: torch.Tensor | None = None,
           progress: bool = True) -> dict:
     """Distill a draft; returns a summary with the loss/acceptance history and the
@@ -194,9 +217,7 @@ def train(config: TrainConfig, target=None, tokenizer=None, chunks: torch.Tensor
         target, tokenizer = load_target(config.target)
     target = target.to(device).eval()
     if chunks is None:
-        files, _ = split_files(corpus_files(config.corpus), heldout_fraction=0.05, seed=config.seed)
-        chunks = token_chunks(tokenizer, files, config.seq_len, config.steps * config.batch_size * config.seq_len,
-                              progress=progress)
+        chunks = corpus_chunks(config, target, tokenizer, progress)
     draft, resumed_from = _build_draft(config, target, device)
     check_compatible(target, draft)
     draft.train()
@@ -216,8 +237,12 @@ def train(config: TrainConfig, target=None, tokenizer=None, chunks: torch.Tensor
                       start_step, history, device, progress)
     draft.eval()
     draft.save_pretrained(out / "final")
+    eos = []
     if tokenizer is not None:
         tokenizer.save_pretrained(out / "final")
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos += _as_list(getattr(target.generation_config, "eos_token_id", None))
+    save_draft_vocab(out / "final", chunks, vocab_size(draft), eos)
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
             "resumed_from_step": start_step}
 

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from specdistill.models import tiny_pair
 
@@ -8,6 +10,15 @@ from specdistill.models import tiny_pair
 def tiny_models():
     """A tiny random (target, draft) pair sharing a 64-token vocabulary."""
     return tiny_pair(vocab_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    """A real fast tokenizer with one token per character (lowercase code and prose)."""
+    vocab = {c: i for i, c in enumerate(["<eos>", "<unk>", *sorted(set("abcdefghijklmnopqrstuvwxyz _=():?\n"))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
 @pytest.fixture(autouse=True)

@@ -108,8 +108,9 @@ def _exact_joint(target, prompt, vocab, warpers):
     return joint.flatten()
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8)])
-def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
+@pytest.mark.parametrize("temperature,top_k,top_p,draft_vocab",
+                         [(1.0, 0, 1.0, None), (0.7, 5, 1.0, None), (1.3, 0, 0.8, None), (1.0, 0, 1.0, [7, 0, 3, 5])])
+def test_sampling_follows_the_target_distribution(temperature, top_k, top_p, draft_vocab):
     vocab, samples = 8, 3000
     target = tiny_llama(vocab_size=vocab, num_layers=3, hidden_size=32, seed=3)
     with torch.no_grad():  # sharpen the random model so the distribution is far from uniform
@@ -123,7 +124,9 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p):
     prompt = torch.tensor([[2, 5, 3]])
     expected = _exact_joint(target, prompt, vocab, warpers)
     # A confidence threshold shortens some drafts; the output distribution must not move.
-    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2, draft_confidence=0.3 if top_p < 1 else 0.0)
+    # A draft vocabulary subset makes q zero outside it; the output must not move either.
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=2, draft_confidence=0.3 if top_p < 1 else 0.0,
+                               draft_vocab=draft_vocab)
     counts = torch.zeros(vocab * vocab, dtype=torch.float64)
     stats = None
     for seed in range(samples):

@@ -135,3 +135,27 @@ def test_compiled_fast_path_gives_the_same_tokens(tiny_models):
     compiled = SpeculativeGenerator(target, draft, num_draft_tokens=3, compile=True)
     outs = compiled.generate_batch(prompts, max_new_tokens=12, eos_token_id=[])
     assert [o.sequences.tolist() for o in outs] == [o.sequences.tolist() for o in eager]
+
+
+def test_vocab_subset_runs_the_head_on_those_rows_only(tiny_models):
+    target, draft = tiny_models
+    ids = torch.randint(2, 64, (2, 5))
+    subset = torch.tensor([5, 1, 40, 33, 2])
+    runner = LlamaRunner(draft, vocab_subset=subset)
+    assert runner.head.shape[0] == 5
+    logits = runner.forward(runner.start(2, 8), ids, None)
+    full = draft(ids).logits
+    torch.testing.assert_close(logits[..., subset], full[..., subset], atol=1e-5, rtol=1e-5)
+    others = torch.ones(64, dtype=torch.bool)
+    others[subset] = False
+    assert torch.isneginf(logits[..., others]).all()
+    # Lossless: greedy output is still the target's.
+    prompt = torch.randint(2, 64, (1, 6))
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=3, draft_vocab=torch.arange(2, 40))
+    reference = SpeculativeGenerator(target, None).generate(prompt, max_new_tokens=20, eos_token_id=[])
+    assert gen.generate(prompt, max_new_tokens=20, eos_token_id=[]).sequences.tolist() == reference.sequences.tolist()
+    for bad in ([], [3, 3], [64]):
+        with pytest.raises(ValueError, match="vocab_subset"):
+            LlamaRunner(draft, vocab_subset=bad)
+    with pytest.raises(ValueError, match="subset needs the fast path"):
+        SpeculativeGenerator(target, draft, fast_path=False, draft_vocab=[1, 2])

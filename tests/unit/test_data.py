@@ -1,16 +1,6 @@
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from specdistill.data import corpus_files, split_files, stdlib_files, token_chunks
-
-
-@pytest.fixture(scope="module")
-def char_tokenizer():
-    vocab = {c: i for i, c in enumerate(["<eos>", "<unk>", *sorted(set("abcdefghijklmnopqrstuvwxyz _=():\n"))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
 def test_stdlib_corpus_is_real_python():

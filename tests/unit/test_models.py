@@ -40,3 +40,13 @@ def test_missing_path_and_non_causal_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "image_size": 32}))
     with pytest.raises(ValueError, match="not a causal language model"):
         load_model(tmp_path)
+
+
+def test_draft_vocab_ranks_tokens_by_frequency_with_eos_first(tmp_path):
+    from specdistill.models import load_draft_vocab, save_draft_vocab
+
+    chunks = torch.tensor([[5, 5, 5, 2], [2, 9, 5, 2]])
+    save_draft_vocab(tmp_path, chunks, vocab=16, always=[1])
+    assert load_draft_vocab(tmp_path).tolist() == [1, 5, 2, 9]
+    assert load_draft_vocab(tmp_path, size=2).tolist() == [1, 5]
+    assert load_draft_vocab(tmp_path / "none") is None
