@@ -23,7 +23,7 @@ import torch
 from specdistill.serve import SpecStats, SpeculativeGenerator
 
 from specdistill.eval import predicted_speedup
-from specdistill.models import load_model, load_target, prune_draft
+from specdistill.models import load_draft_vocab, load_model, load_target, prune_draft
 from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 
 DEFAULT_DRAFT = Path("runs/demo/final")
@@ -42,6 +42,9 @@ def parse_args():
     parser.add_argument("--modes", default="greedy,t0.7", help="comma-separated: greedy, t0.7")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    parser.add_argument("--draft-vocab-size", type=int, default=8192,
+                        help="our rows draft only the N most frequent training tokens, from draft_vocab.json beside "
+                        "the draft (0 = the whole vocabulary); one row always uses the whole vocabulary")
     parser.add_argument("--quick", action="store_true", help="1 prompt and 48 new tokens (a smoke run)")
     return parser.parse_args()
 
@@ -147,26 +150,29 @@ def warm_up(target, draft, tokenizer, prompt):
 
 
 def our_runs(k: int) -> list[tuple]:
-    """(name, draft length policy, draft confidence, fast path). Confidence 0.4 stops drafting
-    below 0.4 draft probability, as HF assisted generation does by default; k = 0 is the
-    target alone on our runner (what the fast path gains without any draft)."""
-    return [("ours_target_only", 0, 0.0, "auto"), (f"ours_k{k}", k, 0.0, "auto"),
-            (f"ours_k{k}_conf0.4", k, 0.4, "auto"), ("ours_auto", "auto", 0.0, "auto"),
-            ("ours_auto_conf0.4", "auto", 0.4, "auto"), ("ours_hf_heuristic", "heuristic", 0.0, "auto"),
-            ("ours_auto_conf0.4_hfpath", "auto", 0.4, False)]
+    """(name, draft length policy, draft confidence, fast path, use the draft vocabulary).
+    Confidence 0.4 stops drafting below 0.4 draft probability, as HF assisted generation
+    does by default; k = 0 is the target alone on our runner (what the fast path gains
+    without any draft)."""
+    return [("ours_target_only", 0, 0.0, "auto", False), (f"ours_k{k}", k, 0.0, "auto", True),
+            (f"ours_k{k}_conf0.4", k, 0.4, "auto", True), (f"ours_k{k}_conf0.4_fullvocab", k, 0.4, "auto", False),
+            ("ours_auto", "auto", 0.0, "auto", True), ("ours_auto_conf0.4", "auto", 0.4, "auto", True),
+            ("ours_hf_heuristic", "heuristic", 0.0, "auto", True),
+            ("ours_auto_conf0.4_hfpath", "auto", 0.4, False, False)]
 
 
-def bench_mode(target, draft, tokenizer, prompts, args, temperature) -> dict:
+def bench_mode(target, draft, tokenizer, prompts, args, temperature, vocab=None) -> dict:
     results = {"target_hf": run_hf(target, tokenizer, prompts, args, temperature),
                "hf_assisted": run_hf(target, tokenizer, prompts, args, temperature, assistant=draft)}
-    for name, policy, confidence, fast_path in our_runs(args.k):
-        generator = SpeculativeGenerator(target, draft, num_draft_tokens=policy, tokenizer=tokenizer,
-                                         draft_confidence=confidence, fast_path=fast_path)
+    for name, policy, confidence, fast_path, use_vocab in our_runs(args.k):
+        generator = SpeculativeGenerator(target, draft if policy != 0 else None, num_draft_tokens=policy,
+                                         tokenizer=tokenizer, draft_confidence=confidence, fast_path=fast_path,
+                                         draft_vocab=vocab if use_vocab else None)
         results[name] = run_ours(generator, tokenizer, prompts, args, temperature)
     if len(prompts) > 1:
         results["target_hf_batch"] = run_hf_batch(target, tokenizer, prompts, args, temperature)
         generator = SpeculativeGenerator(target, draft, num_draft_tokens="auto", tokenizer=tokenizer,
-                                         draft_confidence=0.4)
+                                         draft_confidence=0.4, draft_vocab=vocab)
         results["ours_batch_auto_conf0.4"] = run_ours_batch(generator, tokenizer, prompts, args, temperature)
     for name, result in results.items():
         print(f"  {name}: {result['tokens_per_s']:.2f} tok/s", file=sys.stderr, flush=True)
@@ -190,7 +196,7 @@ def bench_mode(target, draft, tokenizer, prompts, args, temperature) -> dict:
 
 
 def print_table(all_results, num_prompts):
-    print(f"\n{'mode':<7} {'method':<25} {'tok/s':>7} {'speedup':>8} {'vs asst':>8} {'alpha':>6} {'tau':>5} "
+    print(f"\n{'mode':<7} {'method':<28} {'tok/s':>7} {'speedup':>8} {'vs asst':>8} {'alpha':>6} {'tau':>5} "
           f"{'mean k':>6} {'greedy==HF':>10}")
     for mode, results in all_results.items():
         for name, r in results.items():
@@ -199,7 +205,7 @@ def print_table(all_results, num_prompts):
             mean_k = f"{r['mean_k']:.1f}" if "mean_k" in r else "-"
             match = f"{r['greedy_outputs_match']}/{num_prompts}" if "greedy_outputs_match" in r else "-"
             vs_assisted = f"{r['vs_hf_assisted']:.2f}x" if "vs_hf_assisted" in r else "-"
-            print(f"{mode:<7} {name:<25} {r['tokens_per_s']:>7.1f} {r['speedup']:>7.2f}x {vs_assisted:>8} {alpha:>6} "
+            print(f"{mode:<7} {name:<28} {r['tokens_per_s']:>7.1f} {r['speedup']:>7.2f}x {vs_assisted:>8} {alpha:>6} "
                   f"{tau:>5} {mean_k:>6} {match:>10}")
 
 
@@ -209,19 +215,25 @@ def main():
         args.num_prompts, args.max_new_tokens = 1, min(args.max_new_tokens, 48)
     torch.manual_seed(args.seed)
     target, tokenizer, draft, draft_name = load_models(args)
+    vocab = load_draft_vocab(draft_name, args.draft_vocab_size) if args.draft_vocab_size and Path(
+        draft_name).is_dir() else None
+    if vocab is not None:
+        print(f"draft vocabulary: the {len(vocab)} most frequent training tokens ({draft_name}/draft_vocab.json)",
+              file=sys.stderr)
     prompts = [chat_prompt_ids(tokenizer, p).to(target.device) for p in HELDOUT_PROMPTS[: args.num_prompts]]
     warm_up(target, draft, tokenizer, prompts[0])
     all_results = {}
     for mode in args.modes.split(","):
         print(f"mode {mode}", file=sys.stderr, flush=True)
-        all_results[mode] = bench_mode(target, draft, tokenizer, prompts, args, MODES[mode])
+        all_results[mode] = bench_mode(target, draft, tokenizer, prompts, args, MODES[mode], vocab)
     print_table(all_results, len(prompts))
     summary = {mode: {name: {key: (round(v, 4) if isinstance(v, float) else v) for key, v in r.items()
                              if key != "outputs"} for name, r in results.items()}
                for mode, results in all_results.items()}
     print(json.dumps({"bench": "decode", "target": args.target, "draft": draft_name, "dtype": args.dtype,
                       "device": str(target.device),
-                      "max_new_tokens": args.max_new_tokens, "num_prompts": len(prompts), "k": args.k,
+                      "draft_vocab": None if vocab is None else len(vocab), "max_new_tokens": args.max_new_tokens,
+                      "num_prompts": len(prompts), "k": args.k,
                       "threads": torch.get_num_threads(), "results": summary}))
 
 
