@@ -259,16 +259,17 @@ class SpeculativeGenerator:
                                                                        generator)
             target_logits, target_seconds = self._verify(active, drafts, target_state)
             target_probs = None if params.greedy else warp_probs(target_logits, params)
-            updates, lengths = [], []
+            updates, lengths, outcomes = [], [], []
             for i, row in enumerate(active):
                 n, next_token = self._accept(i, limits[i], drafts, draft_probs, target_logits, target_probs,
                                              params, generator)
                 row.stats.record_step(limits[i], n)
-                self.draft_length.update(limits[i], n, draft_seconds, target_seconds)
+                outcomes.append((limits[i], n))
                 lengths.append(len(row.tokens) + n)
                 done, produced = _cut_at_eos(drafts[i, :n].tolist() + [next_token], eos)
                 updates.append((row, produced, "eos" if done else (
                     "length" if row.new + len(produced) >= max_new_tokens else None)))
+            self._update_policy(outcomes, drafts.shape[1], draft_seconds, target_seconds)
             self.target_runner.rollback(target_state, lengths)
             self.draft_runner.rollback(draft_state, lengths)
             yield updates
@@ -278,6 +279,14 @@ class SpeculativeGenerator:
                     self.target_runner.select(target_state, still)
                     self.draft_runner.select(draft_state, still)
                 active = [active[i] for i in still]
+
+    def _update_policy(self, outcomes, k_run, draft_seconds, target_seconds) -> None:
+        """A policy that knows batches learns from the step once; others hear of each row."""
+        if hasattr(self.draft_length, "update_rows"):
+            self.draft_length.update_rows(outcomes, k_run, draft_seconds, target_seconds)
+            return
+        for k, n in outcomes:
+            self.draft_length.update(k, n, draft_seconds, target_seconds)
 
     def _accept(self, i, k, drafts, draft_probs, target_logits, target_probs, params, generator):
         if params.greedy:

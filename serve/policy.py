@@ -105,14 +105,21 @@ class CostAwareDraftLength:
         return best
 
     def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
-        k = min(k, self.k_max)
-        accepted = min(accepted, k)
+        self.update_rows([(k, accepted)], k, draft_seconds, verify_seconds)
+
+    def update_rows(self, rows: list[tuple[int, int]], k_run: int, draft_seconds: float,
+                    verify_seconds: float) -> None:
+        """One batched step: (k drafted, accepted) per row; ``k_run`` draft forwards and one
+        verification of k_run + 1 tokens were shared by all rows. Forgets once per step."""
         for counts in (self.accepted_at, self.reached_at, self.verify_sum, self.verify_count):
             counts[:] = [c * self.decay for c in counts]
-        for i in range(accepted):
-            self.accepted_at[i] += 1
-        for i in range(min(accepted + 1, k)):
-            self.reached_at[i] += 1
+        for k, accepted in rows:
+            k = min(k, self.k_max)
+            for i in range(min(accepted, k)):
+                self.accepted_at[i] += 1
+            for i in range(min(accepted + 1, k)):
+                self.reached_at[i] += 1
+        k = min(k_run, self.k_max)
         self.verify_sum[k] += verify_seconds
         self.verify_count[k] += 1
         if k > 0:

@@ -92,3 +92,13 @@ def test_adaptive_policies_stay_lossless(tiny_models, spec):
         out = gen.generate(ids, max_new_tokens=40, eos_token_id=[])
         assert out.sequences.tolist() == reference.sequences.tolist()
     assert out.stats.proposed > 0
+
+
+def test_a_batched_step_is_learned_once():
+    """Three rows of one step: their acceptances all count, the step's forgetting and
+    timing count once, as one update would."""
+    batched, single = CostAwareDraftLength(), CostAwareDraftLength()
+    batched.update_rows([(3, 3), (3, 1), (2, 0)], 3, draft_seconds=0.03, verify_seconds=0.1)
+    single.update(3, 3, 0.03, 0.1)
+    assert batched.verify_count == single.verify_count and batched.draft_step_seconds == single.draft_step_seconds
+    assert batched.accepted_at[:3] == [2, 1, 1] and batched.reached_at[:3] == [3, 2, 1]
