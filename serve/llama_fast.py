@@ -101,8 +101,10 @@ class LlamaRunner:
         start = torch.tensor(state.lengths, device=input_ids.device)
         positions = start[:, None] + torch.arange(width, device=input_ids.device)  # [B, T]
         keep_index = None if keep is None else torch.tensor(keep, device=input_ids.device)
+        # All rows at one length (one prompt, always): keys go in with a slice, not a scatter.
+        common_start = state.lengths[0] if len(set(state.lengths)) == 1 else None
         logits = self._forward(input_ids, positions, state.keys, state.values, max(state.lengths) + width,
-                               keep_index)
+                               keep_index, common_start)
         state.lengths = [n + width for n in state.lengths]
         return logits
 
@@ -117,7 +119,7 @@ class LlamaRunner:
         state.values = [cache.index_select(0, index) for cache in state.values]
         state.lengths = [state.lengths[row] for row in rows]
 
-    def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index):
+    def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start):
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary(x, positions)
         key_positions = torch.arange(span, device=x.device)
@@ -127,7 +129,7 @@ class LlamaRunner:
             if layer.window is not None:
                 mask = causal & (key_positions > positions[:, None, :, None] - layer.window)
             x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
-                                    layer_values, mask, span)
+                                    layer_values, mask, span, common_start)
             gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
         if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
@@ -138,7 +140,7 @@ class LlamaRunner:
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
         return full.index_copy_(-1, self.vocab_subset, logits)
 
-    def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span):
+    def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span, common_start):
         batch, width, _ = x.shape
         q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
@@ -146,10 +148,13 @@ class LlamaRunner:
         k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        # Each row writes its new keys at its own positions.
-        index = positions[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
-        layer_keys.scatter_(2, index, k)
-        layer_values.scatter_(2, index, v)
+        if common_start is not None:
+            layer_keys[:, :, common_start: common_start + width] = k
+            layer_values[:, :, common_start: common_start + width] = v
+        else:  # each row writes its new keys at its own positions
+            index = positions[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
+            layer_keys.scatter_(2, index, k)
+            layer_values.scatter_(2, index, v)
         out = F.scaled_dot_product_attention(q, layer_keys[:, :, :span], layer_values[:, :, :span], attn_mask=mask,
                                              enable_gqa=self.heads != self.kv_heads)
         return F.linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
