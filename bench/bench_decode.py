@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from specdistill.serve import SpecStats, SpeculativeGenerator
 
-from specdistill.eval import predicted_speedup
+from specdistill.eval import expected_tokens_per_call, predicted_speedup
 from specdistill.models import load_draft_vocab, load_model, load_target, prune_draft
 from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 
@@ -137,7 +137,8 @@ def _ours_result(stats, outputs, seconds) -> dict:
     return {"tokens_per_s": stats.new_tokens / seconds, "new_tokens": stats.new_tokens, "seconds": seconds,
             "alpha": stats.alpha, "tau": stats.tau, "mean_k": stats.proposed / max(stats.target_calls, 1),
             "per_position_acceptance": [round(a, 3) for a in stats.per_position_acceptance()],
-            "draft_step_s": stats.draft_seconds / max(stats.draft_calls, 1), "outputs": outputs}
+            "draft_step_s": stats.draft_seconds / max(stats.draft_calls, 1),
+            "verify_step_s": stats.target_seconds / max(stats.target_calls, 1), "outputs": outputs}
 
 
 def warm_up(target, draft, tokenizer, prompt):
@@ -188,6 +189,10 @@ def bench_mode(target, draft, tokenizer, prompts, args, temperature, vocab=None)
     fixed["predicted_speedup_over_target_only"] = predicted_speedup(fixed["alpha"], args.k, fixed["cost_ratio"])
     fixed["measured_over_predicted"] = (fixed["tokens_per_s"] / alone["tokens_per_s"]
                                         / fixed["predicted_speedup_over_target_only"])
+    # The formula prices a (k+1)-token verification at one target step; on a CPU it costs more.
+    fixed["verify_cost_ratio"] = fixed["verify_step_s"] / alone["verify_step_s"]
+    fixed["predicted_with_verify_cost"] = (expected_tokens_per_call(fixed["alpha"], args.k)
+                                           / (args.k * fixed["cost_ratio"] + fixed["verify_cost_ratio"]))
     if temperature == 0:
         for name, result in results.items():
             if name.startswith("ours"):

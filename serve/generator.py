@@ -136,7 +136,7 @@ class SpeculativeGenerator:
         """The whole generation. ``stop`` strings end it when they appear in the text
         (needs a tokenizer); ``text`` is then cut before the stop string while
         ``sequences`` keeps the tokens up to the one that completed it."""
-        ids = self._check_prompt(input_ids, max_new_tokens, single=True)
+        ids = self._check_prompt(input_ids, max_new_tokens)
         return self.generate_batch([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)[0]
 
     def generate_batch(
@@ -186,7 +186,7 @@ class SpeculativeGenerator:
     ) -> Iterator[StreamChunk]:
         """An iterator of ``StreamChunk``, one per decode step, for servers. Arguments
         are checked now, so a bad request fails before the first chunk."""
-        ids = self._check_prompt(input_ids, max_new_tokens, single=True)
+        ids = self._check_prompt(input_ids, max_new_tokens)
         steps = self._stream_rows([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
         return (chunk for updates in steps for _, chunk in updates)
 
@@ -210,7 +210,7 @@ class SpeculativeGenerator:
         params = SamplingParams(temperature, top_p, top_k)
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise ValueError("prompts must be a non-empty list of token id tensors")
-        prompts = [self._check_prompt(ids, max_new_tokens, single=True) for ids in prompts]
+        prompts = [self._check_prompt(ids, max_new_tokens) for ids in prompts]
         stops = normalize_stop(stop, self.tokenizer)
         if seed is not None and not isinstance(seed, int):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
@@ -294,7 +294,7 @@ class SpeculativeGenerator:
         row_probs = None if draft_probs is None else draft_probs[i, :k]
         return accept_sampled(drafts[i, :k], row_probs, target_probs[i, : k + 1], generator)
 
-    def _check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int, single: bool) -> torch.Tensor:
+    def _check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
             raise ValueError("input_ids must be an integer tensor of token ids (use the tokenizer first)")
         ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
