@@ -282,7 +282,7 @@ class SpeculativeGenerator:
 
     def _update_policy(self, outcomes, k_run, draft_seconds, target_seconds) -> None:
         """A policy that knows batches learns from the step once; others hear of each row."""
-        if hasattr(self.draft_length, "update_rows"):
+        if getattr(self.draft_length, "update_rows", None):
             self.draft_length.update_rows(outcomes, k_run, draft_seconds, target_seconds)
             return
         for k, n in outcomes:
