@@ -136,8 +136,8 @@ class SpeculativeGenerator:
         """The whole generation. ``stop`` strings end it when they appear in the text
         (needs a tokenizer); ``text`` is then cut before the stop string while
         ``sequences`` keeps the tokens up to the one that completed it."""
-        ids = self._check_prompt(input_ids, max_new_tokens)
-        return self.generate_batch([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)[0]
+        return self.generate_batch([input_ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed,
+                                   stop)[0]
 
     def generate_batch(
         self,
@@ -186,8 +186,7 @@ class SpeculativeGenerator:
     ) -> Iterator[StreamChunk]:
         """An iterator of ``StreamChunk``, one per decode step, for servers. Arguments
         are checked now, so a bad request fails before the first chunk."""
-        ids = self._check_prompt(input_ids, max_new_tokens)
-        steps = self._stream_rows([ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
+        steps = self._stream_rows([input_ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
         return (chunk for updates in steps for _, chunk in updates)
 
     async def astream(self, input_ids: torch.Tensor, **kwargs) -> AsyncIterator[StreamChunk]:

@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+from specdistill.serve.llama_fast import LlamaRunner, unsupported_reason
 from transformers import DynamicCache
 
 
@@ -128,8 +129,6 @@ def make_runner(model, fast_path: bool | str = "auto", compile: bool = False, vo
     """The lean Llama runner when ``fast_path`` is True, or "auto" and the model is a
     supported Llama-family checkpoint; otherwise the generic Hugging Face runner.
     ``vocab_subset`` (lean runner only) restricts the LM head to those token ids."""
-    from specdistill.serve.llama_fast import LlamaRunner, unsupported_reason
-
     if fast_path not in (True, False, "auto"):
         raise ValueError(f"fast_path must be True, False or 'auto', got {fast_path!r}")
     reason = unsupported_reason(model)
