@@ -81,7 +81,8 @@ def check_ce_labels(labels: torch.Tensor | None, mask: torch.Tensor, vocab: int,
 
 
 def reduce_rows(per_row: torch.Tensor, mask: torch.Tensor, reduction: str, shape) -> torch.Tensor:
-    """Mirror of ``reference.reduce_loss``: masked rows are already 0 in ``per_row``."""
+    """Mean over unmasked rows (0 when none are), sum, or per-position values; masked rows count as 0."""
+    per_row = torch.where(mask, per_row, torch.zeros_like(per_row))
     if reduction == "none":
         return per_row.reshape(shape)
     if reduction == "sum":

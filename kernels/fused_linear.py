@@ -28,9 +28,8 @@ from specdistill.kernels._args import (
     check_ce_labels,
     default_chunk_rows,
     linear_logits_shapes,
-    reduce_rows,
-    row_scale,
 )
+from specdistill.kernels._linear_grad import ChunkedLinearLoss
 from specdistill.kernels.fused_divergence import check_device, launch_backward, launch_forward, make_config
 
 # One chunk of logits holds about this many numbers (128 MiB in bf16): enough rows to
@@ -71,44 +70,6 @@ def _chunk_loop(h, w, teacher, labels, cfg, chunk, scale, need_h, need_w):
         if grad_w is not None:
             grad_w.addmm_(g.t(), h[rows])
     return loss, acc, grad_h, grad_w
-
-
-class FusedLinearDistillLoss(torch.autograd.Function):
-    """Gradients for the hidden states and the head weight; none for the teacher."""
-
-    @staticmethod
-    def forward(ctx, h, w, teacher, labels, mask, cfg, chunk, reduction, shape, grad_enabled):
-        need_h, need_w = ctx.needs_input_grad[0] and grad_enabled, ctx.needs_input_grad[1] and grad_enabled
-        eager_grads = (need_h or need_w) and reduction != "none"
-        ones = torch.ones((), dtype=torch.float32, device=h.device)
-        scale = row_scale(ones, mask, reduction) if eager_grads else None
-        loss_rows, acc, grad_h, grad_w = _chunk_loop(h, w, teacher, labels, cfg, chunk, scale, need_h, need_w)
-        ctx.cfg, ctx.chunk, ctx.reduction = cfg, chunk, reduction
-        if eager_grads:
-            ctx.grads = (grad_h, grad_w)
-        elif grad_enabled:
-            ctx.teacher = teacher  # detached, so keeping it on ctx creates no autograd cycle
-            ctx.save_for_backward(h, w, labels, mask)
-        acc = acc.reshape(shape)
-        ctx.mark_non_differentiable(acc)
-        return reduce_rows(loss_rows, mask, reduction, shape), acc
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_acc):
-        if ctx.reduction != "none":
-            # The forward already computed the gradients for an upstream gradient of 1.
-            grad_h, grad_w = ctx.grads
-            del ctx.grads  # scaled in place below, so a second backward must not reuse them
-            grad_h = None if grad_h is None else grad_h.mul_(grad_loss)
-            grad_w = None if grad_w is None else grad_w.mul_(grad_loss)
-        else:
-            h, w, labels, mask = ctx.saved_tensors
-            scale = row_scale(grad_loss, mask, "none")
-            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            _, _, grad_h, grad_w = _chunk_loop(
-                h, w, ctx.teacher, labels, ctx.cfg, ctx.chunk, scale, need_h, need_w
-            )
-        return grad_h, grad_w, None, None, None, None, None, None, None, None
 
 
 def fused_linear_distill_loss(
@@ -152,7 +113,10 @@ def fused_linear_distill_loss(
     check_ce_labels(flat, mask, vocab, alpha)
     cfg = make_config(divergence, temperature, beta, alpha, ignore_index, flat is not None, vocab, block_size)
     chunk = chunk_size or default_chunk_rows(h.shape[0], vocab, CHUNK_ELEMENTS)
-    loss, acc = FusedLinearDistillLoss.apply(
-        h, student_weight, teacher, flat, mask, cfg, chunk, reduction, s_shape[:-1], torch.is_grad_enabled()
+    def loop(h, w, teacher, labels, mask, scale, need_h, need_w, want_acc):
+        return _chunk_loop(h, w, teacher, labels, cfg, chunk, scale, need_h, need_w)  # acceptance comes free
+
+    loss, acc = ChunkedLinearLoss.apply(
+        h, student_weight, teacher, flat, mask, loop, reduction, s_shape[:-1], torch.is_grad_enabled(), True
     )
     return (loss, acc) if return_acceptance else loss

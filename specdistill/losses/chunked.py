@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from specdistill.kernels._args import default_chunk_rows, linear_logits_shapes, row_scale
-from specdistill.losses.reference import check_loss_args, distill_loss, expected_acceptance, reduce_loss
+from specdistill.kernels._args import default_chunk_rows, linear_logits_shapes
+from specdistill.kernels._linear_grad import ChunkedLinearLoss
+from specdistill.losses.reference import check_loss_args, distill_loss, expected_acceptance
 
 # About 32 MiB of fp32 logits per chunk (170 rows at V = 49152); the reference's autograd keeps
 # several such buffers. Small chunks also stay warm in cache: on a 2-core CPU this path measured
@@ -68,48 +69,6 @@ def _chunk_loop(h, w, teacher, labels, mask, opts, chunk, scale, need_h, need_w,
     return loss, acc, grad_h, grad_w
 
 
-class ChunkedLinearDistillLoss(torch.autograd.Function):
-    """Gradients for the hidden states and the head weight; none for the teacher."""
-
-    @staticmethod
-    def forward(ctx, h, w, teacher, labels, mask, opts, chunk, reduction, shape, grad_enabled, want_acc):
-        need_h, need_w = ctx.needs_input_grad[0] and grad_enabled, ctx.needs_input_grad[1] and grad_enabled
-        eager_grads = (need_h or need_w) and reduction != "none"
-        # fp32 row weights, or fp64 so that float64 inputs stay exact (tests, gradcheck).
-        dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-        ones = torch.ones((), dtype=dtype, device=h.device)
-        scale = row_scale(ones, mask, reduction, dtype) if eager_grads else None
-        loss_rows, acc, grad_h, grad_w = _chunk_loop(
-            h, w, teacher, labels, mask, opts, chunk, scale, need_h, need_w, want_acc
-        )
-        ctx.opts, ctx.chunk, ctx.reduction = opts, chunk, reduction
-        if eager_grads:
-            ctx.grads = (grad_h, grad_w)
-        elif grad_enabled:
-            ctx.teacher = teacher  # detached, so keeping it on ctx creates no autograd cycle
-            ctx.save_for_backward(h, w, labels, mask)
-        acc = acc.reshape(shape)
-        ctx.mark_non_differentiable(acc)
-        return reduce_loss(loss_rows, mask, reduction, shape), acc
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_acc):
-        if ctx.reduction != "none":
-            # The forward already computed the gradients for an upstream gradient of 1.
-            grad_h, grad_w = ctx.grads
-            del ctx.grads  # scaled in place below, so a second backward must not reuse them
-            grad_h = None if grad_h is None else grad_h.mul_(grad_loss)
-            grad_w = None if grad_w is None else grad_w.mul_(grad_loss)
-        else:
-            h, w, labels, mask = ctx.saved_tensors
-            scale = row_scale(grad_loss, mask, "none", grad_loss.dtype)
-            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            _, _, grad_h, grad_w = _chunk_loop(
-                h, w, ctx.teacher, labels, mask, ctx.opts, ctx.chunk, scale, need_h, need_w, False
-            )
-        return grad_h, grad_w, None, None, None, None, None, None, None, None, None
-
-
 def chunked_linear_distill_loss(
     student_hidden: torch.Tensor,  # [..., H]
     student_weight: torch.Tensor,  # [V, H] the draft's LM head
@@ -155,8 +114,11 @@ def chunked_linear_distill_loss(
         divergence=divergence, temperature=temperature, beta=beta, alpha=alpha, ignore_index=ignore_index
     )
     chunk = chunk_size or default_chunk_rows(h.shape[0], vocab, CHUNK_ELEMENTS)
-    loss, acc = ChunkedLinearDistillLoss.apply(
-        h, student_weight, teacher, flat, mask, opts, chunk, reduction, s_shape[:-1],
-        torch.is_grad_enabled(), return_acceptance,
+    def loop(h, w, teacher, labels, mask, scale, need_h, need_w, want_acc):
+        return _chunk_loop(h, w, teacher, labels, mask, opts, chunk, scale, need_h, need_w, want_acc)
+
+    loss, acc = ChunkedLinearLoss.apply(
+        h, student_weight, teacher, flat, mask, loop, reduction, s_shape[:-1], torch.is_grad_enabled(),
+        return_acceptance,
     )
     return (loss, acc) if return_acceptance else loss

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from specdistill.kernels._args import DIVERGENCES, check_args
+from specdistill.kernels._args import DIVERGENCES, check_args, reduce_rows
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -94,16 +94,6 @@ def check_loss_args(
     check_args(student_logits.shape, teacher_logits.shape, divergence, temperature, beta, labels, alpha, reduction)
 
 
-def reduce_loss(per_row: torch.Tensor, mask: torch.Tensor, reduction: str, shape) -> torch.Tensor:
-    """Mean over unmasked rows (0 when none are), sum, or per-position values."""
-    per_row = torch.where(mask, per_row, torch.zeros_like(per_row))
-    if reduction == "none":
-        return per_row.reshape(shape)
-    if reduction == "sum":
-        return per_row.sum()
-    return per_row.sum() / mask.sum().clamp_min(1)
-
-
 def distill_loss(
     student_logits: torch.Tensor,  # [..., V]
     teacher_logits: torch.Tensor,  # [..., V]
@@ -134,7 +124,7 @@ def distill_loss(
         safe_labels = torch.where(mask, flat_labels, torch.zeros_like(flat_labels))
         ce = F.cross_entropy(s, safe_labels, reduction="none")
         per_row = alpha * per_row + (1 - alpha) * ce
-    return reduce_loss(per_row, mask, reduction, shape)
+    return reduce_rows(per_row, mask, reduction, shape)
 
 
 @torch.no_grad()

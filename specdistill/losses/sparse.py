@@ -15,13 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from specdistill.kernels._args import TAIL_EPS, check_sparse_teacher
-from specdistill.losses.reference import (
-    _as_float,
-    check_loss_args,
-    divergence_per_row,
-    reduce_loss,
-)
+from specdistill.kernels._args import TAIL_EPS, check_sparse_teacher, reduce_rows
+from specdistill.losses.reference import _as_float, check_loss_args, divergence_per_row
 
 
 def sparse_teacher_buckets(
@@ -68,7 +63,7 @@ def sparse_distill_loss(
     if alpha < 1:
         safe_labels = torch.where(mask, flat_labels, torch.zeros_like(flat_labels))
         per_row = alpha * per_row + (1 - alpha) * F.cross_entropy(s, safe_labels, reduction="none")
-    return reduce_loss(per_row, mask, reduction, shape)
+    return reduce_rows(per_row, mask, reduction, shape)
 
 
 @torch.no_grad()
