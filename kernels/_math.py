@@ -150,3 +150,11 @@ def _q_dd_dq(lp, lq, q, DIV: tl.constexpr, beta, log_beta, log_1mbeta):
         lm = _log_mix(lp, lq, log_beta, log_1mbeta)
         g = tl.where((q > 0) & (lp > float("-inf")), -(1.0 - beta) * q * tl.exp(lp - lm), 0.0)
     return g
+
+
+@triton.jit
+def _zero_row(g_row, V, BLOCK: tl.constexpr):
+    """The gradient row of an ignored position: zeros over the whole vocabulary."""
+    for start in range(0, V, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < V)

@@ -35,7 +35,7 @@ from specdistill.kernels._args import (
     reduce_rows,
     row_scale,
 )
-from specdistill.kernels._math import _dz, _online_lse, _row_terms, is_interpreted
+from specdistill.kernels._math import _dz, _online_lse, _row_terms, _zero_row, is_interpreted
 
 
 @triton.jit
@@ -125,9 +125,7 @@ def _bwd_kernel(
     if HAS_LABELS:
         label = tl.load(labels_ptr + row)
         if label == ignore_index:
-            for start in range(0, V, BLOCK):
-                cols = start + tl.arange(0, BLOCK)
-                tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < V)
+            _zero_row(g_row, V, BLOCK)
             return
     lse_s = tl.load(stats_ptr + row * 4 + 0)
     lse_t = tl.load(stats_ptr + row * 4 + 1)

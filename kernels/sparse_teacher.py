@@ -42,7 +42,7 @@ from specdistill.kernels._args import (
     reduce_rows,
     row_scale,
 )
-from specdistill.kernels._math import _online_lse, _q_dd_dq, _row_terms
+from specdistill.kernels._math import _online_lse, _q_dd_dq, _row_terms, _zero_row
 from specdistill.kernels.fused_divergence import check_device, make_config
 
 
@@ -141,9 +141,7 @@ def _sparse_bwd_kernel(
     if HAS_LABELS:
         label = tl.load(labels_ptr + row)
         if label == ignore_index:
-            for start in range(0, V, BLOCK):
-                cols = start + tl.arange(0, BLOCK)
-                tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < V)
+            _zero_row(g_row, V, BLOCK)
             return
     lse_s = tl.load(stats_ptr + row * 4 + 0)
     g_bar = tl.load(stats_ptr + row * 4 + 1)
