@@ -122,14 +122,10 @@ class LlamaRunner:
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start):
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary(x, positions)
-        key_positions = torch.arange(span, device=x.device)
-        causal = key_positions <= positions[:, None, :, None]  # [B, 1, T, S]
+        masks = self._masks(positions, span)
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
-            mask = causal
-            if layer.window is not None:
-                mask = causal & (key_positions > positions[:, None, :, None] - layer.window)
             x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
-                                    layer_values, mask, span, common_start)
+                                    layer_values, masks[layer.window], span, common_start)
             gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
         if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
@@ -139,6 +135,17 @@ class LlamaRunner:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
         return full.index_copy_(-1, self.vocab_subset, logits)
+
+    def _masks(self, positions, span: int) -> dict:
+        """The attention mask [B, 1, T, S] of each window the layers use (None = causal only),
+        built once per forward."""
+        key_positions = torch.arange(span, device=positions.device)
+        query_positions = positions[:, None, :, None]
+        causal = key_positions <= query_positions
+        masks = {None: causal}
+        for window in {layer.window for layer in self.layers} - {None}:
+            masks[window] = causal & (key_positions > query_positions - window)
+        return masks
 
     def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span, common_start):
         batch, width, _ = x.shape
