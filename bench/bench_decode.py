@@ -107,8 +107,7 @@ def run_ours_batch(generator, tokenizer, prompts, args, temperature) -> dict:
     stats = SpecStats()
     for out in outs:
         stats = stats.merge(out.stats)
-    # Counts add up per row, but every row lived through the same target calls.
-    stats.target_calls = max(out.stats.target_calls for out in outs)
+    # Each row carries its share of the shared forwards, so the merged calls are the batch's own.
     outputs = [out.sequences[0, ids.shape[1]:].tolist() for ids, out in zip(prompts, outs)]
     return _ours_result(stats, outputs, seconds)
 
@@ -135,7 +134,7 @@ def _until_eos(tokens: list[int], eos: int) -> list[int]:
 
 def _ours_result(stats, outputs, seconds) -> dict:
     return {"tokens_per_s": stats.new_tokens / seconds, "new_tokens": stats.new_tokens, "seconds": seconds,
-            "alpha": stats.alpha, "tau": stats.tau, "mean_k": stats.proposed / max(stats.target_calls, 1),
+            "alpha": stats.alpha, "tau": stats.tau, "mean_k": stats.proposed / max(stats.steps, 1),
             "per_position_acceptance": [round(a, 3) for a in stats.per_position_acceptance()],
             "draft_step_s": stats.draft_seconds / max(stats.draft_calls, 1),
             "verify_step_s": stats.target_seconds / max(stats.target_calls, 1), "outputs": outputs}

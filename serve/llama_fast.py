@@ -62,7 +62,14 @@ class _Layer:
 
 
 class LlamaRunner:
+    """The lean runner. Note that it re-views the caller's model in place: each layer's
+    q/k/v (and gate/up) parameters become views of one fused tensor (``_fuse_in_place``).
+    Values, dtypes and devices stay as they were and the model still works as before,
+    but a ``param.data = ...`` assignment made later no longer reaches this runner; build
+    a new runner after replacing weights."""
+
     name = "fast"
+    max_rows = None
 
     def __init__(self, model, compile: bool = False, vocab_subset: torch.Tensor | None = None):
         reason = unsupported_reason(model)
@@ -118,6 +125,15 @@ class LlamaRunner:
         state.keys = [cache.index_select(0, index) for cache in state.keys]
         state.values = [cache.index_select(0, index) for cache in state.values]
         state.lengths = [state.lengths[row] for row in rows]
+
+    def extend(self, state: FastState, other: FastState) -> None:
+        """Rows of ``other`` join ``state`` (the batch grows; both caches are padded to one length)."""
+        width = max(state.keys[0].shape[2], other.keys[0].shape[2])
+        for cache_name in ("keys", "values"):
+            ours, theirs = getattr(state, cache_name), getattr(other, cache_name)
+            setattr(state, cache_name, [torch.cat([_pad_length(a, width), _pad_length(b, width)])
+                                        for a, b in zip(ours, theirs)])
+        state.lengths = state.lengths + other.lengths
 
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start):
         x = F.embedding(input_ids, self.embed)
@@ -189,6 +205,10 @@ def _grow(state: FastState, needed: int) -> None:
 
     state.keys = [grown(cache) for cache in state.keys]
     state.values = [grown(cache) for cache in state.values]
+
+
+def _pad_length(cache: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(cache, (0, 0, 0, width - cache.shape[2]))
 
 
 def _rotate(x, cos, sin):

@@ -22,6 +22,11 @@ class DraftLengthPolicy(Protocol):
         """One finished step: k drafted, ``accepted`` of them accepted; seconds spent in
         the k draft forwards and in the one target forward."""
 
+    def update_rows(self, rows: list[tuple[int, int]], k_run: int, draft_seconds: float,
+                    verify_seconds: float) -> None:
+        """One finished batched step: (k drafted, accepted) per row, ``k_run`` draft
+        forwards and one verification shared by all rows. Called once per step."""
+
 
 class FixedDraftLength:
     """Always k drafts (gpt-fast, vLLM's default)."""
@@ -35,6 +40,9 @@ class FixedDraftLength:
         return self.k
 
     def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
+        pass
+
+    def update_rows(self, rows, k_run: int, draft_seconds: float, verify_seconds: float) -> None:
         pass
 
     def __repr__(self) -> str:
@@ -54,7 +62,12 @@ class HeuristicDraftLength:
         return self.k
 
     def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
-        self.k = self.k + 2 if accepted == k else max(1, self.k - 1)
+        self.update_rows([(k, accepted)], k, draft_seconds, verify_seconds)
+
+    def update_rows(self, rows, k_run: int, draft_seconds: float, verify_seconds: float) -> None:
+        """Moves once per step, on the batch's verdict: +2 when most rows took every draft."""
+        took_all = sum(accepted == k for k, accepted in rows)
+        self.k = self.k + 2 if 2 * took_all >= len(rows) else max(1, self.k - 1)
 
     def __repr__(self) -> str:
         return f"HeuristicDraftLength(k={self.k})"
@@ -174,7 +187,27 @@ def make_policy(spec) -> DraftLengthPolicy:
         return CostAwareDraftLength()
     if spec == "heuristic":
         return HeuristicDraftLength()
-    if hasattr(spec, "next_k") and hasattr(spec, "update"):
+    if hasattr(spec, "next_k") and hasattr(spec, "update_rows"):
         return spec
+    if hasattr(spec, "next_k") and hasattr(spec, "update"):
+        return _OncePerStep(spec)
     raise ValueError(f"num_draft_tokens must be an int >= 0, 'auto', 'heuristic' or a DraftLengthPolicy, "
                      f"got {spec!r}")
+
+
+class _OncePerStep:
+    """A user policy with ``update`` only: told of each batched step once, through its
+    median row (by accepted drafts), so a batch does not move it B times a step."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def next_k(self) -> int:
+        return self.policy.next_k()
+
+    def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
+        self.policy.update(k, accepted, draft_seconds, verify_seconds)
+
+    def update_rows(self, rows, k_run: int, draft_seconds: float, verify_seconds: float) -> None:
+        k, accepted = sorted(rows, key=lambda row: row[1])[len(rows) // 2]
+        self.policy.update(k, accepted, draft_seconds, verify_seconds)

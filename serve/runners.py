@@ -1,9 +1,11 @@
 """Model runners: one model, its KV cache, and rows that each hold their own number of tokens.
 
-A runner does three things the decode loop needs, for a batch of rows:
+A runner (the ``Runner`` protocol) does what the engine needs, for a batch of rows:
+    start     a new state (cache) for a number of rows
     forward   feed T tokens per row; row b's go to positions lengths[b] .. lengths[b] + T - 1
     rollback  shorten rows to the given lengths (the rejected drafts disappear)
     select    keep some rows (finished ones leave the batch)
+    extend    append another state's rows (admitted requests join a running batch)
 
 ``HFRunner`` works with any Hugging Face causal LM through a ``DynamicCache``.
 ``LlamaRunner`` (``specdistill.serve.llama_fast``) is the lean path for Llama-family
@@ -14,10 +16,31 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from specdistill.serve.llama_fast import LlamaRunner, unsupported_reason
 from transformers import DynamicCache
+
+
+class Runner(Protocol):
+    """What the engine asks of a model. A state holds at least ``lengths`` (tokens per row)."""
+
+    name: str
+    max_rows: int | None  # the most rows one state can hold (None = no limit)
+
+    def start(self, batch_size: int, max_length: int) -> Any: ...
+
+    def forward(self, state, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor | None:
+        """Logits [B, T, V], or [B, V] at position ``keep[b]`` of each row."""
+
+    def rollback(self, state, lengths: list[int]) -> None: ...
+
+    def select(self, state, rows: list[int]) -> None: ...
+
+    def extend(self, state, other) -> None:
+        """Append ``other``'s rows (a state from ``start`` of this runner) to ``state``."""
 
 
 @dataclass
@@ -40,6 +63,8 @@ class HFRunner:
 
     def __init__(self, model):
         self.model = model
+        # HF applies a sliding window to cache columns, and holes make columns differ from positions.
+        self.max_rows = 1 if _sliding_window(model.config) else None
         params = inspect.signature(model.forward).parameters
         # transformers >= 5.24 names the cache argument ``cache`` (past_key_values is deprecated).
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -89,6 +114,24 @@ class HFRunner:
         state.lengths = [state.lengths[row] for row in rows]
         self._crop_trailing_holes(state)
 
+    def extend(self, state: HFState, other: HFState) -> None:
+        """Rows of ``other`` join ``state``; the shorter side's missing columns are holes."""
+        if self.max_rows and len(state.lengths) + len(other.lengths) > self.max_rows:
+            raise ValueError(f"this runner holds at most {self.max_rows} row(s) ({self.model.config.model_type} "
+                             "with sliding-window attention on the generic path)")
+        width = max(state.positions.shape[1], other.positions.shape[1])
+        mine, theirs = _key_values(state), _key_values(other)
+        if mine or theirs:
+            template = (mine or theirs)[0][0]
+            mine = mine or _empty_key_values(template, len(state.lengths), len(theirs))
+            theirs = theirs or _empty_key_values(template, len(other.lengths), len(mine))
+            state.cache = DynamicCache(ddp_cache_data=[
+                tuple(torch.cat([_pad_columns(a, width), _pad_columns(b, width)]) for a, b in zip(ours, new))
+                for ours, new in zip(mine, theirs)])
+        state.positions = torch.cat([F.pad(state.positions, (0, width - state.positions.shape[1]), value=-1),
+                                     F.pad(other.positions, (0, width - other.positions.shape[1]), value=-1)])
+        state.lengths = state.lengths + other.lengths
+
     def _crop_trailing_holes(self, state: HFState) -> None:
         used = (state.positions >= 0).any(dim=0).nonzero()
         keep = int(used.max()) + 1 if used.numel() else 0
@@ -103,6 +146,7 @@ class NoDraft:
     """The draft runner when there is no draft: holds nothing and runs nothing."""
 
     name = "none"
+    max_rows = None
 
     def start(self, batch_size: int, max_length: int) -> HFState:
         return HFState(None, [0] * batch_size, torch.empty(batch_size, 0, dtype=torch.long))
@@ -115,6 +159,23 @@ class NoDraft:
 
     def select(self, state, rows: list[int]) -> None:
         state.lengths = [state.lengths[row] for row in rows]
+
+    def extend(self, state, other) -> None:
+        state.lengths = state.lengths + other.lengths
+
+
+def _key_values(state: HFState) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) [B, H, S, D]; empty while the cache holds nothing (one-token prompts)."""
+    return [(layer.keys, layer.values) for layer in state.cache.layers if layer.is_initialized]
+
+
+def _empty_key_values(template: torch.Tensor, rows: int, layers: int):
+    empty = template.new_zeros(rows, template.shape[1], 0, template.shape[3])
+    return [(empty, empty)] * layers
+
+
+def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(tensor, (0, 0, 0, width - tensor.shape[2]))
 
 
 def _sliding_window(config) -> bool:

@@ -95,3 +95,21 @@ def accept_sampled(
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:  # [V] -> scalar
     return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def warp_rows(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor | None:  # [B, ..., V]
+    """``warp_probs`` with each row's own parameters; rows that decode greedily are left
+    at 0 (they never read probabilities). None when every row is greedy."""
+    groups: dict[SamplingParams, list[int]] = {}
+    for row, row_params in enumerate(params):
+        if not row_params.greedy:
+            groups.setdefault(row_params, []).append(row)
+    if not groups:
+        return None
+    if len(groups) == 1 and len(next(iter(groups.values()))) == len(params):
+        return warp_probs(logits, params[0])  # the common case: one setting for the whole batch
+    probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    for row_params, rows in groups.items():
+        index = torch.tensor(rows, device=logits.device)
+        probs[index] = warp_probs(logits[index], row_params)
+    return probs

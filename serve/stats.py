@@ -9,6 +9,12 @@ from dataclasses import asdict, dataclass, field
 class SpecStats:
     """Raw counts of one or more generations. Add two with ``merge``.
 
+    A batched forward serves every row in it, so each row is charged its share
+    (1/B) of that call's seconds and of the call itself: summing the rows of a
+    batch (``merge``) gives the batch's real calls and seconds, never B times them.
+    ``steps`` counts the verification steps a row took part in, so ``tau`` is per
+    row (and per row-step once merged).
+
     ``accepted_at[i]`` counts steps whose i-th draft token was accepted and
     ``reached_at[i]`` steps whose i-th draft token was checked at all (every
     earlier one accepted), so ``accepted_at[i] / reached_at[i]`` is the
@@ -18,8 +24,10 @@ class SpecStats:
     proposed: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
     rejected: int = 0  # steps that ended at a rejection
-    target_calls: int = 0
-    draft_calls: int = 0
+    steps: int = 0  # verification steps taken part in
+    drafted_steps: int = 0  # of which with at least one draft token (vLLM's num_drafts)
+    target_calls: float = 0.0  # share of the verification forwards (1/B of each batched call)
+    draft_calls: float = 0.0  # share of the draft forwards
     target_seconds: float = 0.0  # verification calls only
     draft_seconds: float = 0.0  # proposal calls only
     prefill_seconds: float = 0.0  # both prompt prefills, kept apart so per-step costs stay per step
@@ -30,6 +38,8 @@ class SpecStats:
 
     def record_step(self, k: int, n: int) -> None:
         """One verification step: k drafted, n accepted (n <= k)."""
+        self.steps += 1
+        self.drafted_steps += int(k > 0)
         self.proposed += k
         self.accepted += n
         self.rejected += int(n < k)
@@ -64,8 +74,8 @@ class SpecStats:
 
     @property
     def tau(self) -> float:
-        """Mean tokens produced per target call (accepted drafts + the target's own token)."""
-        return self.new_tokens / self.target_calls if self.target_calls else 0.0
+        """Mean tokens produced per verification step (accepted drafts + the target's own token)."""
+        return self.new_tokens / self.steps if self.steps else 0.0
 
     @property
     def tokens_per_second(self) -> float:

@@ -64,7 +64,7 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_
     summary = stats.summary()
     summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
     summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)
-    summary["mean_k"] = stats.proposed / max(stats.target_calls, 1)  # drafts per step actually proposed
+    summary["mean_k"] = stats.proposed / max(stats.steps, 1)  # drafts per step actually proposed
     return {**summary, "stats": stats, "outputs": outputs}
 
 

@@ -3,17 +3,11 @@
 
 import pytest
 import torch
-from scipy.stats import chisquare
+from serve_helpers import assert_follows, exact_joint, hf_greedy
 from specdistill.serve import SpeculativeGenerator
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from specdistill.models import prune_draft, tiny_llama
-
-
-def _hf_greedy(target, ids, n):
-    # eos_token_id=None and min_new_tokens=n: exactly n tokens, like eos_token_id=[] below.
-    return target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, eos_token_id=None, pad_token_id=1)
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 6])
@@ -22,7 +16,7 @@ def test_greedy_equals_target_generate(tiny_models, k, prompt_len):
     target, draft = tiny_models
     ids = torch.randint(2, 64, (1, prompt_len))
     out = SpeculativeGenerator(target, draft, num_draft_tokens=k).generate(ids, max_new_tokens=30, eos_token_id=[])
-    assert out.sequences.tolist() == _hf_greedy(target, ids, 30).tolist()
+    assert out.sequences.tolist() == hf_greedy(target, ids, 30).tolist()
     assert out.stats.new_tokens == 30
 
 
@@ -32,7 +26,7 @@ def test_confidence_early_stop_stays_lossless_and_drafts_less(tiny_models, confi
     ids = torch.randint(2, 64, (1, 6))
     gen = SpeculativeGenerator(target, draft, num_draft_tokens=5, draft_confidence=confidence)
     out = gen.generate(ids, max_new_tokens=30, eos_token_id=[])
-    assert out.sequences.tolist() == _hf_greedy(target, ids, 30).tolist()
+    assert out.sequences.tolist() == hf_greedy(target, ids, 30).tolist()
     assert out.stats.proposed < 5 * out.stats.target_calls  # some steps stopped drafting early
     with pytest.raises(ValueError, match="draft_confidence"):
         SpeculativeGenerator(target, draft, draft_confidence=1.0)
@@ -52,8 +46,8 @@ def test_stats_are_consistent(tiny_models):
     target, draft = tiny_models
     stats = SpeculativeGenerator(target, draft, num_draft_tokens=4).generate(
         torch.randint(2, 64, (1, 6)), max_new_tokens=40, eos_token_id=[]).stats
-    assert stats.new_tokens == stats.accepted + stats.target_calls
-    assert sum(stats.accept_length_hist) == stats.target_calls
+    assert stats.new_tokens == stats.accepted + stats.steps
+    assert sum(stats.accept_length_hist) == stats.steps == stats.target_calls  # one row: every call is its own
     assert stats.accepted == sum(stats.accepted_at)
     assert stats.accepted + stats.rejected == sum(stats.reached_at)
     assert stats.prefill_seconds > 0 and stats.draft_seconds > 0 and stats.target_seconds > 0
@@ -62,7 +56,7 @@ def test_stats_are_consistent(tiny_models):
 def test_stops_at_eos(tiny_models):
     target, draft = tiny_models
     ids = torch.randint(2, 64, (1, 5))
-    reference = _hf_greedy(target, ids, 20)[0, 5:].tolist()
+    reference = hf_greedy(target, ids, 20)[0, 5:].tolist()
     eos = reference[7]
     out = SpeculativeGenerator(target, draft, num_draft_tokens=3).generate(ids, max_new_tokens=20, eos_token_id=eos)
     new = out.sequences[0, 5:].tolist()
@@ -93,20 +87,6 @@ def test_clear_errors(tiny_models):
         gen.generate(torch.zeros(1, 0, dtype=torch.long))
 
 
-def _exact_joint(target, prompt, vocab, warpers):
-    """P(x1, x2 | prompt) under the warped target, by enumeration, using HF's own warpers."""
-    def next_probs(ids):
-        logits = target(ids).logits[:, -1].float()
-        return warpers(ids, logits).softmax(-1)[0]
-
-    with torch.no_grad():
-        p1 = next_probs(prompt)
-        joint = torch.zeros(vocab, vocab, dtype=torch.float64)
-        for x1 in range(vocab):
-            p2 = next_probs(torch.cat([prompt, torch.tensor([[x1]])], dim=1))
-            joint[x1] = p1[x1].double() * p2.double()
-    return joint.flatten()
-
 
 @pytest.mark.parametrize("temperature,top_k,top_p,draft_vocab",
                          [(1.0, 0, 1.0, None), (0.7, 5, 1.0, None), (1.3, 0, 0.8, None), (1.0, 0, 1.0, [7, 0, 3, 5])])
@@ -122,7 +102,7 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p, dra
     if top_p < 1:
         warpers.append(TopPLogitsWarper(top_p))
     prompt = torch.tensor([[2, 5, 3]])
-    expected = _exact_joint(target, prompt, vocab, warpers)
+    expected = exact_joint(target, prompt, vocab, warpers)
     # A confidence threshold shortens some drafts; the output distribution must not move.
     # A draft vocabulary subset makes q zero outside it; the output must not move either.
     gen = SpeculativeGenerator(target, draft, num_draft_tokens=2, draft_confidence=0.3 if top_p < 1 else 0.0,
@@ -136,7 +116,7 @@ def test_sampling_follows_the_target_distribution(temperature, top_k, top_p, dra
         counts[x1 * vocab + x2] += 1
         stats = out.stats if stats is None else stats.merge(out.stats)
     assert 0 < stats.alpha < 1  # the rejection path was exercised
-    _assert_follows(counts, expected)
+    assert_follows(counts, expected)
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
@@ -159,22 +139,9 @@ def test_batched_sampling_follows_the_target_distribution_per_row(fast_path):
         for out in outs[which::2]:
             x1, x2 = out.sequences[0, prompt.shape[1]:].tolist()
             counts[x1 * vocab + x2] += 1
-        _assert_follows(counts, _exact_joint(target, prompt, vocab, warpers))
+        assert_follows(counts, exact_joint(target, prompt, vocab, warpers))
     # Both paths of the rule were taken, and rows of one step accepted different numbers.
     assert any(out.stats.rejected for out in outs) and any(out.stats.accepted for out in outs)
-
-
-def _assert_follows(counts, expected):
-    samples = counts.sum()
-    support = expected > 0
-    assert counts[~support].sum() == 0  # nothing outside top-k / top-p
-    # Pool rare cells so the chi-square approximation holds.
-    big = expected[support] * samples >= 5
-    obs = torch.cat([counts[support][big], counts[support][~big].sum().reshape(1)])
-    exp = torch.cat([expected[support][big], expected[support][~big].sum().reshape(1)]) * samples
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
 
 
 def test_per_position_acceptance_counts_positions_never_accepted():

@@ -22,13 +22,14 @@ def test_answers_are_sampled_cached_and_resumed(tmp_path, char_tokenizer):
     kwargs = dict(cache=cache, prompts=prompts, max_new_tokens=12, batch_size=3, progress=False)
     first = generate_answers(target, char_tokenizer, max_tokens=30, **kwargs)
     assert cache.exists() and len(first) % 3 == 0  # whole batches of 3 rows
-    assert sum(len(seq) - len(prompts[i % 2]) for i, seq in enumerate(first)) >= 30
+    answered = sum(len(seq) - len(prompts[i % 2]) for i, seq in enumerate(first))
+    assert answered >= 30
     assert first[0][:len(prompts[0])] == char_tokenizer(prompts[0])["input_ids"]
     assert first[2][:len(prompts[0])] == char_tokenizer(prompts[0])["input_ids"]  # prompts cycle
     assert first[0] != first[2]  # with another seed
     # Enough already: nothing is generated (no target needed); more: it goes on from the cache.
     assert generate_answers(None, char_tokenizer, max_tokens=30, **kwargs) == first
-    more = generate_answers(target, char_tokenizer, max_tokens=60, **kwargs)
+    more = generate_answers(target, char_tokenizer, max_tokens=answered + 1, **kwargs)
     assert more[:len(first)] == first and len(more) > len(first)
 
 

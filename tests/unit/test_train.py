@@ -101,3 +101,26 @@ def test_fused_linear_step_matches_the_logits_step(tmp_path, target_and_chunks, 
         grads.append((loss.detach(), acceptance, draft.model.layers[0].mlp.up_proj.weight.grad.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kill_between_the_two_renames_of_a_save_is_recovered(tmp_path, target_and_chunks, monkeypatch):
+    """A save killed after moving the last checkpoint aside, before moving the new one in,
+    leaves checkpoint.old and a complete checkpoint.tmp: the next run resumes from the new one."""
+    target, chunks = target_and_chunks
+    real_rename, renames = train_module.Path.rename, []
+
+    def dies_on_second_rename_of_step_20(self, target_path):
+        if self.name == "checkpoint.tmp" and (self.parent / "checkpoint.old").exists():
+            raise KeyboardInterrupt  # the checkpoint of step 10 is aside, step 20's is complete
+        renames.append(self.name)
+        return real_rename(self, target_path)
+
+    monkeypatch.setattr(train_module.Path, "rename", dies_on_second_rename_of_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, steps=25), target=target, chunks=chunks, progress=False)
+    monkeypatch.setattr(train_module.Path, "rename", real_rename)
+    run = tmp_path / "run"
+    assert not (run / "checkpoint").exists() and (run / "checkpoint.old").exists()
+    resumed = train(_config(tmp_path, steps=25), target=target, chunks=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 20
+    assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()

@@ -1,0 +1,257 @@
+"""Continuous batching: requests join and leave the running batch between steps.
+
+``SpecEngine`` holds the running rows and a queue of waiting requests. Each
+``step()``:
+
+    leave    cancelled rows leave the batch at once
+    admit    waiting requests (as many as fit) are prefilled together in caches of
+             their own, which are then appended to the running batch's caches
+    decode   one speculative step for every running row (``serve/decode.py``);
+             each row drafts, verifies and accepts with its own sampling parameters,
+             budget, EOS ids, stop strings and random generator
+    finish   rows that hit EOS, a stop string or their budget leave the batch
+
+No request waits for another to finish. ``add`` and ``cancel`` may be called from
+any thread while one thread calls ``step`` (``AsyncEngine`` runs it that way);
+nothing else is thread-safe. An exception inside a step fails the requests of
+that step only (``Request.error``); the engine goes on with the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from specdistill.serve import decode
+from specdistill.serve.sampling import SamplingParams
+from specdistill.serve.stats import SpecStats
+from specdistill.serve.text import TextTracker, normalize_stop
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+@dataclass
+class StreamChunk:
+    """What one step added to a request. ``token_ids`` may be empty on the last chunk;
+    ``text`` is the newly stable text ("" without a tokenizer, or while text is held back)."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # "eos", "stop", "length", "cancelled" or "error"; on the last chunk only
+    stats: SpecStats  # running counts of this request (the same object every chunk)
+
+
+@dataclass(eq=False)
+class Request:
+    """One request and its row's state: everything that differs between rows lives here."""
+
+    request_id: str
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+    eos: frozenset[int]
+    text: TextTracker | None
+    generator: torch.Generator | None  # seeded per request; None draws from torch's global generator
+    tokens: list[int] = field(default_factory=list)  # prompt + generated (cut after a stop string)
+    stats: SpecStats = field(default_factory=SpecStats)
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    arrival: float = field(default_factory=time.perf_counter)
+
+    @property
+    def new(self) -> int:
+        return len(self.tokens) - len(self.prompt)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class SpecEngine:
+    """A batch in flight over a ``SpeculativeGenerator``'s models, runners and draft-length
+    policy. Make one with ``generator.engine(max_batch_size)``."""
+
+    def __init__(self, generator, max_batch_size: int = 32):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        self.gen = generator
+        self.device = generator.target.device
+        limits = [getattr(r, "max_rows", None) for r in (generator.target_runner, generator.draft_runner)]
+        self.max_batch_size = min([max_batch_size] + [n for n in limits if n])
+        self.stats = SpecStats()  # every request's counts; each shared call and second counted once
+        self.running: list[Request] = []
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._lock = threading.Lock()
+        self._target_state = self._draft_state = None
+
+    # ---- requests in, from any thread --------------------------------------------------------
+
+    def add(self, input_ids, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+            top_k: int = 0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
+            stop: str | list[str] | None = None, request_id: str | None = None) -> Request:
+        """Check a request (a bad one raises ValueError here, before any work) and queue it."""
+        params = SamplingParams(temperature, top_p, top_k)
+        prompt = self.gen.check_prompt(input_ids, max_new_tokens)
+        stops = normalize_stop(stop, self.gen.tokenizer)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        tracker = TextTracker(self.gen.tokenizer, stops) if self.gen.tokenizer is not None else None
+        request = Request(request_id or f"req-{next(_ids)}", prompt, max_new_tokens, params,
+                          frozenset(self.gen.eos_ids(eos_token_id)), tracker, generator, tokens=list(prompt))
+        with self._lock:
+            self._waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """The request leaves at the next step (its last chunk says "cancelled")."""
+        request.cancelled = True
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self._waiting)
+
+    # ---- the step ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Request, StreamChunk]]:
+        """Admit, decode one step, finish. Returns a chunk for every request that moved or ended."""
+        out: list[tuple[Request, StreamChunk]] = []
+        self._leave([r for r in self.running if r.cancelled], "cancelled", out)
+        self._admit(out)
+        if not self.running:
+            return out
+        try:
+            results = self._decode()
+        except Exception as err:  # the step's requests fail; the engine stays usable for the next ones
+            log.exception("a decode step failed; failing its %d requests", len(self.running))
+            self._fail(self.running, err, out)
+            self.running, self._target_state, self._draft_state = [], None, None
+            return out
+        for request, produced, reason in results:
+            out.append((request, self._push(request, produced, reason)))
+        self._leave([r for r in self.running if r.finished], None, out)
+        return out
+
+    def _decode(self) -> list[tuple[Request, list[int], str | None]]:
+        rows, gen = self.running, self.gen
+        # One target call always yields one token of its own, so draft at most budget - 1;
+        # and no row may be fed past the target's context, drafts included.
+        k = gen.draft_length.next_k()
+        if gen.max_positions:
+            k = min(k, min(gen.max_positions - len(r.tokens) for r in rows))
+        limits = [max(0, min(k, r.max_new_tokens - r.new - 1)) for r in rows]
+        drafts, draft_probs, limits, draft_seconds, draft_calls = decode.propose(
+            gen.draft_runner, self._draft_state, rows, limits, gen.draft_confidence, self.device)
+        target_logits, target_seconds = decode.verify(gen.target_runner, self._target_state, rows, drafts)
+        accepted = decode.accept(rows, limits, drafts, draft_probs, target_logits)
+        outcomes = [(k_row, n) for k_row, (n, _) in zip(limits, accepted)]
+        self._account(rows, outcomes, draft_seconds, draft_calls, target_seconds)
+        gen.draft_length.update_rows(outcomes, drafts.shape[1], draft_seconds, target_seconds)
+        lengths = [len(r.tokens) + n for r, (n, _) in zip(rows, accepted)]
+        gen.target_runner.rollback(self._target_state, lengths)
+        gen.draft_runner.rollback(self._draft_state, lengths)
+        results = []
+        for i, (request, (n, next_token)) in enumerate(zip(rows, accepted)):
+            done, produced = decode.cut_at_eos(drafts[i, :n].tolist() + [next_token], request.eos)
+            full = request.new + len(produced) >= request.max_new_tokens
+            results.append((request, produced, "eos" if done else "length" if full else None))
+        return results
+
+    def _account(self, rows, outcomes, draft_seconds, draft_calls, target_seconds) -> None:
+        """Each row its share of the shared forwards; the engine's totals count them once."""
+        share = 1 / len(rows)
+        for request, (k, n) in zip(rows, outcomes):
+            for stats in (request.stats, self.stats):
+                stats.record_step(k, n)
+            request.stats.draft_seconds += draft_seconds * share
+            request.stats.draft_calls += draft_calls * share
+            request.stats.target_seconds += target_seconds * share
+            request.stats.target_calls += share
+        self.stats.draft_seconds += draft_seconds
+        self.stats.draft_calls += draft_calls
+        self.stats.target_seconds += target_seconds
+        self.stats.target_calls += 1
+
+    def _push(self, request: Request, produced: list[int], reason: str | None) -> StreamChunk:
+        """The step's tokens into the request: text, stop strings, counts."""
+        delta = ""
+        if request.text is not None:
+            produced, delta, stopped = request.text.push(produced)
+            if stopped:
+                reason = "stop"
+            elif reason:
+                delta += request.text.finish()  # flush what was held back
+        request.tokens += produced
+        request.stats.new_tokens += len(produced)
+        self.stats.new_tokens += len(produced)
+        request.stats.total_seconds = time.perf_counter() - request.arrival
+        request.finish_reason = reason
+        return StreamChunk(produced, delta, reason, request.stats)
+
+    # ---- joining and leaving -------------------------------------------------------------------
+
+    def _admit(self, out) -> None:
+        batch = []
+        with self._lock:
+            while self._waiting and len(self.running) + len(batch) < self.max_batch_size:
+                request = self._waiting.popleft()
+                if request.cancelled:
+                    request.finish_reason = "cancelled"
+                    out.append((request, StreamChunk([], "", "cancelled", request.stats)))
+                else:
+                    batch.append(request)
+        if not batch:
+            return
+        gen = self.gen
+        # Room for the prompt, the budget and a few drafts past it (the runners grow if needed).
+        capacity = max(len(r.tokens) + r.max_new_tokens for r in batch) + 8
+        target_state = gen.target_runner.start(len(batch), capacity)
+        draft_state = gen.draft_runner.start(len(batch), capacity)
+        try:
+            seconds = decode.prefill([(gen.target_runner, target_state), (gen.draft_runner, draft_state)],
+                                     batch, self.device)
+        except Exception as err:
+            log.exception("prefilling %d requests failed", len(batch))
+            self._fail(batch, err, out)
+            return
+        for request in batch:
+            request.stats.prefill_seconds += seconds / len(batch)
+        self.stats.prefill_seconds += seconds
+        if self.running:
+            gen.target_runner.extend(self._target_state, target_state)
+            gen.draft_runner.extend(self._draft_state, draft_state)
+        else:
+            self._target_state, self._draft_state = target_state, draft_state
+        self.running += batch
+
+    def _leave(self, leaving: list[Request], reason: str | None, out) -> None:
+        if not leaving:
+            return
+        for request in leaving:
+            if reason:
+                request.finish_reason = reason
+                out.append((request, StreamChunk([], "", reason, request.stats)))
+        still = [i for i, r in enumerate(self.running) if r not in leaving]
+        if still:
+            self.gen.target_runner.select(self._target_state, still)
+            self.gen.draft_runner.select(self._draft_state, still)
+        else:
+            self._target_state = self._draft_state = None
+        self.running = [self.running[i] for i in still]
+
+    @staticmethod
+    def _fail(requests: list[Request], err: BaseException, out) -> None:
+        for request in requests:
+            request.error, request.finish_reason = err, "error"
+            out.append((request, StreamChunk([], "", "error", request.stats)))
