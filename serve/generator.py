@@ -178,10 +178,13 @@ class SpeculativeGenerator:
         return GenerationOutput(sequences, request.stats, "".join(texts) if self.tokenizer else None,
                                 request.finish_reason)
 
-    def check_prompt(self, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
-        """The prompt's token ids, after checking it and the budget against the context."""
+    def check_prompt(self, input_ids: torch.Tensor | list[int], max_new_tokens: int) -> list[int]:
+        """The prompt's token ids (a tensor [1, L] or [L], or a list of ints), after checking
+        it and the budget against the context and the vocabulary."""
+        if isinstance(input_ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+            input_ids = torch.tensor(input_ids, dtype=torch.long)
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int):
-            raise ValueError("input_ids must be an integer tensor of token ids (use the tokenizer first)")
+            raise ValueError("input_ids must be an integer tensor or a list of token ids (use the tokenizer first)")
         ids = input_ids if input_ids.dim() == 2 else input_ids.unsqueeze(0)
         if ids.dim() != 2 or ids.shape[0] != 1:
             raise ValueError(f"a prompt has shape [1, L] or [L], got {tuple(input_ids.shape)}; "
@@ -196,6 +199,9 @@ class SpeculativeGenerator:
                 f"prompt of {ids.shape[1]} tokens + max_new_tokens {max_new_tokens} exceeds the target's "
                 f"context of {self.max_positions} positions; shorten the prompt or max_new_tokens"
             )
+        vocab = self.target.config.vocab_size
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"the prompt holds token ids outside the vocabulary [0, {vocab})")
         return ids[0].tolist()
 
     def eos_ids(self, eos_token_id) -> set[int]:

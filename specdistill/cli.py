@@ -47,6 +47,7 @@ def config_from_args(config_cls, args: argparse.Namespace):
 def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
     from specdistill.demo import BenchConfig, DemoConfig, run_bench, run_demo
+    from specdistill.serve.config import ServeConfig, run_serve
 
     def run_train(config: TrainConfig) -> dict:
         from specdistill.train import train
@@ -59,6 +60,7 @@ def _subcommands():
         "demo": (DemoConfig, run_demo, "prune a draft from the default target, distill it, measure before/after"),
         "train": (TrainConfig, run_train, "distill a draft for a target (resumes from output_dir)"),
         "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone"),
+        "serve": (ServeConfig, run_serve, "serve speculative decoding over an OpenAI-compatible HTTP API"),
     }
 
 

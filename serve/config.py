@@ -1,0 +1,102 @@
+"""``ServeConfig`` (the flags of ``specdistill serve``) and the models it loads."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_model, load_target
+
+log = logging.getLogger(__name__)
+DEMO_DRAFT = "runs/demo/final"  # where `specdistill demo` leaves its distilled draft
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ServeConfig:
+    """Serve speculative decoding over an OpenAI-compatible HTTP API."""
+
+    host: str = "127.0.0.1"  # bind address (loopback by default; 0.0.0.0 exposes it)
+    port: int = 8000
+    target: str = DEFAULT_TARGET  # the embedded default or a local Hugging Face model directory
+    draft: str = "auto"  # a draft directory, 'none', or 'auto' (the demo's trained draft if present, else none)
+    num_draft_tokens: str = "auto"  # an int k, 'auto' (cost-aware) or 'heuristic'
+    draft_vocab_size: int = 8192  # draft only the N most frequent training tokens (0 = all; needs draft_vocab.json)
+    draft_confidence: float = 0.4  # stop drafting below this draft probability
+    dtype: str = "bf16"  # fp32 or bf16, for both models
+    max_batch_size: int = 16  # rows decoded together; more requests wait in the queue
+    max_queue: int = 64  # waiting requests beyond this get 429
+    request_timeout: float = 300.0  # seconds before a request is ended with a timeout error
+    max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    retry_after: int = 1  # seconds, in the Retry-After header of a 429
+    api_key: str = ""  # when set, /v1 requests need 'Authorization: Bearer <key>'
+    model_name: str = ""  # the model id clients send (default: the target's name)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        draft_length(self.num_draft_tokens)
+        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+
+    def served_name(self) -> str:
+        return self.model_name or (self.target if self.target == DEFAULT_TARGET else Path(self.target).name)
+
+
+def draft_length(spec: str) -> int | str:
+    """``--num-draft-tokens`` as the generator takes it."""
+    if spec in ("auto", "heuristic"):
+        return spec
+    if not spec.isdigit():
+        raise ValueError(f"num_draft_tokens must be an integer >= 0, 'auto' or 'heuristic', got {spec!r}")
+    return int(spec)
+
+
+def draft_dir(config: ServeConfig) -> Path | None:
+    """The draft to serve: as given, none, or (auto) the demo's trained draft if there is one."""
+    if config.draft == "none":
+        return None
+    if config.draft != "auto":
+        return Path(config.draft)
+    if (Path(DEMO_DRAFT) / "config.json").exists():
+        return Path(DEMO_DRAFT)
+    log.warning("no trained draft at %s (run `specdistill demo`, or pass --draft DIR): serving the target alone",
+                DEMO_DRAFT)
+    return None
+
+
+def load_generator(config: ServeConfig):
+    """The ``SpeculativeGenerator`` the server runs, with its tokenizer."""
+    from specdistill.serve.generator import SpeculativeGenerator
+
+    dtype = DTYPES[config.dtype]
+    target, tokenizer = load_target(config.target, dtype)
+    path = draft_dir(config)
+    draft = None if path is None else load_model(path, dtype)
+    vocab = load_draft_vocab(path, config.draft_vocab_size) if path is not None and config.draft_vocab_size else None
+    generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
+                                     tokenizer=tokenizer, draft_confidence=config.draft_confidence if draft else 0.0,
+                                     draft_vocab=vocab)
+    return generator, tokenizer, path
+
+
+def run_serve(config: ServeConfig) -> dict:
+    """Load the models and serve until interrupted."""
+    import uvicorn
+    from specdistill.serve.async_engine import AsyncEngine
+    from specdistill.serve.server import build_app
+
+    generator, tokenizer, path = load_generator(config)
+    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
+    app = build_app(engine, tokenizer, config, config.served_name())
+    print(f"specdistill serve: {config.served_name()} with draft {path or 'none'} "
+          f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return {}

@@ -1,0 +1,304 @@
+"""``specdistill serve``: an OpenAI-compatible HTTP server over the continuous-batching engine.
+
+    POST /v1/completions, POST /v1/chat/completions   (stream: true for server-sent events)
+    GET  /v1/models, /health, /metrics                 (Prometheus text format)
+
+The routes only translate: a request body becomes engine requests (one per prompt
+and per ``n``), their chunks become OpenAI responses. Load and faults: a bounded
+queue answers 429 with Retry-After, a per-request timeout ends a request, a client
+that goes away frees its row at the next step, bodies and ``max_tokens`` are
+bounded, ``--api-key`` guards /v1. Every bad input is a 4xx with an OpenAI error
+object and the server keeps serving; a failed decode step fails its requests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from specdistill.serve.async_engine import AsyncEngine, EngineError, QueueFull
+from specdistill.serve.config import ServeConfig
+from specdistill.serve.metrics import ServerMetrics
+from specdistill.serve.protocol import (
+    FINISH_REASONS,
+    APIError,
+    ChatCompletionRequest,
+    Choice,
+    CompletionRequest,
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    error_response,
+    new_id,
+    now,
+    usage,
+    validation_message,
+)
+
+
+def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str) -> FastAPI:
+    """The FastAPI app over a started-or-not ``AsyncEngine`` (started with the app)."""
+    metrics = ServerMetrics(engine, model_name)
+    context = engine.engine.gen.max_positions
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        engine.start()
+        yield
+        engine.close()
+
+    app = FastAPI(title="specdistill", lifespan=lifespan)
+    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if config.api_key and request.url.path.startswith("/v1"):
+            if request.headers.get("authorization", "") != f"Bearer {config.api_key}":
+                metrics.error(401)
+                return error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                      code="invalid_api_key")
+        response = await call_next(request)
+        if response.status_code >= 400:
+            metrics.error(response.status_code)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, err: RequestValidationError):
+        message, param = validation_message(err.errors())
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, err: APIError):
+        return err.response()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": now(),
+                                            "owned_by": "specdistill", "max_model_len": context}]}
+
+    def encode(body, prompt) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        if isinstance(body, ChatCompletionRequest):
+            if not getattr(tokenizer, "chat_template", None):
+                raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions")
+            messages = [m.as_template_input() for m in body.messages]
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)[
+                "input_ids"]
+        return tokenizer(prompt)["input_ids"]
+
+    def check(body) -> None:
+        if body.model != model_name:
+            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+        if field := body.unsupported():
+            raise APIError(400, f"{field} is not supported by this server", param=field)
+        budget = body.budget() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+        if budget is not None and budget > config.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {budget}, above this server's limit of {config.max_tokens_limit}",
+                           param="max_tokens")
+
+    def submit(body, prompt_ids: list[int], index: int):
+        budget = body.budget() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+        room = context - len(prompt_ids) if context else config.max_tokens_limit
+        if room < 1:
+            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, which fills the model's context of "
+                                f"{context}; shorten it", param="messages" if hasattr(body, "messages") else "prompt")
+        if budget is not None and budget > room:
+            raise APIError(400, f"the prompt ({len(prompt_ids)} tokens) + max_tokens ({budget}) exceeds the "
+                                f"model's context of {context} tokens; lower max_tokens", param="max_tokens")
+        seed = None if body.seed is None else body.seed + index
+        try:
+            return engine.submit(prompt_ids, max_new_tokens=budget or min(room, config.max_tokens_limit),
+                                 temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=seed,
+                                 stop=body.stop)
+        except QueueFull as err:
+            raise APIError(429, f"the server is busy ({err}); retry later", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": str(config.retry_after)}) from err
+        except ValueError as err:
+            raise APIError(400, str(err)) from err
+
+    def start(body) -> tuple[list[Choice], int]:
+        check(body)
+        prompts = [encode(body, p) for p in (body.prompts() if isinstance(body, CompletionRequest) else [None])]
+        choices: list[Choice] = []
+        try:
+            for prompt_ids in prompts:
+                for _ in range(body.n):
+                    choices.append(Choice(len(choices), submit(body, prompt_ids, len(choices)), len(prompt_ids)))
+        except APIError:
+            for choice in choices:
+                engine.cancel(choice.request)
+            raise
+        metrics.prompt_tokens.inc(sum(map(len, prompts)))
+        return choices, sum(map(len, prompts))
+
+    async def respond(raw: Request, body):
+        arrival = time.perf_counter()
+        choices, prompt_tokens = start(body)
+        chat = isinstance(body, ChatCompletionRequest)
+        kind = "chatcmpl" if chat else "cmpl"
+        ident, created = new_id(kind), now()
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _stream_events(engine, metrics, choices, arrival, config.request_timeout, chat, ident, created,
+                                    model_name, prompt_tokens, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            await asyncio.wait_for(_collect_all(engine, metrics, raw, choices, arrival), config.request_timeout)
+        except TimeoutError as err:
+            raise APIError(408, f"the request took longer than {config.request_timeout} s; lower max_tokens or "
+                                "retry", type="timeout_error", code="request_timeout") from err
+        except EngineError as err:
+            raise APIError(500, str(err), type="server_error") from err
+        finally:
+            for choice in choices:
+                if not choice.request.finished:
+                    engine.cancel(choice.request)
+        build = chat_response if chat else completion_response
+        return JSONResponse(build(ident, created, model_name, choices, usage(prompt_tokens, choices)))
+
+    @app.post("/v1/completions")
+    async def completions(raw: Request, body: CompletionRequest):
+        return await respond(raw, body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(raw: Request, body: ChatCompletionRequest):
+        return await respond(raw, body)
+
+    app.state.metrics = metrics
+    return app
+
+
+async def _collect(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float) -> Choice:
+    last = arrival
+    async for chunk in engine.stream(choice.request):
+        last = _observe(metrics, chunk, choice, arrival, last)
+        choice.text += chunk.text
+    return choice
+
+
+async def _collect_all(engine, metrics, raw: Request, choices: list[Choice], arrival: float) -> None:
+    """Every choice to its end; stops early (cancelling them) if the client goes away."""
+    work = asyncio.gather(*(_collect(engine, metrics, c, arrival) for c in choices))
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=0.25)
+        if done:
+            return work.result()
+        if await raw.is_disconnected():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return None
+
+
+def _observe(metrics: ServerMetrics, chunk, choice: Choice, arrival: float, last: float) -> float:
+    """Latency metrics of one chunk; returns its time."""
+    moment = time.perf_counter()
+    if chunk.token_ids:
+        if choice.tokens == 0:
+            metrics.ttft.observe(moment - arrival)
+        else:
+            for _ in chunk.token_ids:  # a step's tokens arrive together: share its interval
+                metrics.itl.observe((moment - last) / len(chunk.token_ids))
+        choice.tokens += len(chunk.token_ids)
+        metrics.generation_tokens.inc(len(chunk.token_ids))
+    if chunk.finish_reason:
+        choice.finish_reason = FINISH_REASONS.get(chunk.finish_reason, chunk.finish_reason)
+        metrics.finished(choice.finish_reason)
+        metrics.e2e.observe(moment - arrival)
+    return moment if chunk.token_ids else last
+
+
+async def _stream_events(engine, metrics, choices, arrival, timeout, chat, ident, created, model, prompt_tokens,
+                         include_usage):
+    """Server-sent events of all choices, interleaved as they come, then usage and [DONE].
+    A timeout or a failed step ends the stream with an error event; a disconnect cancels."""
+    make = chat_chunk if chat else completion_chunk
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(choice: Choice):
+        try:
+            last = arrival
+            async for chunk in engine.stream(choice.request):
+                last = _observe(metrics, chunk, choice, arrival, last)
+                await queue.put((choice, chunk))
+        except EngineError as err:
+            await queue.put((choice, APIError(500, str(err), type="server_error")))
+        await queue.put((choice, None))
+
+    tasks = [asyncio.create_task(pump(choice)) for choice in choices]
+    deadline = time.monotonic() + timeout
+    try:
+        if chat:
+            for choice in choices:  # the role comes first, as OpenAI sends it
+                yield _event(make(ident, created, model, choice.index, role="assistant"))
+        open_choices = len(choices)
+        while open_choices:
+            try:
+                choice, item = await asyncio.wait_for(queue.get(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                yield _event(APIError(408, f"the request took longer than {timeout} s", type="timeout_error",
+                                      code="request_timeout").body())
+                break
+            if item is None:
+                open_choices -= 1
+            elif isinstance(item, APIError):
+                yield _event(item.body())
+            elif item.text or item.finish_reason:
+                reason = FINISH_REASONS.get(item.finish_reason, item.finish_reason) if item.finish_reason else None
+                yield _event(make(ident, created, model, choice.index, text=item.text, finish_reason=reason))
+        else:
+            if include_usage:
+                yield _event({"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                              "created": created, "model": model, "choices": [],
+                              "usage": usage(prompt_tokens, choices)})
+        yield "data: [DONE]\n\n"
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+class _BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = error_response(413, f"the request body is over {self.limit} bytes",
+                                      code="request_too_large")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise APIError(413, f"the request body is over {self.limit} bytes", code="request_too_large")
+            return message
+
+        return await self.app(scope, counted, send)
