@@ -72,8 +72,9 @@ class AsyncEngine:
         if self.engine.num_waiting >= self.max_queue:
             raise QueueFull(f"{self.engine.num_waiting} requests are waiting (max_queue={self.max_queue})")
         loop = asyncio.get_running_loop()
-        request = self.engine.add(input_ids, **params)
-        self._listeners[request] = (loop, asyncio.Queue())
+        request = self.engine.make_request(input_ids, **params)
+        self._listeners[request] = (loop, asyncio.Queue())  # before the engine thread can see it
+        self.engine.enqueue(request)
         self._wake.set()
         return request
 
@@ -90,13 +91,14 @@ class AsyncEngine:
                 if chunk.finish_reason:
                     return
         finally:
-            self._listeners.pop(request, None)
-            if not request.finished:
-                self.cancel(request)
+            self.cancel(request)
 
     def cancel(self, request: Request) -> None:
-        self.engine.cancel(request)
-        self._wake.set()
+        """Stop a request (also one nobody streams): its row is freed at the next step."""
+        self._listeners.pop(request, None)
+        if not request.finished:
+            self.engine.cancel(request)
+            self._wake.set()
 
     def _loop(self) -> None:
         while not self._closed:

@@ -69,6 +69,7 @@ class HFRunner:
         # transformers >= 5.24 names the cache argument ``cache`` (past_key_values is deprecated).
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
+        self._max_positions = getattr(model.config, "max_position_embeddings", None)
 
     def start(self, batch_size: int, max_length: int) -> HFState:
         if batch_size > 1 and _sliding_window(self.model.config):
@@ -85,9 +86,13 @@ class HFRunner:
         new_positions = torch.tensor(state.lengths, device=input_ids.device)[:, None] + torch.arange(
             width, device=input_ids.device)
         kwargs = {self._cache_arg: state.cache}
-        if bool((state.positions < 0).any()):
+        # Right-padding of a lagging row can reach past the context; it is rolled back unread, so it
+        # takes the last position (models with learned positions would index past their table).
+        past_context = self._max_positions is not None and int(new_positions.max()) >= self._max_positions
+        if past_context or bool((state.positions < 0).any()):
             valid = torch.cat([state.positions >= 0, torch.ones_like(new_positions, dtype=torch.bool)], dim=1)
-            kwargs.update(attention_mask=valid.long(), position_ids=new_positions)
+            position_ids = new_positions.clamp(max=self._max_positions - 1) if past_context else new_positions
+            kwargs.update(attention_mask=valid.long(), position_ids=position_ids)
         if keep is not None and self._logits_to_keep:
             kwargs["logits_to_keep"] = width - min(keep)  # the head runs on the last positions only
         logits = self.model(input_ids=input_ids, use_cache=True, **kwargs).logits

@@ -93,10 +93,15 @@ class SpecEngine:
 
     # ---- requests in, from any thread --------------------------------------------------------
 
-    def add(self, input_ids, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-            top_k: int = 0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
-            stop: str | list[str] | None = None, request_id: str | None = None) -> Request:
-        """Check a request (a bad one raises ValueError here, before any work) and queue it."""
+    def add(self, input_ids, *args, **params) -> Request:
+        """Check a request (a bad one raises ValueError here, before any work) and queue it.
+        The arguments are those of ``make_request``."""
+        return self.enqueue(self.make_request(input_ids, *args, **params))
+
+    def make_request(self, input_ids, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                     top_k: int = 0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
+                     stop: str | list[str] | None = None, request_id: str | None = None) -> Request:
+        """A checked request, not queued yet (``enqueue`` it); ValueError says what is wrong."""
         params = SamplingParams(temperature, top_p, top_k)
         prompt = self.gen.check_prompt(input_ids, max_new_tokens)
         stops = normalize_stop(stop, self.gen.tokenizer)
@@ -104,8 +109,10 @@ class SpecEngine:
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         tracker = TextTracker(self.gen.tokenizer, stops) if self.gen.tokenizer is not None else None
-        request = Request(request_id or f"req-{next(_ids)}", prompt, max_new_tokens, params,
-                          frozenset(self.gen.eos_ids(eos_token_id)), tracker, generator, tokens=list(prompt))
+        return Request(request_id or f"req-{next(_ids)}", prompt, max_new_tokens, params,
+                       frozenset(self.gen.eos_ids(eos_token_id)), tracker, generator, tokens=list(prompt))
+
+    def enqueue(self, request: Request) -> Request:
         with self._lock:
             self._waiting.append(request)
         return request
@@ -216,23 +223,29 @@ class SpecEngine:
         gen = self.gen
         # Room for the prompt, the budget and a few drafts past it (the runners grow if needed).
         capacity = max(len(r.tokens) + r.max_new_tokens for r in batch) + 8
-        target_state = gen.target_runner.start(len(batch), capacity)
-        draft_state = gen.draft_runner.start(len(batch), capacity)
         try:
+            target_state = gen.target_runner.start(len(batch), capacity)
+            draft_state = gen.draft_runner.start(len(batch), capacity)
             seconds = decode.prefill([(gen.target_runner, target_state), (gen.draft_runner, draft_state)],
                                      batch, self.device)
-        except Exception as err:
+        except Exception as err:  # out of memory, say: these requests fail, the running ones go on
             log.exception("prefilling %d requests failed", len(batch))
             self._fail(batch, err, out)
             return
         for request in batch:
             request.stats.prefill_seconds += seconds / len(batch)
         self.stats.prefill_seconds += seconds
-        if self.running:
-            gen.target_runner.extend(self._target_state, target_state)
-            gen.draft_runner.extend(self._draft_state, draft_state)
-        else:
+        if not self.running:
             self._target_state, self._draft_state = target_state, draft_state
+        else:
+            try:
+                gen.target_runner.extend(self._target_state, target_state)
+                gen.draft_runner.extend(self._draft_state, draft_state)
+            except Exception as err:  # the running caches may be half-extended: nothing in them is safe
+                log.exception("adding %d rows to the batch failed", len(batch))
+                self._fail(self.running + batch, err, out)
+                self.running, self._target_state, self._draft_state = [], None, None
+                return
         self.running += batch
 
     def _leave(self, leaving: list[Request], reason: str | None, out) -> None:

@@ -40,6 +40,8 @@ from specdistill.serve.protocol import (
     usage,
     validation_message,
 )
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str) -> FastAPI:
@@ -54,19 +56,9 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
         engine.close()
 
     app = FastAPI(title="specdistill", lifespan=lifespan)
+    # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if config.api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization", "") != f"Bearer {config.api_key}":
-                metrics.error(401)
-                return error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                      code="invalid_api_key")
-        response = await call_next(request)
-        if response.status_code >= 400:
-            metrics.error(response.status_code)
-        return response
+    app.add_middleware(_Guard, api_key=config.api_key, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, err: RequestValidationError):
@@ -76,6 +68,11 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     @app.exception_handler(APIError)
     async def api_error(_request, err: APIError):
         return err.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, err: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(err.status_code)
+        return error_response(err.status_code, str(err.detail), param=None, code=code)
 
     @app.get("/health")
     async def health():
@@ -141,8 +138,7 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
                 for _ in range(body.n):
                     choices.append(Choice(len(choices), submit(body, prompt_ids, len(choices)), len(prompt_ids)))
         except APIError:
-            for choice in choices:
-                engine.cancel(choice.request)
+            _cancel_all(engine, choices)
             raise
         metrics.prompt_tokens.inc(sum(map(len, prompts)))
         return choices, sum(map(len, prompts))
@@ -157,7 +153,9 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream_events(engine, metrics, choices, arrival, config.request_timeout, chat, ident, created,
                                     model_name, prompt_tokens, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
+            # Runs after the stream, also when the client left before it began: no row outlives it.
+            cleanup = BackgroundTask(_cancel_all, engine, choices)
+            return StreamingResponse(events, media_type="text/event-stream", background=cleanup)
         try:
             await asyncio.wait_for(_collect_all(engine, metrics, raw, choices, arrival), config.request_timeout)
         except TimeoutError as err:
@@ -166,9 +164,7 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
         except EngineError as err:
             raise APIError(500, str(err), type="server_error") from err
         finally:
-            for choice in choices:
-                if not choice.request.finished:
-                    engine.cancel(choice.request)
+            _cancel_all(engine, choices)
         build = chat_response if chat else completion_response
         return JSONResponse(build(ident, created, model_name, choices, usage(prompt_tokens, choices)))
 
@@ -182,6 +178,11 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
 
     app.state.metrics = metrics
     return app
+
+
+def _cancel_all(engine: AsyncEngine, choices: list[Choice]) -> None:
+    for choice in choices:
+        engine.cancel(choice.request)
 
 
 async def _collect(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float) -> Choice:
@@ -297,8 +298,33 @@ class _BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise APIError(413, f"the request body is over {self.limit} bytes", code="request_too_large")
+            if seen > self.limit:  # FastAPI passes HTTPException through while it reads the body
+                raise StarletteHTTPException(413, f"the request body is over {self.limit} bytes")
             return message
 
         return await self.app(scope, counted, send)
+
+
+class _Guard:
+    """``--api-key`` on /v1, and error counts by status for /metrics."""
+
+    def __init__(self, app, api_key: str, metrics: ServerMetrics):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.api_key and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+            if given != f"Bearer {self.api_key}":
+                self.metrics.error(401)
+                response = error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                          code="invalid_api_key")
+                return await response(scope, receive, send)
+
+        async def counted(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                self.metrics.error(message["status"])
+            await send(message)
+
+        return await self.app(scope, receive, counted)

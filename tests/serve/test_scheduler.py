@@ -170,3 +170,34 @@ def test_no_row_is_fed_past_the_context_in_a_batch():
     outs = gen.generate_batch([long_prompt, short_prompt], max_new_tokens=8, eos_token_id=[])
     assert [out.sequences.shape[1] for out in outs] == [32, 11]
     assert outs[0].sequences.tolist() == hf_greedy(target, long_prompt, 8).tolist()
+
+
+class _Schedule:
+    """A draft-length policy that plays a fixed list of k, then the last one."""
+
+    def __init__(self, ks):
+        self.ks = list(ks)
+
+    def next_k(self):
+        return self.ks.pop(0) if len(self.ks) > 1 else self.ks[0]
+
+    def update_rows(self, rows, k_run, draft_seconds, verify_seconds):
+        pass
+
+
+def test_a_lagging_draft_padding_never_indexes_past_learned_positions():
+    """After k = 0 steps the draft lags; a row admitted near the end of the context is
+    right-padded to the laggard's width. GPT-2's position table must not be read past its end."""
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, eos_token_id=1,
+                        bos_token_id=0)
+    torch.manual_seed(0)
+    target = GPT2LMHeadModel(config).eval()
+    gen = SpeculativeGenerator(target, target, num_draft_tokens=_Schedule([0, 0, 0, 0, 0, 3]))
+    engine = gen.engine()
+    short = engine.add(torch.randint(2, 64, (1, 3)), 20, eos_token_id=[])
+    for _ in range(5):
+        engine.step()  # k = 0: the draft cache falls 5 tokens behind
+    near_end = torch.randint(2, 64, (1, 28))
+    late = engine.add(near_end, 4, eos_token_id=[])
+    _run(engine)
+    assert late.tokens == hf_greedy(target, near_end, 4)[0].tolist() and short.finish_reason == "length"

@@ -3,6 +3,7 @@ httpx for what a client library would refuse to send). Tiny models, a real token
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -203,13 +204,24 @@ def test_malformed_json_and_bad_chat_messages(server):
     assert httpx.post(url + "/v1/chat/completions", json={"model": MODEL, "messages": []}).status_code == 400
 
 
-def test_a_client_disconnect_mid_stream_frees_its_row(generator, tokenizer, monkeypatch):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_frees_its_row(generator, tokenizer, monkeypatch, stream):
     _slowed(generator, monkeypatch)
     with running_server(generator, tokenizer) as (url, engine):
-        body = {"model": MODEL, "prompt": "define a class", "max_tokens": 64, "stream": True, "temperature": 0}
-        with httpx.stream("POST", url + "/v1/completions", json=body) as response:
-            next(response.iter_lines())  # one event, then hang up
-            (request,) = engine.engine.running
+        body = {"model": MODEL, "prompt": "define a class", "max_tokens": 64, "stream": stream, "temperature": 0}
+        if stream:
+            with httpx.stream("POST", url + "/v1/completions", json=body) as response:
+                next(response.iter_lines())  # one event, then hang up
+                (request,) = engine.engine.running
+        else:
+            payload = json.dumps(body).encode()
+            port = int(url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                            b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+                while not engine.engine.running:
+                    time.sleep(0.01)
+                (request,) = engine.engine.running
         deadline = time.monotonic() + 10
         while engine.num_running or not request.finished:
             assert time.monotonic() < deadline, "the row was not freed"
@@ -244,9 +256,9 @@ def _slowed(generator, monkeypatch, seconds=0.05):
 
 
 def test_queue_full_is_a_429_with_retry_after(generator, tokenizer, monkeypatch):
-    _slowed(generator, monkeypatch)
+    _slowed(generator, monkeypatch, seconds=0.1)
     with running_server(generator, tokenizer, max_batch_size=1, max_queue=1) as (url, engine):
-        body = {"model": MODEL, "prompt": "sum of squares", "max_tokens": 60, "temperature": 0}
+        body = {"model": MODEL, "prompt": "read lines", "max_tokens": 30, "temperature": 0}
         with httpx.stream("POST", url + "/v1/completions", json=body | {"stream": True}) as first:
             next(first.iter_lines())  # running: it holds the only row
             waiting = threading.Thread(target=_post, args=(url, body), kwargs={"timeout": 60})
@@ -280,8 +292,14 @@ def test_api_key_and_body_limit(generator, tokenizer):
         assert httpx.get(url + "/health").status_code == 200  # health stays open for probes
         out = _client(url).with_options(api_key="sesame").completions.create(model=MODEL, prompt="ab", max_tokens=3)
         assert out.choices[0].finish_reason in ("stop", "length")
-        big = _post(url, {"model": MODEL, "prompt": "a" * 5000}, headers={"authorization": "Bearer sesame"})
+        auth = {"authorization": "Bearer sesame", "content-type": "application/json"}
+        big = _post(url, {"model": MODEL, "prompt": "a" * 5000}, headers=auth)
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        body = json.dumps({"model": MODEL, "prompt": "a" * 5000}).encode()
+        chunked = httpx.post(url + "/v1/completions", content=iter([body[:1000], body[1000:]]), headers=auth)
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+        missing = httpx.get(url + "/v1/nothing", headers=auth)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 def test_a_failing_step_fails_its_requests_with_500_and_the_server_goes_on(generator, tokenizer, monkeypatch):
