@@ -100,17 +100,17 @@ async def _one(client, model, prompt, max_tokens) -> dict:
 
 async def load(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
     """``requests`` requests from ``concurrency`` clients, each sending its next when one ends."""
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
     prompts = [HELDOUT_PROMPTS[i % len(HELDOUT_PROMPTS)] for i in range(requests)]
     results = []
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600) as client:
 
-    async def worker(mine):
-        for prompt in mine:
-            results.append(await _one(client, model, prompt, max_tokens))
+        async def worker(mine):
+            for prompt in mine:
+                results.append(await _one(client, model, prompt, max_tokens))
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(prompts[i::concurrency]) for i in range(concurrency)))
-    seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(prompts[i::concurrency]) for i in range(concurrency)))
+        seconds = time.perf_counter() - start
     return _summary(results, seconds, concurrency)
 
 

@@ -88,15 +88,31 @@ def load_generator(config: ServeConfig):
 
 
 def run_serve(config: ServeConfig) -> dict:
-    """Load the models and serve until interrupted."""
+    """Load the models and serve until interrupted. The engine steps in this (the main)
+    thread, where the models were loaded and PyTorch runs fastest; uvicorn's event loop
+    runs in a thread of its own."""
+    import signal
+    import threading
+
     import uvicorn
     from specdistill.serve.async_engine import AsyncEngine
     from specdistill.serve.server import build_app
 
     generator, tokenizer, path = load_generator(config)
     engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, config.served_name())
+    app = build_app(engine, tokenizer, config, config.served_name(), start_engine=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
+    http = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
     print(f"specdistill serve: {config.served_name()} with draft {path or 'none'} "
           f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM shuts down as Ctrl-C does
+    http.start()
+    try:
+        engine.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+        server.should_exit = True
+        http.join(timeout=30)
     return {}

@@ -44,16 +44,20 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
-def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str) -> FastAPI:
-    """The FastAPI app over a started-or-not ``AsyncEngine`` (started with the app)."""
+def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str,
+              start_engine: bool = True) -> FastAPI:
+    """The FastAPI app over an ``AsyncEngine``, which it starts in a thread of its own
+    with the app (``start_engine``), or which the caller steps (``run_forever``)."""
     metrics = ServerMetrics(engine, model_name)
     context = engine.engine.gen.max_positions
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        engine.start()
+        if start_engine:
+            engine.start()
         yield
-        engine.close()
+        if start_engine:
+            engine.close()
 
     app = FastAPI(title="specdistill", lifespan=lifespan)
     # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).

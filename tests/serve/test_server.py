@@ -316,3 +316,36 @@ def test_a_failing_step_fails_its_requests_with_500_and_the_server_goes_on(gener
         response = _post(url, {"model": MODEL, "prompt": "print it", "max_tokens": 30, "temperature": 0})
         assert response.status_code == 500 and "device on fire" in response.json()["error"]["message"]
         assert _post(url, {"model": MODEL, "prompt": "print it", "max_tokens": 30}).status_code == 200
+
+
+def test_the_engine_can_step_in_the_callers_thread(generator, tokenizer):
+    """As `specdistill serve` runs it: the engine steps in this (the main) thread,
+    uvicorn's event loop in another."""
+    config = ServeConfig(max_batch_size=4, max_tokens_limit=64)
+    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
+    app = build_app(engine, tokenizer, config, MODEL, start_engine=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    http = threading.Thread(target=server.run, daemon=True)
+    http.start()
+    answers = []
+
+    def client():
+        try:
+            while not server.started:
+                time.sleep(0.02)
+            out = _client(f"http://127.0.0.1:{port}").completions.create(model=MODEL, prompt="open a file",
+                                                                           max_tokens=12, temperature=0)
+            answers.append(out.choices[0].text)
+        finally:
+            engine.close()  # ends run_forever, also when the request failed
+
+    asker = threading.Thread(target=client)
+    asker.start()
+    engine.run_forever()
+    asker.join(timeout=30)
+    server.should_exit = True
+    http.join(timeout=20)
+    assert answers == [_alone(generator, tokenizer, "open a file", 12)]
