@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 import typing
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"specdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
-    if args.command == "train":
+    if args.command == "train" and os.environ.get("RANK", "0") == "0":  # one line, from the main process
         print(json.dumps(result))
     return 0
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from specdistill.eval import measure_speculative, measure_target, predicted_speedup, warm_up
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_target, prune_draft
 from specdistill.prompts import HELDOUT_PROMPTS
-from specdistill.train import TrainConfig, corpus_chunks, train
+from specdistill.train import TrainConfig, train, training_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -172,9 +172,9 @@ def _distill(config: DemoConfig, target, tokenizer, dtype) -> dict:
         generate_tokens=config.generate_tokens,
     )
     # Generated while the target is in the fast decoding dtype; the logits it trains on come later, in fp32.
-    chunks = corpus_chunks(train_config, target, tokenizer)
+    rows = training_rows(train_config, target, tokenizer)
     target.float()
-    result = train(train_config, target=target, tokenizer=tokenizer, chunks=chunks)
+    result = train(train_config, target=target, tokenizer=tokenizer, data=rows)
     target.to(dtype)
     return result
 

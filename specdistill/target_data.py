@@ -4,16 +4,18 @@ A draft is only as good as its match with the target *on the text it will
 draft*, so distilling on the target's answers to chat requests (the way it will
 be used) beats generic text. The answers are sampled with our own batched
 engine (``SpeculativeGenerator`` with no draft: plain decoding, many prompts at
-once), saved after every batch, and reused by a resumed or repeated run.
+once) and stored as (prompt ids, answer ids) records in a JSON-lines file, one
+line per record, appended after every batch and reused by a resumed or repeated
+run (``datasets.load_dataset("json", data_files=...)`` reads it too). Keeping the
+prompt apart lets training count the answer tokens only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from specdistill.prompts import chat_prompt_ids, training_prompts
@@ -22,58 +24,65 @@ from specdistill.serve import SpeculativeGenerator
 log = logging.getLogger(__name__)
 
 
+Record = tuple[list[int], list[int]]  # (prompt ids, answer ids)
+
+
 def generate_answers(target, tokenizer, max_tokens: int, cache: Path | None = None, prompts: list[str] | None = None,
                      max_new_tokens: int = 192, batch_size: int = 32, temperature: float = 0.8,
-                     seed: int = 0, progress: bool = True) -> list[list[int]]:
-    """Token sequences (chat prompt + sampled answer) until ``max_tokens`` answer tokens.
-    Prompts cycle with new seeds when there are fewer than needed. ``cache`` (a .pt
-    file) keeps what was generated; a later call with the same file goes on from it."""
+                     seed: int = 0, progress: bool = True) -> list[Record]:
+    """(prompt ids, answer ids) records until ``max_tokens`` answer tokens. Prompts
+    cycle with new seeds when there are fewer than needed. ``cache`` (a .jsonl file)
+    keeps what was generated; a later call with the same file goes on from it."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     prompts = prompts or training_prompts(seed)
-    sequences, answer_tokens = _load(cache)
+    records = load_records(cache)
+    answer_tokens = sum(len(answer) for _, answer in records)
     if answer_tokens >= max_tokens:
-        return sequences
+        return records
     generator = SpeculativeGenerator(target, None, tokenizer=tokenizer)
     bar = tqdm(total=max_tokens, initial=min(answer_tokens, max_tokens), desc="target answers", unit="tok",
                disable=not progress)
     while answer_tokens < max_tokens:
-        start = len(sequences)
+        start = len(records)
         batch = [chat_prompt_ids(tokenizer, prompts[(start + i) % len(prompts)]) for i in range(batch_size)]
         outs = generator.generate_batch(batch, max_new_tokens=max_new_tokens, temperature=temperature,
                                         seed=seed + start, eos_token_id=tokenizer.eos_token_id)
-        for ids, out in zip(batch, outs):
-            sequences.append(out.sequences[0].tolist())
-            answer_tokens += out.sequences.shape[1] - ids.shape[1]
+        new = [(ids[0].tolist(), out.sequences[0, ids.shape[1]:].tolist()) for ids, out in zip(batch, outs)]
+        _append(cache, new)
+        records += new
+        answer_tokens += sum(len(answer) for _, answer in new)
         bar.update(min(answer_tokens, max_tokens) - bar.n)
-        _save(cache, sequences, answer_tokens)
     bar.close()
-    log.info("target answers: %d sequences, %d answer tokens", len(sequences), answer_tokens)
-    return sequences
+    log.info("target answers: %d records, %d answer tokens", len(records), answer_tokens)
+    return records
 
 
-def sequence_chunks(sequences: list[list[int]], seq_len: int) -> torch.Tensor:  # [num_chunks, seq_len]
-    """The sequences back to back, cut into chunks of ``seq_len`` tokens."""
-    ids = [token for sequence in sequences for token in sequence]
-    if len(ids) < seq_len:
-        raise ValueError(f"{len(ids)} generated tokens are fewer than one chunk of seq_len={seq_len}; "
-                         "generate more (generate_tokens) or lower seq_len")
-    n_chunks = len(ids) // seq_len
-    return torch.tensor(ids[: n_chunks * seq_len]).view(n_chunks, seq_len)
+def load_records(path: Path | None) -> list[Record]:
+    """Records from a JSON-lines cache; a last line cut short by a kill is dropped."""
+    if path is None or not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("dropping a partial line of %s (a killed run)", path)
+            continue
+        records.append((row["prompt_ids"], row["answer_ids"]))
+    log.info("reusing %d target answers from %s", len(records), path)
+    return records
 
 
-def _load(cache: Path | None) -> tuple[list[list[int]], int]:
-    if cache is None or not cache.exists():
-        return [], 0
-    saved = torch.load(cache)
-    log.info("reusing %d target answers from %s", len(saved["sequences"]), cache)
-    return saved["sequences"], saved["answer_tokens"]
-
-
-def _save(cache: Path | None, sequences: list[list[int]], answer_tokens: int) -> None:
-    if cache is None:
+def _append(path: Path | None, records: list[Record]) -> None:
+    if path is None:
         return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial")
-    torch.save({"sequences": sequences, "answer_tokens": answer_tokens}, partial)
-    os.replace(partial, cache)  # atomic: a killed run never leaves half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():  # cut a partial last line (a kill mid-write) before appending after it
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    lines = "".join(json.dumps({"prompt_ids": p, "answer_ids": a}) + "\n" for p, a in records)
+    with path.open("a") as file:  # whole lines in one write: a kill leaves at most one partial line
+        file.write(lines)
+        file.flush()

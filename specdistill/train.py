@@ -1,10 +1,18 @@
 """Online white-box distillation of a draft model from a frozen target.
 
-Each step: the target runs forward under ``no_grad`` on a batch of token
-chunks, the draft runs forward with gradients, and ``distill_loss`` pulls the
-draft's next-token distribution towards the target's at every position.
-Checkpoints (draft weights, optimizer, step) are written every ``save_every``
-steps; a killed run started again with the same ``output_dir`` resumes.
+Each step: the target runs forward under ``no_grad`` on a batch of rows, the
+draft runs forward with gradients, and ``distill_loss`` pulls the draft's
+next-token distribution towards the target's at every position the batch's loss
+mask counts (answers, not prompts). Loss and acceptance are kept as sums over
+counted positions and reduced across processes before any ratio is taken.
+
+The same command runs in one process or several (``torchrun`` / ``accelerate
+launch``: DDP through accelerate, gloo on CPU, NCCL on GPU). ``batch_size`` is
+the global batch: every process builds the step's batch (a function of the step)
+and takes its share of the rows, in ``grad_accum`` micro-batches. Only the main
+process writes checkpoints, logs and the progress bar. Checkpoints (draft
+weights, optimizer, step) are written every ``save_every`` steps; a killed run
+started again with the same ``output_dir`` resumes.
 """
 
 from __future__ import annotations
@@ -18,13 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from specdistill.data import batch_at, corpus_files, split_files, token_chunks
+from specdistill.batches import Batch, TokenRows, pack_records
+from specdistill.checkpoints import recover_checkpoint, save_checkpoint
+from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.losses import DIVERGENCES, compute_distill_loss, compute_linear_distill_loss
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
-from specdistill.target_data import generate_answers, sequence_chunks
+from specdistill.target_data import generate_answers
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,8 @@ class TrainConfig:
     generate_tokens: int = 40000  # with corpus 'target': answer tokens to generate (cached in output_dir)
     generate_temperature: float = 0.8  # with corpus 'target': sampling temperature of the answers
     seq_len: int = 256
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch (rows per step, over all processes)
+    grad_accum: int = 1  # micro-batches per process per step (same result, less memory)
     steps: int = 200
     max_minutes: float = 0.0  # stop earlier after this much wall time (0 = no limit)
     lr: float = 5e-4
@@ -63,7 +75,7 @@ class TrainConfig:
         # Fail before loading anything: a typo should not cost a model load and tokenization.
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
-        for name in ("seq_len", "batch_size", "steps", "save_every", "log_every"):
+        for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -124,77 +136,52 @@ def decoder_and_head(model):
     return (model.get_decoder(), head.weight) if plain else None
 
 
-def distill_step(target, draft, input_ids: torch.Tensor, config: TrainConfig, device) -> tuple:
-    """Forward both models on one batch; returns (loss, mean expected acceptance).
+class Student(torch.nn.Module):
+    """The draft as the one module that runs (and that DDP wraps): its final hidden
+    states for the fused-linear loss, or its logits."""
+
+    def __init__(self, draft, hidden: bool):
+        super().__init__()
+        self.draft, self.hidden = draft, hidden
+
+    def forward(self, input_ids):
+        if self.hidden:
+            return self.draft.get_decoder()(input_ids=input_ids).last_hidden_state
+        return self.draft(input_ids=input_ids).logits
+
+
+def distill_step(target, student: Student | torch.nn.Module, batch: Batch, config: TrainConfig, device) -> tuple:
+    """Forward both models on one (micro-)batch; returns (loss sum, acceptance sum,
+    counted positions) over the positions the batch's mask counts.
 
     With ``fused_linear`` the loss takes both models' final hidden states and LM
     heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
     (less memory, and faster on CPU too: see bench/RESULTS.md)."""
-    labels = None
-    if config.alpha < 1:
-        labels = torch.full_like(input_ids, -100)
-        labels[:, :-1] = input_ids[:, 1:]
+    if not isinstance(getattr(student, "module", student), Student):  # a plain draft model
+        student = Student(student, config.fused_linear and _fusable(target, student))
+    inner = getattr(student, "module", student)  # under DDP, the Student is .module
+    labels = batch.labels(hard=config.alpha < 1)
     options = dict(divergence=config.divergence, temperature=config.temperature, beta=config.beta,
-                   labels=labels, alpha=config.alpha)
-    teacher_parts, student_parts = decoder_and_head(target), decoder_and_head(draft)
-    if config.fused_linear and teacher_parts and student_parts:
-        (teacher_decoder, teacher_head), (student_decoder, student_head) = teacher_parts, student_parts
+                   labels=labels, alpha=config.alpha, reduction="sum", return_acceptance=True)
+    if inner.hidden:
+        teacher_decoder, teacher_head = decoder_and_head(target)
         with torch.no_grad(), _autocast(device, config.bf16):
-            teacher_hidden = teacher_decoder(input_ids=input_ids).last_hidden_state
+            teacher_hidden = teacher_decoder(input_ids=batch.input_ids).last_hidden_state
         with _autocast(device, config.bf16):
-            student_hidden = student_decoder(input_ids=input_ids).last_hidden_state
             loss, acceptance = compute_linear_distill_loss(
-                student_hidden, student_head, teacher_hidden=teacher_hidden, teacher_weight=teacher_head,
-                return_acceptance=True, **options)
+                student(batch.input_ids), decoder_and_head(inner.draft)[1], teacher_hidden=teacher_hidden,
+                teacher_weight=teacher_head, **options)
     else:
         with torch.no_grad(), _autocast(device, config.bf16):
-            teacher_logits = target(input_ids=input_ids).logits
+            teacher_logits = target(input_ids=batch.input_ids).logits
         with _autocast(device, config.bf16):
-            student_logits = draft(input_ids=input_ids).logits
-        loss, acceptance = compute_distill_loss(student_logits, teacher_logits, return_acceptance=True, **options)
-    # Acceptance is 0 at masked positions; average over the positions that count.
-    return loss, acceptance.mean() if labels is None else acceptance[labels != -100].mean()
+            loss, acceptance = compute_distill_loss(student(batch.input_ids), teacher_logits, **options)
+    # Acceptance is 0 at masked positions already.
+    return loss, acceptance.float().sum(), int((labels != -100).sum())
 
 
-def save_checkpoint(path: Path, draft, tokenizer, optimizer, step: int, history: list) -> None:
-    """Weights in HF format plus trainer state; written beside, then swapped in,
-    so a kill during saving never corrupts the last good checkpoint (see
-    ``recover_checkpoint`` for a kill between the two renames)."""
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    recover_checkpoint(path)
-    if tmp.exists():  # a half-written copy from a killed save
-        _remove_tree(tmp)
-    draft.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
-    (tmp / "history.json").write_text(json.dumps(history))
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)  # a kill just before this leaves old (good) and tmp (complete)
-    if old.exists():
-        _remove_tree(old)
-
-
-def recover_checkpoint(path: Path) -> None:
-    """Finish a save that was killed between its two renames. ``path.old`` only exists
-    once ``path.tmp`` was complete, so with ``path`` missing the newer complete copy
-    is tmp, else old."""
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    if not path.exists() and old.exists():
-        if tmp.exists():
-            tmp.rename(path)
-            _remove_tree(old)
-        else:
-            old.rename(path)
-    elif path.exists() and old.exists():
-        _remove_tree(old)
-
-
-def _remove_tree(path: Path) -> None:
-    for child in path.iterdir():
-        _remove_tree(child) if child.is_dir() else child.unlink()
-    path.rmdir()
+def _fusable(target, draft) -> bool:
+    return decoder_and_head(target) is not None and decoder_and_head(draft) is not None
 
 
 def _build_draft(config: TrainConfig, target, device):
@@ -214,33 +201,42 @@ def _as_list(ids) -> list[int]:
     return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
 
 
-def corpus_chunks(config: TrainConfig, target, tokenizer, progress: bool = True) -> torch.Tensor:
-    """The training chunks [N, seq_len] of ``config.corpus``."""
+def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True) -> TokenRows:
+    """The training rows of ``config.corpus``: the target's answers (answer tokens count,
+    prompts do not), or fixed text cut into chunks (every token counts)."""
     if config.corpus == "target":
-        sequences = generate_answers(target, tokenizer, config.generate_tokens,
-                                     cache=Path(config.output_dir) / "target_answers.pt",
-                                     temperature=config.generate_temperature, seed=config.seed, progress=progress)
-        return sequence_chunks(sequences, config.seq_len)
+        records = generate_answers(target, tokenizer, config.generate_tokens,
+                                   cache=Path(config.output_dir) / "target_answers.jsonl",
+                                   temperature=config.generate_temperature, seed=config.seed, progress=progress)
+        return pack_records(records, config.seq_len, tokenizer.eos_token_id or 0)
     files, _ = split_files(corpus_files(config.corpus), heldout_fraction=0.05, seed=config.seed)
-    return token_chunks(tokenizer, files, config.seq_len, config.steps * config.batch_size * config.seq_len,
-                        progress=progress)
+    return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len,
+                                              config.steps * config.batch_size * config.seq_len, progress=progress))
 
 
-def train(config: TrainConfig, target=None, tokenizer=None, chunks: torch.Tensor | None = None,
+def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | torch.Tensor | None = None,
           progress: bool = True) -> dict:
     """Distill a draft; returns a summary with the loss/acceptance history and the
-    path of the saved draft (``output_dir/final``, a plain HF checkpoint)."""
-    device = pick_device(config.device)
+    path of the saved draft (``output_dir/final``, a plain HF checkpoint). ``data``:
+    training rows (or fixed-text chunks [N, T]); by default those of ``config.corpus``."""
+    accelerator = Accelerator(cpu=pick_device(config.device).type == "cpu")
+    device, world = accelerator.device, accelerator.num_processes
+    if config.batch_size % (world * config.grad_accum):
+        raise ValueError(f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
+                         f"grad_accum {config.grad_accum}")
     torch.manual_seed(config.seed)
     if target is None:
         target, tokenizer = load_target(config.target)
     target = target.to(device).eval()
-    if chunks is None:
-        chunks = corpus_chunks(config, target, tokenizer, progress)
+    if data is None:
+        with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache
+            data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process)
+    rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
     draft, resumed_from = _build_draft(config, target, device)
     check_compatible(target, draft)
     draft.train()
     params = trainable_parameters(draft, config.train_embeddings)
+    student = Student(draft, config.fused_linear and _fusable(target, draft))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
     if resumed_from is not None:
@@ -248,53 +244,98 @@ def train(config: TrainConfig, target=None, tokenizer=None, chunks: torch.Tensor
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
         history = json.loads((resumed_from / "history.json").read_text())
+    if world > 1:
+        student = accelerator.prepare(student)  # DDP: gradients averaged over the processes
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s + start_step, config))
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
-    step = _run_steps(config, target, draft, tokenizer, chunks, optimizer, scheduler, params,
-                      start_step, history, device, progress)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    loop = _Loop(config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params)
+    step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft.eval()
-    draft.save_pretrained(out / "final")
+    if accelerator.is_main_process:
+        _export(out / "final", draft, tokenizer, target, rows)
+    accelerator.wait_for_everyone()
+    return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
+            "resumed_from_step": start_step, "processes": world}
+
+
+def _export(path: Path, draft, tokenizer, target, rows: TokenRows) -> None:
+    draft.save_pretrained(path)
     eos = []
     if tokenizer is not None:
-        tokenizer.save_pretrained(out / "final")
+        tokenizer.save_pretrained(path)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     eos += _as_list(getattr(target.generation_config, "eos_token_id", None))
-    save_draft_vocab(out / "final", chunks, vocab_size(draft), eos)
-    return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
-            "resumed_from_step": start_step}
+    # The draft vocabulary: what the draft is trained to predict, by frequency.
+    save_draft_vocab(path, rows.input_ids[rows.loss_mask], vocab_size(draft), eos)
 
 
-def _run_steps(config, target, draft, tokenizer, chunks, optimizer, scheduler, params, start_step,
-               history, device, progress) -> int:
-    checkpoint = Path(config.output_dir) / "checkpoint"
-    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
-    bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
-               disable=not progress)
-    completed = start_step
-    for step in bar:
-        batch = batch_at(chunks, step, config.batch_size, config.seed).to(device)
-        loss, acceptance = distill_step(target, draft, batch, config, device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}; lower lr (now {config.lr}) or check the data. "
-                f"The last good checkpoint is in {checkpoint}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        history.append({"step": step + 1, "loss": round(loss.item(), 5), "acceptance": round(acceptance.item(), 5)})
-        bar.set_postfix(loss=f"{loss.item():.3f}", accept=f"{acceptance.item():.3f}")
-        if (step + 1) % config.log_every == 0:
-            log.info("step %d loss %.4f expected acceptance %.4f", step + 1, loss.item(), acceptance.item())
-        completed = step + 1
-        done = completed >= config.steps or time.monotonic() > deadline
-        if completed % config.save_every == 0 or done:
-            save_checkpoint(checkpoint, draft, tokenizer, optimizer, completed, history)
-        if done:
-            break
-    bar.close()
-    return completed
+class _Loop:
+    """The training steps of one process."""
+
+    def __init__(self, config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params):
+        self.config, self.accelerator, self.target, self.student, self.draft = config, accelerator, target, student, \
+            draft
+        self.tokenizer, self.rows, self.optimizer, self.scheduler, self.params = tokenizer, rows, optimizer, \
+            scheduler, params
+
+    def run(self, start_step: int, history: list, progress: bool) -> int:
+        config, accelerator = self.config, self.accelerator
+        checkpoint = Path(config.output_dir) / "checkpoint"
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+        bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
+                   disable=not progress)
+        completed = start_step
+        for step in bar:
+            loss, acceptance = self.step(step)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step}; lower lr (now {config.lr}) or check the data. "
+                    f"The last good checkpoint is in {checkpoint}")
+            history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5)})
+            bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}")
+            if (step + 1) % config.log_every == 0 and accelerator.is_main_process:
+                log.info("step %d loss %.4f expected acceptance %.4f", step + 1, loss, acceptance)
+            completed = step + 1
+            # Every process must agree to stop (a collective waits for all of them).
+            late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
+            done = completed >= config.steps or bool(accelerator.reduce(late, "sum") > 0)
+            if completed % config.save_every == 0 or done:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint, self.draft, self.tokenizer, self.optimizer, completed, history)
+                accelerator.wait_for_everyone()
+            if done:
+                break
+        bar.close()
+        return completed
+
+    def step(self, step: int) -> tuple[float, float]:
+        """One optimizer step on the global batch; (loss, acceptance) per counted position."""
+        config, accelerator = self.config, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        batch = self.rows.batch(step, config.batch_size, config.seed)
+        # Every process knows the global count (the batch is a function of the step), so each
+        # scales its sum by it: summed over processes (DDP averages, hence * world), the
+        # gradient is that of the mean over every counted position of the global batch.
+        total = max(int((batch.labels(hard=config.alpha < 1) != -100).sum()), 1)
+        mine = batch.rows(slice(rank, None, world)).to(accelerator.device)
+        size = mine.input_ids.shape[0] // config.grad_accum
+        sums = torch.zeros(2, device=accelerator.device)
+        for i in range(config.grad_accum):
+            sync = i == config.grad_accum - 1 or world == 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(self.student):
+                loss_sum, acceptance_sum, _ = distill_step(self.target, self.student,
+                                                           mine.rows(slice(i * size, (i + 1) * size)), config,
+                                                           accelerator.device)
+                (loss_sum * world / total).backward()
+            sums += torch.stack([loss_sum.detach().float(), acceptance_sum.detach()])
+        sums = accelerator.reduce(sums, "sum") if world > 1 else sums
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, acceptance = (sums / total).tolist()
+        return loss, acceptance

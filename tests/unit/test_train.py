@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from specdistill import train as train_module
-from specdistill.data import batch_at
+from specdistill.batches import Batch, TokenRows, pack_records
 from specdistill.models import prune_draft, tiny_llama
 from specdistill.train import TrainConfig, train
 
@@ -27,7 +27,7 @@ def _config(tmp_path, **overrides):
 
 def test_distillation_lowers_loss_and_saves_hf_checkpoint(tmp_path, target_and_chunks):
     target, chunks = target_and_chunks
-    result = train(_config(tmp_path), target=target, chunks=chunks, progress=False)
+    result = train(_config(tmp_path), target=target, data=chunks, progress=False)
     history = result["history"]
     assert result["steps"] == 30 and len(history) == 30
     first = sum(h["loss"] for h in history[:5]) / 5
@@ -41,7 +41,7 @@ def test_distillation_lowers_loss_and_saves_hf_checkpoint(tmp_path, target_and_c
 
 def test_frozen_embeddings_stay_put(tmp_path, target_and_chunks):
     target, chunks = target_and_chunks
-    result = train(_config(tmp_path, steps=5), target=target, chunks=chunks, progress=False)
+    result = train(_config(tmp_path, steps=5), target=target, data=chunks, progress=False)
     draft = result["draft"]
     torch.testing.assert_close(draft.get_output_embeddings().weight, target.get_output_embeddings().weight)
     assert not torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[0].mlp.up_proj.weight)
@@ -49,7 +49,7 @@ def test_frozen_embeddings_stay_put(tmp_path, target_and_chunks):
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, monkeypatch):
     target, chunks = target_and_chunks
-    full = train(_config(tmp_path / "a", steps=20), target=target, chunks=chunks, progress=False)
+    full = train(_config(tmp_path / "a", steps=20), target=target, data=chunks, progress=False)
     # Kill a run at step 13: the last checkpoint holds step 10.
     real_step, calls = train_module.distill_step, []
 
@@ -61,9 +61,9 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, mo
 
     monkeypatch.setattr(train_module, "distill_step", dies_at_step_13)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path / "b", steps=20), target=target, chunks=chunks, progress=False)
+        train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
     monkeypatch.setattr(train_module, "distill_step", real_step)
-    resumed = train(_config(tmp_path / "b", steps=20), target=target, chunks=chunks, progress=False)
+    resumed = train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
     assert resumed["resumed_from_step"] == 10
     assert [h["step"] for h in resumed["history"]] == list(range(1, 21))
     # Same batches, same optimizer state, same schedule: it ends where the uninterrupted run did.
@@ -78,14 +78,47 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, target_and_chunks):
         broken.model.norm.weight.fill_(float("nan"))
     broken.save_pretrained(tmp_path / "nan_draft")
     with pytest.raises(FloatingPointError, match="step 0"):
-        train(_config(tmp_path, draft=str(tmp_path / "nan_draft")), target=target, chunks=chunks, progress=False)
+        train(_config(tmp_path, draft=str(tmp_path / "nan_draft")), target=target, data=chunks, progress=False)
 
 
 def test_batches_are_a_function_of_step():
-    chunks = torch.arange(40).view(10, 4)
-    assert torch.equal(batch_at(chunks, 3, 4, seed=0), batch_at(chunks, 3, 4, seed=0))
-    seen = torch.cat([batch_at(chunks, s, 5, seed=0) for s in range(2)])
+    rows = TokenRows.from_chunks(torch.arange(40).view(10, 4))
+    assert torch.equal(rows.batch(3, 4, seed=0).input_ids, rows.batch(3, 4, seed=0).input_ids)
+    seen = torch.cat([rows.batch(s, 5, seed=0).input_ids for s in range(2)])
     assert sorted(seen[:, 0].tolist()) == list(range(0, 40, 4))
+
+
+def test_records_pack_whole_and_count_answer_tokens_only():
+    # The third record is cut at seq_len; the last two have no answer within a row and are skipped.
+    records = [([1, 2, 3], [4, 5]), ([6, 7], [8]), ([9] * 7, [10, 10, 10]), ([9] * 9, [10]), ([11], [])]
+    rows = pack_records(records, seq_len=8, pad_id=0)
+    assert rows.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [9] * 7 + [10]]
+    # Position t predicts token t + 1: the answers 4, 5 and 8 are predicted at 2, 3 and 6.
+    first_row = [False, False, True, True, False, False, True, False]
+    assert rows.loss_mask.tolist() == [first_row, [False] * 6 + [True, False]]
+    labels = Batch(rows.input_ids, rows.loss_mask).labels(hard=True)
+    assert labels[0].tolist() == [-100, -100, 4, 5, -100, -100, 8, -100]
+    with pytest.raises(ValueError, match="no record has answer tokens"):
+        pack_records([([1] * 9, [2])], seq_len=8, pad_id=0)
+
+
+def test_prompt_tokens_never_count(tmp_path, target_and_chunks):
+    """The step's loss is the sum of the per-position loss over answer positions only."""
+    from specdistill.losses import compute_distill_loss
+
+    target, _ = target_and_chunks
+    draft = prune_draft(target, [0, -1])
+    rows = pack_records([([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17])], seq_len=8, pad_id=0)
+    batch = Batch(rows.input_ids, rows.loss_mask)
+    config = _config(tmp_path, bf16=False)
+    loss, acceptance, count = train_module.distill_step(target, draft, batch, config, torch.device("cpu"))
+    assert count == 7  # 3 + 4 answer tokens
+    with torch.no_grad():
+        per_position = compute_distill_loss(draft(batch.input_ids).logits, target(batch.input_ids).logits,
+                                            reduction="none")
+    torch.testing.assert_close(loss.detach(), per_position[batch.loss_mask].sum(), rtol=1e-4, atol=1e-5)
+    assert per_position[~batch.loss_mask].abs().sum() > 0  # the prompt positions had a loss to leave out
+    assert 0 < float(acceptance) < count
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
@@ -96,7 +129,8 @@ def test_fused_linear_step_matches_the_logits_step(tmp_path, target_and_chunks, 
     for fused in (True, False):
         config = _config(tmp_path, fused_linear=fused, alpha=alpha, divergence="jsd", temperature=2.0)
         draft.zero_grad()
-        loss, acceptance = train_module.distill_step(target, draft, chunks[:3], config, torch.device("cpu"))
+        loss, acceptance, _ = train_module.distill_step(target, draft, TokenRows.from_chunks(chunks[:3]).batch(
+            0, 3, seed=0), config, torch.device("cpu"))
         loss.backward()
         grads.append((loss.detach(), acceptance, draft.model.layers[0].mlp.up_proj.weight.grad.clone()))
     for a, b in zip(*grads):
@@ -117,10 +151,10 @@ def test_kill_between_the_two_renames_of_a_save_is_recovered(tmp_path, target_an
 
     monkeypatch.setattr(train_module.Path, "rename", dies_on_second_rename_of_step_20)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, steps=25), target=target, chunks=chunks, progress=False)
+        train(_config(tmp_path, steps=25), target=target, data=chunks, progress=False)
     monkeypatch.setattr(train_module.Path, "rename", real_rename)
     run = tmp_path / "run"
     assert not (run / "checkpoint").exists() and (run / "checkpoint.old").exists()
-    resumed = train(_config(tmp_path, steps=25), target=target, chunks=chunks, progress=False)
+    resumed = train(_config(tmp_path, steps=25), target=target, data=chunks, progress=False)
     assert resumed["resumed_from_step"] == 20
     assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
