@@ -50,17 +50,20 @@ def split_files(files: list[Path], heldout_fraction: float, seed: int) -> tuple[
     return shuffled[n_heldout:], shuffled[:n_heldout]
 
 
-def token_chunks(tokenizer, files: list[Path], seq_len: int, max_tokens: int,
+def token_chunks(tokenizer, texts, seq_len: int, max_tokens: int,
                  progress: bool = True) -> torch.Tensor:  # [num_chunks, seq_len]
-    """Tokenize files in order (EOS between files) until ``max_tokens``, then cut into
-    chunks of ``seq_len`` tokens. Reading stops early, so a small budget is fast."""
+    """Tokenize texts (strings, or paths of files to read) in order, EOS between them,
+    until ``max_tokens``, then cut into chunks of ``seq_len`` tokens: short texts are
+    packed together. Reading stops early, so a small budget is fast."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     eos = tokenizer.eos_token_id
     ids: list[int] = []
+    count = 0
     bar = tqdm(total=max_tokens, desc="tokenizing", unit="tok", disable=not progress, leave=False)
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
+    for item in texts:
+        text = item.read_text(encoding="utf-8", errors="replace") if isinstance(item, Path) else item
+        count += 1
         if not text.strip():
             continue
         new = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -75,15 +78,5 @@ def token_chunks(tokenizer, files: list[Path], seq_len: int, max_tokens: int,
             f"the corpus gave {len(ids)} tokens, fewer than one chunk of seq_len={seq_len}; "
             "add text or lower seq_len"
         )
-    log.info("corpus: %d chunks of %d tokens from %d files", n_chunks, seq_len, len(files))
+    log.info("text: %d chunks of %d tokens from %d texts", n_chunks, seq_len, count)
     return torch.tensor(ids[: n_chunks * seq_len]).view(n_chunks, seq_len)
-
-
-def batch_at(chunks: torch.Tensor, step: int, batch_size: int, seed: int) -> torch.Tensor:
-    """The batch for a given step: a deterministic function of (step, seed), so a
-    resumed run sees exactly the batches it would have seen."""
-    n = chunks.shape[0]
-    epoch, offset = divmod(step * batch_size, n)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    rows = [order[(offset + i) % n] for i in range(batch_size)]
-    return chunks[torch.stack(rows)]

@@ -49,8 +49,8 @@ class DemoConfig:
     seq_len: int = 256
     lr: float = 1e-3
     max_minutes: float = 10.0  # distillation stops after this much wall time
-    corpus: str = "target"  # 'target' (the target's answers to chat prompts), 'stdlib', or a text file/folder
-    generate_tokens: int = 40000  # with corpus 'target': answer tokens to generate first (cached in output_dir)
+    data: str = "target"  # 'target' (the target's answers to chat prompts), 'stdlib', a text file/folder or dataset
+    generate_tokens: int = 40000  # with data 'target': answer tokens to generate first (cached in output_dir)
     num_draft_tokens: int = 4
     draft_confidence: float = 0.4  # stop drafting below this draft probability (HF assisted's default)
     draft_vocab_size: int = 8192  # after training, draft only the N most frequent training tokens (0 = all)
@@ -157,7 +157,7 @@ def run_demo(config: DemoConfig) -> dict:
         print(f"(resumed an earlier run in {config.output_dir} at step {result['resumed_from_step']})")
     print(f"\ndistilled draft saved to {result['draft_dir']} after {result['steps']} steps")
     extra = {"train_steps": result["steps"], "train_expected_acceptance": result["history"][-1]["acceptance"],
-             "draft_dir": result["draft_dir"], "decode_dtype": config.dtype, "corpus": config.corpus,
+             "draft_dir": result["draft_dir"], "decode_dtype": config.dtype, "data": config.data,
              "target_fp32_tokens_per_s": round(fp32_baseline["tokens_per_s"], 2)}
     summary = _report(rows, main, config, extra)
     (Path(config.output_dir) / "demo_result.json").write_text(json.dumps(summary, indent=2))
@@ -168,7 +168,7 @@ def _distill(config: DemoConfig, target, tokenizer, dtype) -> dict:
     train_config = TrainConfig(
         target=config.target, keep_layers=config.keep_layers, output_dir=config.output_dir, steps=config.steps,
         batch_size=config.batch_size, seq_len=config.seq_len, lr=config.lr, max_minutes=config.max_minutes,
-        seed=config.seed, save_every=max(1, config.steps // 4), corpus=config.corpus,
+        seed=config.seed, save_every=max(1, config.steps // 4), data=config.data,
         generate_tokens=config.generate_tokens,
     )
     # Generated while the target is in the fast decoding dtype; the logits it trains on come later, in fp32.

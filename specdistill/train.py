@@ -35,6 +35,7 @@ from specdistill.checkpoints import recover_checkpoint, save_checkpoint
 from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.losses import DIVERGENCES, compute_distill_loss, compute_linear_distill_loss
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
+from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
 from specdistill.target_data import generate_answers
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class TrainConfig:
     draft: str = ""  # a local HF draft directory; empty = prune the target
     keep_layers: str = "0,1,2,-1"  # target layers the pruned draft keeps (negative = from the end)
     output_dir: str = "runs/draft"
-    corpus: str = "stdlib"  # 'stdlib' (Python source), 'target' (the target's chat answers), or a text file/folder
-    generate_tokens: int = 40000  # with corpus 'target': answer tokens to generate (cached in output_dir)
-    generate_temperature: float = 0.8  # with corpus 'target': sampling temperature of the answers
+    data: str = "stdlib"  # stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved dataset
+    text_field: str = "text"  # the text column of a dataset of plain text
+    generate_tokens: int = 40000  # with data 'target': answer tokens to generate (cached in output_dir)
+    generate_temperature: float = 0.8  # with data 'target': sampling temperature of the answers
     seq_len: int = 256
     batch_size: int = 8  # the global batch (rows per step, over all processes)
     grad_accum: int = 1  # micro-batches per process per step (same result, less memory)
@@ -202,29 +204,48 @@ def _as_list(ids) -> list[int]:
 
 
 def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True) -> TokenRows:
-    """The training rows of ``config.corpus``: the target's answers (answer tokens count,
-    prompts do not), or fixed text cut into chunks (every token counts)."""
-    if config.corpus == "target":
+    """The training rows of ``config.data``: records (prompt, answer: only answer tokens
+    count) from the target's answers or a dataset, or plain text cut into chunks."""
+    max_tokens = config.steps * config.batch_size * config.seq_len
+    pad = tokenizer.eos_token_id or 0
+    if config.data == "target":
         records = generate_answers(target, tokenizer, config.generate_tokens,
                                    cache=Path(config.output_dir) / "target_answers.jsonl",
                                    temperature=config.generate_temperature, seed=config.seed, progress=progress)
-        return pack_records(records, config.seq_len, tokenizer.eos_token_id or 0)
-    files, _ = split_files(corpus_files(config.corpus), heldout_fraction=0.05, seed=config.seed)
-    return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len,
-                                              config.steps * config.batch_size * config.seq_len, progress=progress))
+        return pack_records(records, config.seq_len, pad)
+    if is_dataset(config.data):
+        dataset, kind = read_dataset(config.data, config.text_field)
+        if kind == "text":
+            texts = dataset_texts(dataset, config.text_field)
+            return TokenRows.from_chunks(token_chunks(tokenizer, texts, config.seq_len, max_tokens, progress))
+        return pack_records(dataset_records(dataset, kind, tokenizer), config.seq_len, pad)
+    files, _ = split_files(corpus_files(config.data), heldout_fraction=0.05, seed=config.seed)
+    return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len, max_tokens, progress=progress))
+
+
+def check_data(config: TrainConfig) -> None:
+    """Fail on missing, empty or wrongly shaped data before any model loads."""
+    if config.data == "target":
+        return
+    if is_dataset(config.data):
+        read_dataset(config.data, config.text_field)
+    else:
+        corpus_files(config.data)
 
 
 def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | torch.Tensor | None = None,
           progress: bool = True) -> dict:
     """Distill a draft; returns a summary with the loss/acceptance history and the
     path of the saved draft (``output_dir/final``, a plain HF checkpoint). ``data``:
-    training rows (or fixed-text chunks [N, T]); by default those of ``config.corpus``."""
+    training rows (or fixed-text chunks [N, T]); by default those of ``config.data``."""
     accelerator = Accelerator(cpu=pick_device(config.device).type == "cpu")
     device, world = accelerator.device, accelerator.num_processes
     if config.batch_size % (world * config.grad_accum):
         raise ValueError(f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
                          f"grad_accum {config.grad_accum}")
     torch.manual_seed(config.seed)
+    if data is None:
+        check_data(config)
     if target is None:
         target, tokenizer = load_target(config.target)
     target = target.to(device).eval()

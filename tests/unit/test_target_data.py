@@ -55,7 +55,7 @@ def test_training_on_target_answers_end_to_end(tmp_path, char_tokenizer):
     from specdistill.train import train
 
     target = tiny_llama(vocab_size=len(char_tokenizer), num_layers=2)
-    config = TrainConfig(output_dir=str(tmp_path), corpus="target", generate_tokens=120, seq_len=192, batch_size=2,
+    config = TrainConfig(output_dir=str(tmp_path), data="target", generate_tokens=120, seq_len=192, batch_size=2,
                          steps=3, keep_layers="0", bf16=False, fused_linear=False, device="cpu")
     result = train(config, target=target, tokenizer=char_tokenizer, progress=False)
     assert (tmp_path / "target_answers.jsonl").exists() and result["steps"] == 3

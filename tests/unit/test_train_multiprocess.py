@@ -2,9 +2,13 @@
 with the same global batch; so does gradient accumulation."""
 
 import json
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +31,7 @@ def target_dir(tmp_path_factory, char_tokenizer):
 
 
 def _flags(target_dir, out, **overrides):
-    values = dict(target=str(target_dir), corpus=str(target_dir / "corpus.txt"), output_dir=str(out), steps=6,
+    values = dict(target=str(target_dir), data=str(target_dir / "corpus.txt"), output_dir=str(out), steps=6,
                   batch_size=4, seq_len=32, lr=3e-3, warmup_steps=1, keep_layers="0,-1", save_every=3,
                   device="cpu", bf16=False) | overrides
     return values
@@ -47,13 +51,8 @@ def test_two_processes_and_grad_accumulation_reach_the_weights_of_one(tmp_path, 
     single = train(TrainConfig(**_flags(target_dir, tmp_path / "one")), progress=False)
     assert single["steps"] == 6
     train(TrainConfig(**_flags(target_dir, tmp_path / "accum", grad_accum=2)), progress=False)
-    flags = []
-    for name, value in _flags(target_dir, tmp_path / "two").items():
-        flag = "--" + name.replace("_", "-")
-        flags += [flag if value is not False else "--no-" + name.replace("_", "-")] + (
-            [] if isinstance(value, bool) else [str(value)])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "specdistill.cli", "train", *flags]
+               str(_free_port()), "-m", *_cli(_flags(target_dir, tmp_path / "two"))[2:]]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])  # printed once, by the main process
@@ -71,3 +70,40 @@ def test_two_processes_and_grad_accumulation_reach_the_weights_of_one(tmp_path, 
 def test_batch_must_split_evenly(tmp_path, target_dir):
     with pytest.raises(ValueError, match="split evenly"):
         train(TrainConfig(**_flags(target_dir, tmp_path / "odd", batch_size=3, grad_accum=2)), progress=False)
+
+
+def _cli(flags: dict) -> list[str]:
+    args = []
+    for name, value in flags.items():
+        flag = name.replace("_", "-")
+        args += [f"--{flag}"] if value is True else [f"--no-{flag}"] if value is False else [f"--{flag}", str(value)]
+    return [sys.executable, "-m", "specdistill.cli", "train", *args]
+
+
+def test_sigkill_at_a_random_moment_then_restart_ends_with_the_uninterrupted_weights(tmp_path, target_dir):
+    """SIGKILL while it trains and saves (a checkpoint every 5 of 300 steps, ~2 s in all),
+    at a random moment after the first save began; the restarted run resumes and ends
+    where an uninterrupted one does."""
+    flags = _flags(target_dir, tmp_path / "killed", steps=300, save_every=5)
+    whole = _weights(Path(train(TrainConfig(**_flags(target_dir, tmp_path / "whole", steps=300, save_every=5)),
+                                progress=False)["draft_dir"]).parent)
+    delay = random.uniform(0.0, 1.0)
+    process = subprocess.Popen(_cli(flags), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed"
+    deadline = time.monotonic() + 120
+    while not any((run / name).exists() for name in ("checkpoint", "checkpoint.tmp")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before the kill; lengthen it"
+    rerun = subprocess.run(_cli(flags), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, (delay, rerun.stderr[-3000:])
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 300 and summary["resumed_from_step"] % 5 == 0
+    print(f"killed {delay:.2f} s after the first save began; resumed at step {summary['resumed_from_step']}")
+    killed = _weights(run)
+    for name, weight in whole.items():
+        torch.testing.assert_close(killed[name], weight, rtol=1e-4, atol=1e-5,
+                                   msg=f"killed {delay:.2f} s after the first save; resumed at "
+                                       f"{summary['resumed_from_step']}")
