@@ -53,6 +53,7 @@ class TokenRows:
 
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
+    prompts: list[list[int]] | None = None  # the records' prompts, for on-policy batches (None for plain text)
 
     def __post_init__(self):
         if self.input_ids.dim() != 2 or self.input_ids.shape != self.loss_mask.shape:
@@ -108,4 +109,5 @@ def pack_records(records: list[tuple[list[int], list[int]]], seq_len: int, pad_i
     return TokenRows(
         torch.tensor([row + [pad_id] * (seq_len - len(row)) for row in rows]),
         torch.tensor([row + [False] * (seq_len - len(row)) for row in masks]),
+        prompts=[prompt for prompt, _ in records],
     )

@@ -17,26 +17,26 @@ started again with the same ``output_dir`` resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from specdistill.batches import Batch, TokenRows, pack_records
-from specdistill.checkpoints import recover_checkpoint, save_checkpoint
+from specdistill.batches import TokenRows, pack_records
+from specdistill.checkpoints import recover_checkpoint
 from specdistill.data import corpus_files, split_files, token_chunks
-from specdistill.losses import DIVERGENCES, compute_distill_loss, compute_linear_distill_loss
+from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
+from specdistill.losses import DIVERGENCES
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
+from specdistill.onpolicy import OnPolicyBatches
 from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
 from specdistill.target_data import generate_answers
+from specdistill.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class TrainConfig:
     text_field: str = "text"  # the text column of a dataset of plain text
     generate_tokens: int = 40000  # with data 'target': answer tokens to generate (cached in output_dir)
     generate_temperature: float = 0.8  # with data 'target': sampling temperature of the answers
+    onpolicy_fraction: float = 0.0  # share of steps that train on the draft's own continuations of training prompts
+    onpolicy_temperature: float = 1.0  # sampling temperature of those continuations
+    onpolicy_tokens: int = 128  # tokens the draft writes per on-policy row
     seq_len: int = 256
     batch_size: int = 8  # the global batch (rows per step, over all processes)
     grad_accum: int = 1  # micro-batches per process per step (same result, less memory)
@@ -90,18 +93,16 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0 <= self.onpolicy_fraction <= 1:
+            raise ValueError(f"onpolicy_fraction must be in [0, 1], got {self.onpolicy_fraction}")
+        if self.onpolicy_tokens < 1 or not self.onpolicy_temperature >= 0:
+            raise ValueError("onpolicy_tokens must be >= 1 and onpolicy_temperature >= 0")
 
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def trainable_parameters(draft, train_embeddings: bool) -> list[torch.nn.Parameter]:
@@ -126,66 +127,6 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def decoder_and_head(model):
-    """(decoder, LM-head weight) when logits are exactly ``decoder(x) @ W.T``, else None
-    (a head bias, logit soft-capping or scaling needs the plain logits path)."""
-    head = model.get_output_embeddings()
-    config = model.config
-    plain = (
-        hasattr(model, "get_decoder") and getattr(head, "bias", None) is None
-        and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
-    )
-    return (model.get_decoder(), head.weight) if plain else None
-
-
-class Student(torch.nn.Module):
-    """The draft as the one module that runs (and that DDP wraps): its final hidden
-    states for the fused-linear loss, or its logits."""
-
-    def __init__(self, draft, hidden: bool):
-        super().__init__()
-        self.draft, self.hidden = draft, hidden
-
-    def forward(self, input_ids):
-        if self.hidden:
-            return self.draft.get_decoder()(input_ids=input_ids).last_hidden_state
-        return self.draft(input_ids=input_ids).logits
-
-
-def distill_step(target, student: Student | torch.nn.Module, batch: Batch, config: TrainConfig, device) -> tuple:
-    """Forward both models on one (micro-)batch; returns (loss sum, acceptance sum,
-    counted positions) over the positions the batch's mask counts.
-
-    With ``fused_linear`` the loss takes both models' final hidden states and LM
-    heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
-    (less memory, and faster on CPU too: see bench/RESULTS.md)."""
-    if not isinstance(getattr(student, "module", student), Student):  # a plain draft model
-        student = Student(student, config.fused_linear and _fusable(target, student))
-    inner = getattr(student, "module", student)  # under DDP, the Student is .module
-    labels = batch.labels(hard=config.alpha < 1)
-    options = dict(divergence=config.divergence, temperature=config.temperature, beta=config.beta,
-                   labels=labels, alpha=config.alpha, reduction="sum", return_acceptance=True)
-    if inner.hidden:
-        teacher_decoder, teacher_head = decoder_and_head(target)
-        with torch.no_grad(), _autocast(device, config.bf16):
-            teacher_hidden = teacher_decoder(input_ids=batch.input_ids).last_hidden_state
-        with _autocast(device, config.bf16):
-            loss, acceptance = compute_linear_distill_loss(
-                student(batch.input_ids), decoder_and_head(inner.draft)[1], teacher_hidden=teacher_hidden,
-                teacher_weight=teacher_head, **options)
-    else:
-        with torch.no_grad(), _autocast(device, config.bf16):
-            teacher_logits = target(input_ids=batch.input_ids).logits
-        with _autocast(device, config.bf16):
-            loss, acceptance = compute_distill_loss(student(batch.input_ids), teacher_logits, **options)
-    # Acceptance is 0 at masked positions already.
-    return loss, acceptance.float().sum(), int((labels != -100).sum())
-
-
-def _fusable(target, draft) -> bool:
-    return decoder_and_head(target) is not None and decoder_and_head(draft) is not None
-
-
 def _build_draft(config: TrainConfig, target, device):
     """Resume from the run's checkpoint, else the given draft, else a pruned target."""
     checkpoint = Path(config.output_dir) / "checkpoint"
@@ -207,7 +148,7 @@ def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True)
     """The training rows of ``config.data``: records (prompt, answer: only answer tokens
     count) from the target's answers or a dataset, or plain text cut into chunks."""
     max_tokens = config.steps * config.batch_size * config.seq_len
-    pad = tokenizer.eos_token_id or 0
+    pad = _pad_id(tokenizer)
     if config.data == "target":
         records = generate_answers(target, tokenizer, config.generate_tokens,
                                    cache=Path(config.output_dir) / "target_answers.jsonl",
@@ -257,7 +198,7 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     check_compatible(target, draft)
     draft.train()
     params = trainable_parameters(draft, config.train_embeddings)
-    student = Student(draft, config.fused_linear and _fusable(target, draft))
+    student = Student(draft, config.fused_linear and fusable(target, draft))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
     if resumed_from is not None:
@@ -272,7 +213,11 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
-    loop = _Loop(config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params)
+    onpolicy = OnPolicyBatches(rows.prompts or [], config.onpolicy_fraction, config.onpolicy_temperature,
+                               config.onpolicy_tokens, config.seq_len, _pad_id(tokenizer), config.seed)
+    eos = _as_list(getattr(target.generation_config, "eos_token_id", None))
+    loop = TrainLoop(config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
+                     onpolicy, eos)
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft.eval()
     if accelerator.is_main_process:
@@ -280,6 +225,10 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     accelerator.wait_for_everyone()
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
             "resumed_from_step": start_step, "processes": world}
+
+
+def _pad_id(tokenizer) -> int:
+    return (tokenizer.eos_token_id if tokenizer is not None else None) or 0
 
 
 def _export(path: Path, draft, tokenizer, target, rows: TokenRows) -> None:
@@ -291,72 +240,3 @@ def _export(path: Path, draft, tokenizer, target, rows: TokenRows) -> None:
     eos += _as_list(getattr(target.generation_config, "eos_token_id", None))
     # The draft vocabulary: what the draft is trained to predict, by frequency.
     save_draft_vocab(path, rows.input_ids[rows.loss_mask], vocab_size(draft), eos)
-
-
-class _Loop:
-    """The training steps of one process."""
-
-    def __init__(self, config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params):
-        self.config, self.accelerator, self.target, self.student, self.draft = config, accelerator, target, student, \
-            draft
-        self.tokenizer, self.rows, self.optimizer, self.scheduler, self.params = tokenizer, rows, optimizer, \
-            scheduler, params
-
-    def run(self, start_step: int, history: list, progress: bool) -> int:
-        config, accelerator = self.config, self.accelerator
-        checkpoint = Path(config.output_dir) / "checkpoint"
-        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
-        bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
-                   disable=not progress)
-        completed = start_step
-        for step in bar:
-            loss, acceptance = self.step(step)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss} at step {step}; lower lr (now {config.lr}) or check the data. "
-                    f"The last good checkpoint is in {checkpoint}")
-            history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5)})
-            bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}")
-            if (step + 1) % config.log_every == 0 and accelerator.is_main_process:
-                log.info("step %d loss %.4f expected acceptance %.4f", step + 1, loss, acceptance)
-            completed = step + 1
-            # Every process must agree to stop (a collective waits for all of them).
-            late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
-            done = completed >= config.steps or bool(accelerator.reduce(late, "sum") > 0)
-            if completed % config.save_every == 0 or done:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(checkpoint, self.draft, self.tokenizer, self.optimizer, completed, history)
-                accelerator.wait_for_everyone()
-            if done:
-                break
-        bar.close()
-        return completed
-
-    def step(self, step: int) -> tuple[float, float]:
-        """One optimizer step on the global batch; (loss, acceptance) per counted position."""
-        config, accelerator = self.config, self.accelerator
-        world, rank = accelerator.num_processes, accelerator.process_index
-        batch = self.rows.batch(step, config.batch_size, config.seed)
-        # Every process knows the global count (the batch is a function of the step), so each
-        # scales its sum by it: summed over processes (DDP averages, hence * world), the
-        # gradient is that of the mean over every counted position of the global batch.
-        total = max(int((batch.labels(hard=config.alpha < 1) != -100).sum()), 1)
-        mine = batch.rows(slice(rank, None, world)).to(accelerator.device)
-        size = mine.input_ids.shape[0] // config.grad_accum
-        sums = torch.zeros(2, device=accelerator.device)
-        for i in range(config.grad_accum):
-            sync = i == config.grad_accum - 1 or world == 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(self.student):
-                loss_sum, acceptance_sum, _ = distill_step(self.target, self.student,
-                                                           mine.rows(slice(i * size, (i + 1) * size)), config,
-                                                           accelerator.device)
-                (loss_sum * world / total).backward()
-            sums += torch.stack([loss_sum.detach().float(), acceptance_sum.detach()])
-        sums = accelerator.reduce(sums, "sum") if world > 1 else sums
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, acceptance = (sums / total).tolist()
-        return loss, acceptance

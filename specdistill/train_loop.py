@@ -1,0 +1,97 @@
+"""The training steps of one process: batches (fixed rows or on-policy), the loss over
+counted positions scaled to the global batch, gradient accumulation, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from specdistill.checkpoints import save_checkpoint
+from specdistill.distill import distill_step
+from specdistill.onpolicy import OnPolicyBatches
+
+log = logging.getLogger(__name__)
+
+
+class TrainLoop:
+    """The training steps of one process."""
+
+    def __init__(self, config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
+                 onpolicy: OnPolicyBatches, eos_ids: list[int]):
+        self.config, self.accelerator, self.target, self.student, self.draft = config, accelerator, target, student, \
+            draft
+        self.tokenizer, self.rows, self.optimizer, self.scheduler, self.params = tokenizer, rows, optimizer, \
+            scheduler, params
+        self.onpolicy, self.eos_ids = onpolicy, eos_ids
+
+    def run(self, start_step: int, history: list, progress: bool) -> int:
+        config, accelerator = self.config, self.accelerator
+        checkpoint = Path(config.output_dir) / "checkpoint"
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+        bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
+                   disable=not progress)
+        completed = start_step
+        for step in bar:
+            onpolicy = self.onpolicy.covers(step)
+            loss, acceptance = self.step(step, onpolicy)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step}; lower lr (now {config.lr}) or check the data. "
+                    f"The last good checkpoint is in {checkpoint}")
+            history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5)}
+                           | ({"onpolicy": True} if onpolicy else {}))
+            bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}")
+            if (step + 1) % config.log_every == 0 and accelerator.is_main_process:
+                log.info("step %d loss %.4f expected acceptance %.4f", step + 1, loss, acceptance)
+            completed = step + 1
+            # Every process must agree to stop (a collective waits for all of them).
+            late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
+            done = completed >= config.steps or bool(accelerator.reduce(late, "sum") > 0)
+            if completed % config.save_every == 0 or done:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint, self.draft, self.tokenizer, self.optimizer, completed, history)
+                accelerator.wait_for_everyone()
+            if done:
+                break
+        bar.close()
+        return completed
+
+    def step(self, step: int, onpolicy: bool = False) -> tuple[float, float]:
+        """One optimizer step on the global batch; (loss, acceptance) per counted position."""
+        config, accelerator = self.config, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        if onpolicy:
+            mine = self.onpolicy.batch(self.draft, step, list(range(rank, config.batch_size, world)),
+                                       config.batch_size, self.eos_ids)
+        else:
+            mine = self.rows.batch(step, config.batch_size, config.seed).rows(slice(rank, None, world))
+        mine = mine.to(accelerator.device)
+        # Each process scales its sum by the global count of counted positions: summed over
+        # processes (DDP averages, hence * world), the gradient is that of the mean over every
+        # counted position of the global batch.
+        count = torch.tensor(float((mine.labels(hard=config.alpha < 1) != -100).sum()), device=accelerator.device)
+        total = max(int(accelerator.reduce(count, "sum") if world > 1 else count), 1)
+        size = mine.input_ids.shape[0] // config.grad_accum
+        sums = torch.zeros(2, device=accelerator.device)
+        for i in range(config.grad_accum):
+            sync = i == config.grad_accum - 1 or world == 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(self.student):
+                loss_sum, acceptance_sum, _ = distill_step(self.target, self.student,
+                                                           mine.rows(slice(i * size, (i + 1) * size)), config,
+                                                           accelerator.device)
+                (loss_sum * world / total).backward()
+            sums += torch.stack([loss_sum.detach().float(), acceptance_sum.detach()])
+        sums = accelerator.reduce(sums, "sum") if world > 1 else sums
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, acceptance = (sums / total).tolist()
+        return loss, acceptance
