@@ -32,6 +32,7 @@ from specdistill.checkpoints import recover_checkpoint
 from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
 from specdistill.losses import DIVERGENCES
+from specdistill.model_card import write_model_card
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
 from specdistill.onpolicy import OnPolicyBatches
 from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
@@ -222,6 +223,7 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     draft.eval()
     if accelerator.is_main_process:
         _export(out / "final", draft, tokenizer, target, rows)
+        write_model_card(out / "final", config, history, getattr(target.config, "name_or_path", config.target))
     accelerator.wait_for_everyone()
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
             "resumed_from_step": start_step, "processes": world}

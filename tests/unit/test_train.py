@@ -159,3 +159,18 @@ def test_kill_between_the_two_renames_of_a_save_is_recovered(tmp_path, target_an
     resumed = train(_config(tmp_path, steps=25), target=target, data=chunks, progress=False)
     assert resumed["resumed_from_step"] == 20
     assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
+
+
+def test_export_loads_as_a_plain_model_and_works_as_hf_assistant(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    result = train(_config(tmp_path, steps=5), target=target, data=chunks, progress=False)
+    final = tmp_path / "run" / "final"
+    card = (final / "README.md").read_text()
+    assert "speculative-decoding" in card and '"method": "draft_model"' in card and "| `steps` | `5` |" in card
+    draft = AutoModelForCausalLM.from_pretrained(final)
+    ids = torch.randint(2, 64, (1, 6))
+    plain = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                            do_sample=False, pad_token_id=1)
+    assisted = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                               do_sample=False, pad_token_id=1, assistant_model=draft)
+    assert assisted.tolist() == plain.tolist() and result["steps"] == 5
