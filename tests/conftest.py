@@ -24,3 +24,31 @@ def char_tokenizer():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture()
+def killed_after(monkeypatch):
+    """``with killed_after(n): train(...)``: the run dies (KeyboardInterrupt) in its step n + 1,
+    after n distillation steps; the real step is back once the block ends."""
+    import contextlib
+
+    from specdistill import train_loop
+
+    @contextlib.contextmanager
+    def kill(steps: int):
+        real, calls = train_loop.distill_step, []
+
+        def dies(*args):
+            calls.append(1)
+            if len(calls) > steps:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        monkeypatch.setattr(train_loop, "distill_step", dies)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(train_loop, "distill_step", real)
+
+    return kill

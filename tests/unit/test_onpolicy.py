@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from specdistill import train_loop
 from specdistill.batches import pack_records
 from specdistill.models import prune_draft, tiny_llama
 from specdistill.onpolicy import OnPolicyBatches
@@ -45,7 +44,7 @@ def test_sampled_rows_depend_on_their_row_not_on_the_process_share():
     assert torch.equal(half.input_ids, whole.input_ids[[1, 3]])
 
 
-def test_training_with_onpolicy_steps_resumes_exactly(tmp_path, monkeypatch):
+def test_training_with_onpolicy_steps_resumes_exactly(tmp_path, killed_after):
     target = tiny_llama(vocab_size=64, num_layers=3, seed=5)
     rows = pack_records(_records(), seq_len=12, pad_id=0)
     values = dict(target="unused", keep_layers="0,-1", seq_len=12, batch_size=4, steps=12, lr=3e-3, warmup_steps=1,
@@ -53,18 +52,8 @@ def test_training_with_onpolicy_steps_resumes_exactly(tmp_path, monkeypatch):
     full = train(TrainConfig(output_dir=str(tmp_path / "a"), **values), target=target, data=rows, progress=False)
     kinds = [h.get("onpolicy", False) for h in full["history"]]
     assert any(kinds) and not all(kinds)
-    real, calls = train_loop.distill_step, []
-
-    def dies_at_step_7(*args):
-        calls.append(1)
-        if len(calls) > 6:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(train_loop, "distill_step", dies_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after(6):  # the last checkpoint holds step 4
         train(TrainConfig(output_dir=str(tmp_path / "b"), **values), target=target, data=rows, progress=False)
-    monkeypatch.setattr(train_loop, "distill_step", real)
     resumed = train(TrainConfig(output_dir=str(tmp_path / "b"), **values), target=target, data=rows, progress=False)
     assert resumed["resumed_from_step"] == 4
     ids = torch.randint(0, 64, (1, 8))

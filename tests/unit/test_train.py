@@ -5,7 +5,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from specdistill import train as train_module
-from specdistill import train_loop
 from specdistill.batches import Batch, TokenRows, pack_records
 from specdistill.models import prune_draft, tiny_llama
 from specdistill.train import TrainConfig, train
@@ -48,22 +47,11 @@ def test_frozen_embeddings_stay_put(tmp_path, target_and_chunks):
     assert not torch.equal(draft.model.layers[0].mlp.up_proj.weight, target.model.layers[0].mlp.up_proj.weight)
 
 
-def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, monkeypatch):
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, killed_after):
     target, chunks = target_and_chunks
     full = train(_config(tmp_path / "a", steps=20), target=target, data=chunks, progress=False)
-    # Kill a run at step 13: the last checkpoint holds step 10.
-    real_step, calls = train_loop.distill_step, []
-
-    def dies_at_step_13(*args):
-        calls.append(1)
-        if len(calls) > 13:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(train_loop, "distill_step", dies_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after(13):  # the last checkpoint holds step 10
         train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
-    monkeypatch.setattr(train_loop, "distill_step", real_step)
     resumed = train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
     assert resumed["resumed_from_step"] == 10
     assert [h["step"] for h in resumed["history"]] == list(range(1, 21))
