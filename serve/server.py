@@ -43,6 +43,8 @@ from specdistill.serve.protocol import (
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from specdistill.prompts import chat_ids
+
 
 def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str,
               start_engine: bool = True) -> FastAPI:
@@ -97,9 +99,7 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
         if isinstance(body, ChatCompletionRequest):
             if not getattr(tokenizer, "chat_template", None):
                 raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions")
-            messages = [m.as_template_input() for m in body.messages]
-            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)[
-                "input_ids"]
+            return chat_ids(tokenizer, [m.as_template_input() for m in body.messages])
         return tokenizer(prompt)["input_ids"]
 
     def check(body) -> None:
@@ -189,10 +189,16 @@ def _cancel_all(engine: AsyncEngine, choices: list[Choice]) -> None:
         engine.cancel(choice.request)
 
 
-async def _collect(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float) -> Choice:
+async def _observed(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float):
+    """The choice's chunks, each counted in the latency metrics as it arrives."""
     last = arrival
     async for chunk in engine.stream(choice.request):
         last = _observe(metrics, chunk, choice, arrival, last)
+        yield chunk
+
+
+async def _collect(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float) -> Choice:
+    async for chunk in _observed(engine, metrics, choice, arrival):
         choice.text += chunk.text
     return choice
 
@@ -238,9 +244,7 @@ async def _stream_events(engine, metrics, choices, arrival, timeout, chat, ident
 
     async def pump(choice: Choice):
         try:
-            last = arrival
-            async for chunk in engine.stream(choice.request):
-                last = _observe(metrics, chunk, choice, arrival, last)
+            async for chunk in _observed(engine, metrics, choice, arrival):
                 await queue.put((choice, chunk))
         except EngineError as err:
             await queue.put((choice, APIError(500, str(err), type="server_error")))

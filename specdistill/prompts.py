@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 HELDOUT_PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
     "Explain the difference between a list and a tuple in Python.",
@@ -24,14 +26,17 @@ HELDOUT_PROMPTS = [
 ]
 
 
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat (a list of {role, content}) ready for the assistant's answer:
+    the tokenizer's chat template, or the contents one per line when it has none."""
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    return tokenizer("\n".join(m["content"] for m in messages))["input_ids"]
+
+
 def chat_prompt_ids(tokenizer, prompt: str):
     """Token ids [1, L] of a single-turn chat prompt, ready for the assistant's answer."""
-    messages = [{"role": "user", "content": prompt}]
-    if getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)
-        return encoded["input_ids"]
-    return tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return torch.tensor([chat_ids(tokenizer, [{"role": "user", "content": prompt}])])
 
 
 # Training prompts: the same kind of requests as the held-out ones (Python help in a

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from specdistill.prompts import chat_ids
+
 DATASET_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -76,7 +78,7 @@ def dataset_records(dataset, kind: str, tokenizer) -> list[tuple[list[int], list
             answer = row["response"]
         if not isinstance(answer, str) or not answer:
             continue  # an empty answer teaches nothing
-        prompt = _render(tokenizer, prompt_messages)
+        prompt = chat_ids(tokenizer, prompt_messages)
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         records.append((prompt, answer_ids + _end_of_turn(tokenizer)))
     if not records:
@@ -86,12 +88,6 @@ def dataset_records(dataset, kind: str, tokenizer) -> list[tuple[list[int], list
 
 def dataset_texts(dataset, text_field: str) -> list[str]:
     return [text for text in dataset[text_field] if isinstance(text, str) and text.strip()]
-
-
-def _render(tokenizer, messages: list[dict]) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
-    return tokenizer("\n".join(m["content"] for m in messages) + "\n", add_special_tokens=False)["input_ids"]
 
 
 def _end_of_turn(tokenizer) -> list[int]:
