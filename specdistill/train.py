@@ -145,9 +145,21 @@ def _as_list(ids) -> list[int]:
     return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
 
 
-def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True) -> TokenRows:
-    """The training rows of ``config.data``: records (prompt, answer: only answer tokens
-    count) from the target's answers or a dataset, or plain text cut into chunks."""
+def read_data(config: TrainConfig):
+    """What ``config.data`` names, read without any model: the dataset and its kind, or
+    the text files (None for the target's answers). Missing, empty or wrongly shaped
+    data fails here, before any model loads."""
+    if config.data == "target":
+        return None
+    if is_dataset(config.data):
+        return read_dataset(config.data, config.text_field)
+    return corpus_files(config.data)
+
+
+def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True, source=None) -> TokenRows:
+    """The training rows of ``config.data`` (``source``: what ``read_data`` returned, if it
+    ran already): records (prompt, answer: only answer tokens count) from the target's
+    answers or a dataset, or plain text cut into chunks."""
     max_tokens = config.steps * config.batch_size * config.seq_len
     pad = _pad_id(tokenizer)
     if config.data == "target":
@@ -155,24 +167,15 @@ def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True)
                                    cache=Path(config.output_dir) / "target_answers.jsonl",
                                    temperature=config.generate_temperature, seed=config.seed, progress=progress)
         return pack_records(records, config.seq_len, pad)
-    if is_dataset(config.data):
-        dataset, kind = read_dataset(config.data, config.text_field)
+    source = read_data(config) if source is None else source
+    if isinstance(source, tuple):
+        dataset, kind = source
         if kind == "text":
             texts = dataset_texts(dataset, config.text_field)
             return TokenRows.from_chunks(token_chunks(tokenizer, texts, config.seq_len, max_tokens, progress))
         return pack_records(dataset_records(dataset, kind, tokenizer), config.seq_len, pad)
-    files, _ = split_files(corpus_files(config.data), heldout_fraction=0.05, seed=config.seed)
+    files, _ = split_files(source, heldout_fraction=0.05, seed=config.seed)
     return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len, max_tokens, progress=progress))
-
-
-def check_data(config: TrainConfig) -> None:
-    """Fail on missing, empty or wrongly shaped data before any model loads."""
-    if config.data == "target":
-        return
-    if is_dataset(config.data):
-        read_dataset(config.data, config.text_field)
-    else:
-        corpus_files(config.data)
 
 
 def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | torch.Tensor | None = None,
@@ -186,14 +189,13 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
         raise ValueError(f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
                          f"grad_accum {config.grad_accum}")
     torch.manual_seed(config.seed)
-    if data is None:
-        check_data(config)
+    source = read_data(config) if data is None else None  # the data's errors come before any model load
     if target is None:
         target, tokenizer = load_target(config.target)
     target = target.to(device).eval()
     if data is None:
         with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache
-            data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process)
+            data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process, source)
     rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
     draft, resumed_from = _build_draft(config, target, device)
     check_compatible(target, draft)
