@@ -59,10 +59,12 @@ def tiny_generator(tokenizer):
 
 
 @contextlib.contextmanager
-def running_server(generator, tokenizer, **overrides):
+def running_server(generator, tokenizer, start_engine=True, **overrides):
+    """The app on 127.0.0.1 in a thread; its engine steps in a thread of its own, or
+    (``start_engine=False``) wherever the caller runs ``engine.run_forever()``."""
     config = ServeConfig(**({"max_batch_size": 8, "max_queue": 64, "max_tokens_limit": 64} | overrides))
     engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, MODEL)
+    app = build_app(engine, tokenizer, config, MODEL, start_engine=start_engine)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -321,31 +323,19 @@ def test_a_failing_step_fails_its_requests_with_500_and_the_server_goes_on(gener
 def test_the_engine_can_step_in_the_callers_thread(generator, tokenizer):
     """As `specdistill serve` runs it: the engine steps in this (the main) thread,
     uvicorn's event loop in another."""
-    config = ServeConfig(max_batch_size=4, max_tokens_limit=64)
-    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, MODEL, start_engine=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    http = threading.Thread(target=server.run, daemon=True)
-    http.start()
     answers = []
+    with running_server(generator, tokenizer, start_engine=False, max_batch_size=4) as (url, engine):
 
-    def client():
-        try:
-            while not server.started:
-                time.sleep(0.02)
-            out = _client(f"http://127.0.0.1:{port}").completions.create(model=MODEL, prompt="open a file",
-                                                                           max_tokens=12, temperature=0)
-            answers.append(out.choices[0].text)
-        finally:
-            engine.close()  # ends run_forever, also when the request failed
+        def client():
+            try:
+                out = _client(url).completions.create(model=MODEL, prompt="open a file", max_tokens=12,
+                                                      temperature=0)
+                answers.append(out.choices[0].text)
+            finally:
+                engine.close()  # ends run_forever, also when the request failed
 
-    asker = threading.Thread(target=client)
-    asker.start()
-    engine.run_forever()
-    asker.join(timeout=30)
-    server.should_exit = True
-    http.join(timeout=20)
+        asker = threading.Thread(target=client)
+        asker.start()
+        engine.run_forever()
+        asker.join(timeout=30)
     assert answers == [_alone(generator, tokenizer, "open a file", 12)]
