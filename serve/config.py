@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_model, load_target
+from specdistill.options import option
 
 log = logging.getLogger(__name__)
 DEMO_DRAFT = "runs/demo/final"  # where `specdistill demo` leaves its distilled draft
@@ -19,22 +20,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class ServeConfig:
     """Serve speculative decoding over an OpenAI-compatible HTTP API."""
 
-    host: str = "127.0.0.1"  # bind address (loopback by default; 0.0.0.0 exposes it)
-    port: int = 8000
-    target: str = DEFAULT_TARGET  # the embedded default or a local Hugging Face model directory
-    draft: str = "auto"  # a draft directory, 'none', or 'auto' (the demo's trained draft if present, else none)
-    num_draft_tokens: str = "auto"  # an int k, 'auto' (cost-aware) or 'heuristic'
-    draft_vocab_size: int = 8192  # draft only the N most frequent training tokens (0 = all; needs draft_vocab.json)
-    draft_confidence: float = 0.4  # stop drafting below this draft probability
-    dtype: str = "bf16"  # fp32 or bf16, for both models
-    max_batch_size: int = 16  # rows decoded together; more requests wait in the queue
-    max_queue: int = 64  # waiting requests beyond this get 429
-    request_timeout: float = 300.0  # seconds before a request is ended with a timeout error
-    max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
-    retry_after: int = 1  # seconds, in the Retry-After header of a 429
-    api_key: str = ""  # when set, /v1 requests need 'Authorization: Bearer <key>'
-    model_name: str = ""  # the model id clients send (default: the target's name)
+    host: str = option("127.0.0.1", "bind address (loopback by default; 0.0.0.0 exposes it)")
+    port: int = option(8000, "TCP port")
+    target: str = option(DEFAULT_TARGET, "the embedded default or a local Hugging Face model directory")
+    draft: str = option("auto", "a draft directory, 'none', or 'auto' (the demo's trained draft if present, else none)")
+    num_draft_tokens: str = option("auto", "an int k, 'auto' (cost-aware) or 'heuristic'")
+    draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
+                                         "draft_vocab.json)")
+    draft_confidence: float = option(0.4, "stop drafting below this draft probability")
+    dtype: str = option("bf16", "fp32 or bf16, for both models")
+    max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
+    max_queue: int = option(64, "waiting requests beyond this get 429")
+    request_timeout: float = option(300.0, "seconds before a request is ended with a timeout error")
+    max_tokens_limit: int = option(2048, "the largest max_tokens a request may ask for")
+    max_body_bytes: int = option(1_000_000, "larger request bodies get 413")
+    retry_after: int = option(1, "seconds, in the Retry-After header of a 429")
+    api_key: str = option("", "when set, /v1 requests need 'Authorization: Bearer <key>'")
+    model_name: str = option("", "the model id clients send (default: the target's name)")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -111,3 +111,15 @@ def pack_records(records: list[tuple[list[int], list[int]]], seq_len: int, pad_i
         torch.tensor([row + [False] * (seq_len - len(row)) for row in masks]),
         prompts=[prompt for prompt, _ in records],
     )
+
+
+def record_rows(records: list[tuple[list[int], list[int]]], pad_id: int) -> TokenRows:
+    """One (prompt, answer) record per row, padded to the longest (for measurement,
+    where a row must not see another record); the mask counts the answer's predictions."""
+    width = max(len(prompt) + len(answer) for prompt, answer in records)
+    ids = torch.full((len(records), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(records), width, dtype=torch.bool)
+    for i, (prompt, answer) in enumerate(records):
+        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        mask[i, len(prompt) - 1: len(prompt) + len(answer) - 1] = len(answer) > 0
+    return TokenRows(ids, mask, prompts=[prompt for prompt, _ in records])

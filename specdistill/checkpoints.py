@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 
 def save_checkpoint(path: Path, draft, tokenizer, optimizer, step: int, history: list) -> None:
-    """Weights in HF format plus trainer state; written beside, then swapped in,
-    so a kill during saving never corrupts the last good checkpoint (see
-    ``recover_checkpoint`` for a kill between the two renames)."""
+    """Weights in HF format plus trainer state, swapped in whole (``replace_dir``)."""
+
+    def write(tmp: Path) -> None:
+        draft.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
+        (tmp / "history.json").write_text(json.dumps(history))
+
+    replace_dir(path, write)
+
+
+def replace_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a directory beside ``path``, which is then swapped in, so a
+    kill during saving never corrupts the last good copy (see ``recover_checkpoint``
+    for a kill between the two renames)."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     recover_checkpoint(path)
     if tmp.exists():  # a half-written copy from a killed save
         _remove_tree(tmp)
-    draft.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer_state.pt")
-    (tmp / "history.json").write_text(json.dumps(history))
+    tmp.mkdir(parents=True)
+    write(tmp)
     if path.exists():
         path.rename(old)
     tmp.rename(path)  # a kill just before this leaves old (good) and tmp (complete)

@@ -4,45 +4,42 @@ so a default is written once (in the dataclass)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import logging
 import os
-import re
 import sys
-import typing
 
+from specdistill.options import build, defaults, leaf_fields, read_config_file
 from specdistill.train import TrainConfig
 
 
-def field_comments(config_cls) -> dict[str, str]:
-    """The trailing ``# comment`` of each field in the dataclass source: its help text."""
-    comments = {}
-    for line in inspect.getsource(config_cls).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One ``--flag`` per field, typed and defaulted from the dataclass, with the
-    field's trailing comment as help."""
-    hints = typing.get_type_hints(config_cls)
-    comments = field_comments(config_cls)
-    for field in dataclasses.fields(config_cls):
-        kind = hints[field.name]
-        flag = "--" + field.name.replace("_", "-")
-        help_text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
+def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One ``--flag`` per field (nested configs flattened), typed and defaulted from
+    the dataclass, with the field's help; plus ``--config FILE``."""
+    parser.add_argument("--config", metavar="FILE", help="a JSON or YAML file of these settings; flags override it")
+    values = defaults(config_cls)
+    for path, field, kind in leaf_fields(config_cls):
+        name = path[-1]
+        flag = "--" + name.replace("_", "-")
+        # argparse formats help with %: a literal percent sign must be doubled.
+        help_text = f"{field.metadata.get('help', '')} (default: {values[name]!r})".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=values[name], help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+            parser.add_argument(flag, type=kind, default=values[name], help=help_text)
 
 
-def config_from_args(config_cls, args: argparse.Namespace):
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+def parse_config(parser: argparse.ArgumentParser, config_cls, argv: list[str]):
+    """The config from ``--config FILE`` (if given) overridden by the flags on the command line."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        from_file = read_config_file(known.config)
+        unknown = set(from_file) - set(defaults(config_cls))
+        if unknown:
+            raise ValueError(f"config file {known.config!r} sets unknown field(s): {', '.join(sorted(unknown))}")
+        parser.set_defaults(**from_file)
+    args = parser.parse_args(argv)
+    return build(config_cls, {name: getattr(args, name) for name in defaults(config_cls)})
 
 
 def _subcommands():
@@ -66,25 +63,28 @@ def _subcommands():
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     commands = _subcommands()
     parser = argparse.ArgumentParser(prog="specdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, (config_cls, _, help_text) in commands.items():
-        add_dataclass_flags(sub.add_parser(name, help=help_text, description=help_text), config_cls)
+        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        add_config_flags(parsers[name], config_cls)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     config_cls, run, _ = commands[args.command]
+    command_argv = argv[argv.index(args.command) + 1:]
     try:
-        result = run(config_from_args(config_cls, args))
+        result = run(parse_config(parsers[args.command], config_cls, command_argv))
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"specdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
     if args.command == "train" and os.environ.get("RANK", "0") == "0":  # one line, from the main process
         print(json.dumps(result))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -75,3 +75,49 @@ def warm_up(target, draft, tokenizer) -> None:
     target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                     pad_token_id=_eos(tokenizer))
     SpeculativeGenerator(target, draft, num_draft_tokens=2).generate(ids, max_new_tokens=4)
+
+
+def _chained(accepts: list[torch.Tensor], max_k: int) -> list[float]:
+    """c_j = E_t[prod_{i<j} a_{t+i}] for j = 1..max_k: the chance that a draft block
+    started at answer position t has its first j drafts accepted, averaged over every t
+    (per row, over the positions where a block of j fits)."""
+    sums, counts = [0.0] * max_k, [0] * max_k
+    for a in accepts:
+        run = torch.ones_like(a)
+        for j in range(min(max_k, len(a))):
+            run = run[: len(a) - j] * a[j:]  # run[t] = prod_{i<=j} a[t + i]
+            sums[j] += float(run.sum())
+            counts[j] += len(run)
+    return [s / c if c else float("nan") for s, c in zip(sums, counts)]
+
+
+def _acceptance_summary(accepts: list[torch.Tensor], max_k: int) -> dict:
+    chained = _chained(accepts, max_k)
+    per_position = [chained[0]] + [chained[j] / chained[j - 1] if chained[j - 1] > 0 else 0.0
+                                   for j in range(1, max_k)]
+    tau = [1 + sum(chained[: k + 1]) for k in range(max_k)]  # tokens per target step, k = 1..max_k
+    return {"alpha": round(float(torch.cat(accepts).mean()), 4),
+            "per_position": [round(a, 4) for a in per_position], "predicted_tau": [round(t, 3) for t in tau]}
+
+
+@torch.no_grad()
+def teacher_forced_acceptance(target, draft, rows, max_k: int = 8) -> dict:
+    """Acceptance of a draft on held-out text, teacher-forced: both models read the same
+    tokens (``rows``: a ``TokenRows`` of prompts and the target's answers) and at every
+    answer position the sampling acceptance Σ min(p, q) and the greedy one
+    (argmax q = argmax p) are taken. α per draft position j and the predicted tokens per
+    target step τ(k) chain them along the text, so the fall of acceptance with position
+    (a draft that is wrong once stays wrong) shows, unlike (1 - α^(k+1)) / (1 - α)."""
+    sampled, greedy = [], []
+    for ids, mask in zip(rows.input_ids, rows.loss_mask):
+        ids = ids[None].to(target.device)
+        p = torch.softmax(target(input_ids=ids).logits[0, mask].float(), -1)
+        q = torch.softmax(draft(input_ids=ids.to(draft.device)).logits[0, mask.to(draft.device)].float(), -1)
+        q = q.to(p.device)
+        sampled.append(torch.minimum(p, q).sum(-1).double())
+        greedy.append((p.argmax(-1) == q.argmax(-1)).double())
+    sampling, argmax = _acceptance_summary(sampled, max_k), _acceptance_summary(greedy, max_k)
+    return {"alpha": sampling["alpha"], "alpha_per_position": sampling["per_position"],
+            "predicted_tau": sampling["predicted_tau"], "alpha_greedy": argmax["alpha"],
+            "alpha_greedy_per_position": argmax["per_position"], "predicted_tau_greedy": argmax["predicted_tau"],
+            "positions": int(sum(len(a) for a in sampled))}

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import torch
 
@@ -93,4 +95,28 @@ def training_prompts(seed: int = 0) -> list[str]:
                for item in items for style in styles]
     prompts = [p for p in prompts if p not in HELDOUT_PROMPTS]
     random.Random(seed).shuffle(prompts)
+    return prompts
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a file: JSONL with a ``prompt`` per line (``.jsonl``), or one prompt per
+    line of text (blank lines skipped)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    lines = [line for line in file.read_text().splitlines() if line.strip()]
+    if file.suffix != ".jsonl":
+        prompts = [line.strip() for line in lines]
+    else:
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number} is not JSON: {err}") from err
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise ValueError(f"{path}:{number} needs a string field 'prompt'")
+            prompts.append(record["prompt"])
+    if not prompts:
+        raise ValueError(f"prompt file {path!r} holds no prompts")
     return prompts

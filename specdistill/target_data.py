@@ -58,6 +58,25 @@ def generate_answers(target, tokenizer, max_tokens: int, cache: Path | None = No
     return records
 
 
+def answer_prompts(target, tokenizer, prompts: list[str], cache: Path | None = None, max_new_tokens: int = 128,
+                   progress: bool = True) -> list[Record]:
+    """One greedy answer of the target per prompt, in order (for held-out measurement);
+    kept in ``cache`` and reused while it holds the same prompts."""
+    records = load_records(cache)
+    ids = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
+    if [prompt for prompt, _ in records] == [row[0].tolist() for row in ids]:
+        return records
+    if cache is not None and cache.exists():
+        cache.unlink()  # other prompts (or a partial file): answer them afresh
+    generator = SpeculativeGenerator(target, None, tokenizer=tokenizer)
+    with tqdm(total=len(ids), desc="held-out answers", disable=not progress, leave=False) as bar:
+        outs = generator.generate_batch(ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+        bar.update(len(ids))
+    records = [(row[0].tolist(), out.sequences[0, row.shape[1]:].tolist()) for row, out in zip(ids, outs)]
+    _append(cache, records)
+    return records
+
+
 def load_records(path: Path | None) -> list[Record]:
     """Records from a JSON-lines cache; a last line cut short by a kill is dropped."""
     if path is None or not path.exists():

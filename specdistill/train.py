@@ -28,15 +28,18 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
 from specdistill.batches import TokenRows, pack_records
-from specdistill.checkpoints import recover_checkpoint
+from specdistill.checkpoints import recover_checkpoint, replace_dir
 from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
+from specdistill.lora import add_lora, has_adapters, load_adapters, plain_model
 from specdistill.losses import DIVERGENCES
 from specdistill.model_card import write_model_card
 from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
 from specdistill.onpolicy import OnPolicyBatches
+from specdistill.options import changed_fields, option
 from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
 from specdistill.target_data import generate_answers
+from specdistill.train_eval import HeldOutEval, card_figures
 from specdistill.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
@@ -44,38 +47,51 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Distill a draft for a target. CLI flags are generated from these fields."""
+    """Distill a draft for a target. Each field is a flag of `specdistill train`."""
 
-    target: str = DEFAULT_TARGET  # the embedded default or a local HF model directory
-    draft: str = ""  # a local HF draft directory; empty = prune the target
-    keep_layers: str = "0,1,2,-1"  # target layers the pruned draft keeps (negative = from the end)
-    output_dir: str = "runs/draft"
-    data: str = "stdlib"  # stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved dataset
-    text_field: str = "text"  # the text column of a dataset of plain text
-    generate_tokens: int = 40000  # with data 'target': answer tokens to generate (cached in output_dir)
-    generate_temperature: float = 0.8  # with data 'target': sampling temperature of the answers
-    onpolicy_fraction: float = 0.0  # share of steps that train on the draft's own continuations of training prompts
-    onpolicy_temperature: float = 1.0  # sampling temperature of those continuations
-    onpolicy_tokens: int = 128  # tokens the draft writes per on-policy row
-    seq_len: int = 256
-    batch_size: int = 8  # the global batch (rows per step, over all processes)
-    grad_accum: int = 1  # micro-batches per process per step (same result, less memory)
-    steps: int = 200
-    max_minutes: float = 0.0  # stop earlier after this much wall time (0 = no limit)
-    lr: float = 5e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    divergence: str = "fkl"  # fkl, rkl, jsd, tvd, skl
-    temperature: float = 1.0
-    beta: float = 0.5
-    alpha: float = 1.0  # weight of the soft term; 1 - alpha goes to cross entropy on the text
-    train_embeddings: bool = False  # False keeps the (tied) embeddings and LM head frozen
-    bf16: bool = True  # bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)
-    fused_linear: bool = True  # loss from hidden states + LM heads, chunked: no [B, T, V] logits
-    save_every: int = 50
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1...
+    target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
+    draft: str = option("", "a local HF draft directory to start from; empty = prune the target")
+    keep_layers: str = option("0,1,2,-1", "target layers the pruned draft keeps (negative = from the end)")
+    output_dir: str = option("runs/draft", "checkpoints, logs and the exported draft (final/, best/) go here")
+    data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved "
+                                 "dataset")
+    text_field: str = option("text", "the text column of a dataset of plain text")
+    generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
+    generate_temperature: float = option(0.8, "with data 'target': sampling temperature of the answers")
+    teacher_cache: str = option("", "a top-k teacher cache from `specdistill cache-teacher`: its rows and teacher "
+                                    "log-probs replace data and the live target")
+    onpolicy_fraction: float = option(0.0, "share of steps that train on the draft's own continuations of prompts")
+    onpolicy_temperature: float = option(1.0, "sampling temperature of those continuations")
+    onpolicy_tokens: int = option(128, "tokens the draft writes per on-policy row")
+    seq_len: int = option(256, "tokens per training row")
+    batch_size: int = option(8, "the global batch (rows per step, over all processes)")
+    grad_accum: int = option(1, "micro-batches per process per step (same result, less memory)", resumable=True)
+    steps: int = option(200, "optimizer steps in all (a resumed run continues up to this)", resumable=True)
+    max_minutes: float = option(0.0, "stop earlier after this much wall time (0 = no limit)", resumable=True)
+    lr: float = option(5e-4, "peak AdamW learning rate, after warmup (cosine decay to 10%)")
+    warmup_steps: int = option(10, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    divergence: str = option("fkl", "fkl, rkl, jsd, tvd or skl")
+    temperature: float = option(1.0, "softmax temperature T of both distributions (the soft loss is scaled by T^2)")
+    beta: float = option(0.5, "mixture weight of jsd and skl")
+    alpha: float = option(1.0, "weight of the soft term; 1 - alpha goes to cross entropy on the text")
+    train_embeddings: bool = option(False, "train the embeddings and LM head too (default: frozen, as the target's)")
+    lora_rank: int = option(0, "train LoRA adapters of this rank (peft) instead of the weights; 0 = full weights")
+    lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by lora_alpha / lora_rank)")
+    lora_targets: str = option("all-linear", "modules that get adapters: 'all-linear' or names, e.g. q_proj,v_proj")
+    bf16: bool = option(True, "bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)")
+    fused_linear: bool = option(True, "loss from hidden states + LM heads, chunked: no [B, T, V] logits")
+    eval_every: int = option(0, "every N steps (and at the end), measure alpha on held-out prompts (0 = never)",
+                             resumable=True)
+    eval_prompts: int = option(16, "held-out chat prompts the eval uses (never trained on)")
+    eval_decode: int = option(0, "also decode this many held-out prompts with the draft: measured tau and tokens/s",
+                              resumable=True)
+    save_every: int = option(50, "write a checkpoint every N steps", resumable=True)
+    log_every: int = option(10, "log loss and acceptance every N steps", resumable=True)
+    seed: int = option(0, "seeds the batch order, the draft's samples and the answers")
+    report_to: str = option("tensorboard", "accelerate trackers for loss and held-out figures (logs in output_dir), "
+                                           "or none", resumable=True)
+    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1...", resumable=True)
 
     def __post_init__(self):
         # Fail before loading anything: a typo should not cost a model load and tokenization.
@@ -98,6 +114,15 @@ class TrainConfig:
             raise ValueError(f"onpolicy_fraction must be in [0, 1], got {self.onpolicy_fraction}")
         if self.onpolicy_tokens < 1 or not self.onpolicy_temperature >= 0:
             raise ValueError("onpolicy_tokens must be >= 1 and onpolicy_temperature >= 0")
+        if self.lora_rank < 0 or not self.lora_alpha > 0:
+            raise ValueError(f"lora_rank must be >= 0 and lora_alpha > 0, got {self.lora_rank} and {self.lora_alpha}")
+        if self.eval_every < 0 or self.eval_decode < 0 or self.eval_prompts < 1:
+            raise ValueError("eval_every and eval_decode must be >= 0 and eval_prompts >= 1")
+        if self.lora_rank and self.train_embeddings:
+            raise ValueError("train_embeddings and lora_rank exclude each other: LoRA trains its adapters only")
+        if self.teacher_cache and (self.onpolicy_fraction > 0 or self.eval_every > 0):
+            raise ValueError("onpolicy_fraction and eval_every need the live target to score the draft's own text; "
+                             "set them to 0 with teacher_cache")
 
 
 def pick_device(device: str) -> torch.device:
@@ -129,16 +154,38 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _build_draft(config: TrainConfig, target, device):
-    """Resume from the run's checkpoint, else the given draft, else a pruned target."""
+    """Resume from the run's checkpoint, else the given draft, else a pruned target;
+    with ``lora_rank``, wrapped with (fresh or resumed) LoRA adapters."""
     checkpoint = Path(config.output_dir) / "checkpoint"
     recover_checkpoint(checkpoint)
-    if (checkpoint / "trainer_state.pt").exists():
+    resuming = (checkpoint / "trainer_state.pt").exists()
+    if resuming and not has_adapters(checkpoint):
         log.info("resuming from %s", checkpoint)
         return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device), checkpoint
     if config.draft:
-        return AutoModelForCausalLM.from_pretrained(config.draft, dtype=torch.float32).to(device), None
-    keep = [int(x) for x in config.keep_layers.split(",") if x.strip()]
-    return prune_draft(target, keep).float().to(device), None
+        draft = AutoModelForCausalLM.from_pretrained(config.draft, dtype=torch.float32).to(device)
+    else:
+        draft = prune_draft(target, [int(x) for x in config.keep_layers.split(",") if x.strip()]).float().to(device)
+    if not config.lora_rank:
+        return draft, None
+    if resuming:  # the base is rebuilt as it was (pruning is deterministic); the adapters are the trained part
+        log.info("resuming LoRA adapters from %s", checkpoint)
+        return load_adapters(draft, checkpoint), checkpoint
+    return add_lora(draft, config.lora_rank, config.lora_alpha, config.lora_targets), None
+
+
+def check_resume(config: TrainConfig) -> None:
+    """A run that resumes must train what it started with: refuse changed fields (those
+    not marked resumable, such as steps), naming them."""
+    out = Path(config.output_dir)
+    recover_checkpoint(out / "checkpoint")
+    saved = out / "train_config.json"
+    if not (out / "checkpoint" / "trainer_state.pt").exists() or not saved.exists():
+        return
+    changes = changed_fields(json.loads(saved.read_text()), config)
+    if changes:
+        raise ValueError(f"{out} holds a run started with other settings ({'; '.join(changes)}); resume it with "
+                         "the same settings, or pass another output_dir to start a new run")
 
 
 def _as_list(ids) -> list[int]:
@@ -183,12 +230,15 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     """Distill a draft; returns a summary with the loss/acceptance history and the
     path of the saved draft (``output_dir/final``, a plain HF checkpoint). ``data``:
     training rows (or fixed-text chunks [N, T]); by default those of ``config.data``."""
-    accelerator = Accelerator(cpu=pick_device(config.device).type == "cpu")
+    trackers = [name for name in config.report_to.split(",") if name and name != "none"]
+    accelerator = Accelerator(cpu=pick_device(config.device).type == "cpu", log_with=trackers or None,
+                              project_dir=config.output_dir)
     device, world = accelerator.device, accelerator.num_processes
     if config.batch_size % (world * config.grad_accum):
         raise ValueError(f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
                          f"grad_accum {config.grad_accum}")
     torch.manual_seed(config.seed)
+    check_resume(config)
     source = read_data(config) if data is None else None  # the data's errors come before any model load
     if target is None:
         target, tokenizer = load_target(config.target)
@@ -200,7 +250,10 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     draft, resumed_from = _build_draft(config, target, device)
     check_compatible(target, draft)
     draft.train()
-    params = trainable_parameters(draft, config.train_embeddings)
+    if config.lora_rank:
+        params = [p for p in draft.parameters() if p.requires_grad]  # the adapters only
+    else:
+        params = trainable_parameters(draft, config.train_embeddings)
     student = Student(draft, config.fused_linear and fusable(target, draft))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
@@ -219,16 +272,34 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     onpolicy = OnPolicyBatches(rows.prompts or [], config.onpolicy_fraction, config.onpolicy_temperature,
                                config.onpolicy_tokens, config.seq_len, _pad_id(tokenizer), config.seed)
     eos = _as_list(getattr(target.generation_config, "eos_token_id", None))
+    evaluator, target_name = None, getattr(target.config, "name_or_path", config.target)
+    if config.eval_every and accelerator.is_main_process:
+        evaluator = HeldOutEval(config, target, tokenizer, _pad_id(tokenizer), progress)
+
+    def export(path: Path, model, figures: dict | None) -> None:
+        _export(path, plain_model(model), tokenizer, target, rows)
+        card = card_figures(figures, len(evaluator.prompts)) if figures else None
+        write_model_card(path, config, history, target_name, card)
+
+    def export_best(figures: dict) -> None:
+        replace_dir(out / "best", lambda path: export(path, draft, figures))
+
+    accelerator.init_trackers("tensorboard", config=_scalars(config))
     loop = TrainLoop(config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
-                     onpolicy, eos)
+                     onpolicy, eos, evaluator, export_best)
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
-    draft.eval()
+    draft = plain_model(draft).eval()
     if accelerator.is_main_process:
-        _export(out / "final", draft, tokenizer, target, rows)
-        write_model_card(out / "final", config, history, getattr(target.config, "name_or_path", config.target))
+        export(out / "final", draft, next((h["eval"] for h in reversed(history) if "eval" in h), None))
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers (and, under torchrun, the process group)
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
             "resumed_from_step": start_step, "processes": world}
+
+
+def _scalars(config: TrainConfig) -> dict:
+    """The settings as tracker hyperparameters (TensorBoard takes numbers, strings and booleans)."""
+    return {key: value for key, value in asdict(config).items() if isinstance(value, (int, float, str, bool))}
 
 
 def _pad_id(tokenizer) -> int:

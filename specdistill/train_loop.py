@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from specdistill.checkpoints import save_checkpoint
 from specdistill.distill import distill_step
 from specdistill.onpolicy import OnPolicyBatches
+from specdistill.train_eval import best_alpha
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,14 @@ class TrainLoop:
     """The training steps of one process."""
 
     def __init__(self, config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
-                 onpolicy: OnPolicyBatches, eos_ids: list[int]):
+                 onpolicy: OnPolicyBatches, eos_ids: list[int], evaluator=None, on_best=None):
         self.config, self.accelerator, self.target, self.student, self.draft = config, accelerator, target, student, \
             draft
         self.tokenizer, self.rows, self.optimizer, self.scheduler, self.params = tokenizer, rows, optimizer, \
             scheduler, params
         self.onpolicy, self.eos_ids = onpolicy, eos_ids
+        # evaluator: a HeldOutEval (main process only); on_best(figures): export the draft as the best so far.
+        self.evaluator, self.on_best = evaluator, on_best
 
     def run(self, start_step: int, history: list, progress: bool) -> int:
         config, accelerator = self.config, self.accelerator
@@ -46,13 +49,18 @@ class TrainLoop:
                     f"The last good checkpoint is in {checkpoint}")
             history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5)}
                            | ({"onpolicy": True} if onpolicy else {}))
-            bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}")
-            if (step + 1) % config.log_every == 0 and accelerator.is_main_process:
-                log.info("step %d loss %.4f expected acceptance %.4f", step + 1, loss, acceptance)
+            bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}", **self._heldout(history))
             completed = step + 1
+            if completed % config.log_every == 0 and accelerator.is_main_process:
+                log.info("step %d loss %.4f expected acceptance %.4f", completed, loss, acceptance)
+                accelerator.log({"train/loss": loss, "train/acceptance": acceptance,
+                                 "train/lr": self.scheduler.get_last_lr()[0]}, step=completed)
             # Every process must agree to stop (a collective waits for all of them).
             late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
             done = completed >= config.steps or bool(accelerator.reduce(late, "sum") > 0)
+            if self.evaluator is not None and self.evaluator.due(completed, done):
+                self.evaluate(history, completed)
+                bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}", **self._heldout(history))
             if completed % config.save_every == 0 or done:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
@@ -62,6 +70,26 @@ class TrainLoop:
                 break
         bar.close()
         return completed
+
+    def evaluate(self, history: list, completed: int) -> None:
+        """Held-out figures into the step's history entry and the trackers; a new best α is exported."""
+        best = best_alpha(history)
+        figures = self.evaluator.run(self.draft)
+        history[-1]["eval"] = figures
+        log.info("step %d held-out alpha %.4f (greedy %.4f), predicted tau(k=4) %.2f", completed, figures["alpha"],
+                 figures["alpha_greedy"], figures["predicted_tau"][3])
+        scalars = {"eval/alpha": figures["alpha"], "eval/alpha_greedy": figures["alpha_greedy"]}
+        scalars |= {f"eval/predicted_tau_k{k}": tau for k, tau in enumerate(figures["predicted_tau"], 1)}
+        scalars |= {f"eval/alpha_position_{j}": a for j, a in enumerate(figures["alpha_per_position"], 1)}
+        scalars |= {f"eval/{key}": figures[key] for key in ("measured_tau", "tokens_per_s") if key in figures}
+        self.accelerator.log(scalars, step=completed)
+        if figures["alpha"] > best and self.on_best is not None:
+            self.on_best(figures)
+
+    @staticmethod
+    def _heldout(history: list) -> dict:
+        last = next((h["eval"] for h in reversed(history) if "eval" in h), None)
+        return {} if last is None else {"heldout": f"{last['alpha']:.3f}"}
 
     def step(self, step: int, onpolicy: bool = False) -> tuple[float, float]:
         """One optimizer step on the global batch; (loss, acceptance) per counted position."""

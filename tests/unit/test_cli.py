@@ -1,6 +1,14 @@
-import pytest
+import argparse
+import dataclasses
+import json
 
-from specdistill.cli import main
+import pytest
+from specdistill.serve.config import ServeConfig
+
+from specdistill.cli import add_config_flags, main, parse_config
+from specdistill.demo import BenchConfig, DemoConfig, MeasureConfig
+from specdistill.options import build, leaf_fields
+from specdistill.train import TrainConfig
 
 
 def test_flags_come_from_the_dataclass_with_help(capsys):
@@ -16,3 +24,43 @@ def test_bad_config_fails_early_with_a_clear_message(capsys):
     assert "divergence must be one of fkl" in capsys.readouterr().err
     assert main(["bench", "--draft", "/no/such/draft"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def _parse(config_cls, argv):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, config_cls)
+    return parse_config(parser, config_cls, argv)
+
+
+def test_a_config_file_sets_fields_and_flags_override_it(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("steps: 7\nlr: 0.002\ndivergence: tvd\nbf16: false\n")
+    config = _parse(TrainConfig, ["--config", str(path), "--lr", "0.01"])
+    assert (config.steps, config.lr, config.divergence, config.bf16) == (7, 0.01, "tvd", False)
+    (tmp_path / "train.json").write_text(json.dumps({"train": {"seq-len": 64}, "measure": {"num_prompts": 3}}))
+    demo = _parse(DemoConfig, ["--config", str(tmp_path / "train.json")])
+    assert (demo.train.seq_len, demo.measure.num_prompts) == (64, 3)
+
+
+def test_a_config_file_with_an_unknown_or_bad_field_is_refused(tmp_path, capsys):
+    (tmp_path / "typo.yaml").write_text("stpes: 7\n")
+    assert main(["train", "--config", str(tmp_path / "typo.yaml")]) == 2
+    assert "unknown field(s): stpes" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert main(["train", "--config", str(tmp_path / "list.yaml")]) == 2
+    assert "must hold a mapping" in capsys.readouterr().err
+
+
+def test_demo_and_bench_configs_compose_the_train_and_measure_fields():
+    demo = build(DemoConfig, {"steps": 5, "divergence": "jsd", "num_prompts": 2})
+    assert isinstance(demo.train, TrainConfig) and isinstance(demo.measure, MeasureConfig)
+    assert (demo.train.steps, demo.train.divergence, demo.measure.num_prompts) == (5, "jsd", 2)
+    assert demo.train.output_dir == "runs/demo" and demo.train.data == "target"  # the demo's own defaults
+    assert {path[-1] for path, _, _ in leaf_fields(DemoConfig)} >= {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ValueError, match="unknown DemoConfig field"):
+        build(DemoConfig, {"no_such_field": 1})
+
+
+def test_help_text_comes_from_field_metadata():
+    for path, field, _ in leaf_fields(DemoConfig) + leaf_fields(ServeConfig) + leaf_fields(BenchConfig):
+        assert field.metadata.get("help"), f"{path[-1]} has no help text"

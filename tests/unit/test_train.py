@@ -162,3 +162,12 @@ def test_export_loads_as_a_plain_model_and_works_as_hf_assistant(tmp_path, targe
     assisted = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
                                do_sample=False, pad_token_id=1, assistant_model=draft)
     assert assisted.tolist() == plain.tolist() and result["steps"] == 5
+
+
+def test_a_resumed_run_refuses_changed_settings_but_takes_more_steps(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    train(_config(tmp_path, steps=10), target=target, data=chunks, progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0.003 -> 0.01"):
+        train(_config(tmp_path, steps=10, lr=1e-2), target=target, data=chunks, progress=False)
+    resumed = train(_config(tmp_path, steps=12, save_every=3), target=target, data=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 10 and resumed["steps"] == 12
