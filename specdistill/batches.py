@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class Batch:
     input_ids: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T] bool: the prediction at t (of token t + 1) counts
+    # A cached teacher: top-k log-probs [B, T, K] and their ids [B, T, K]; None = ask the live target.
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def labels(self, hard: bool) -> torch.Tensor:  # [B, T]
         """Labels for the loss: -100 where the mask is off. With ``hard`` (a cross-entropy
@@ -36,10 +38,12 @@ class Batch:
         return labels
 
     def rows(self, index) -> Batch:
-        return Batch(self.input_ids[index], self.loss_mask[index])
+        teacher = None if self.teacher is None else tuple(part[index] for part in self.teacher)
+        return Batch(self.input_ids[index], self.loss_mask[index], teacher)
 
     def to(self, device) -> Batch:
-        return Batch(self.input_ids.to(device), self.loss_mask.to(device))
+        teacher = None if self.teacher is None else tuple(part.to(device) for part in self.teacher)
+        return Batch(self.input_ids.to(device), self.loss_mask.to(device), teacher)
 
     @property
     def tokens(self) -> int:
@@ -70,13 +74,16 @@ class TokenRows:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def batch(self, step: int, batch_size: int, seed: int) -> Batch:
-        """The global batch of a step: a deterministic function of (step, seed); each
-        epoch is a fresh permutation of the rows."""
+    def batch_rows(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """The row indices of a step's global batch: a deterministic function of (step,
+        seed); each epoch is a fresh permutation of the rows."""
         n = len(self)
         epoch, offset = divmod(step * batch_size, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        rows = torch.stack([order[(offset + i) % n] for i in range(batch_size)])
+        return torch.stack([order[(offset + i) % n] for i in range(batch_size)])
+
+    def batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        rows = self.batch_rows(step, batch_size, seed)
         return Batch(self.input_ids[rows], self.loss_mask[rows])
 
 

@@ -46,6 +46,7 @@ def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
     from specdistill.demo import BenchConfig, DemoConfig, run_bench, run_demo
     from specdistill.serve.config import ServeConfig, run_serve
+    from specdistill.teacher_cache import CacheConfig, run_cache_teacher
 
     def run_train(config: TrainConfig) -> dict:
         from specdistill.train import train
@@ -57,6 +58,8 @@ def _subcommands():
     return {
         "demo": (DemoConfig, run_demo, "prune a draft from the default target, distill it, measure before/after"),
         "train": (TrainConfig, run_train, "distill a draft for a target (resumes from output_dir)"),
+        "cache-teacher": (CacheConfig, run_cache_teacher,
+                          "run the target once over the data and keep its top-k log-probs (train --teacher-cache)"),
         "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone"),
         "serve": (ServeConfig, run_serve, "serve speculative decoding over an OpenAI-compatible HTTP API"),
     }
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"specdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
-    if args.command == "train" and os.environ.get("RANK", "0") == "0":  # one line, from the main process
+    if args.command in ("train", "cache-teacher") and os.environ.get("RANK", "0") == "0":  # from the main process
         print(json.dumps(result))
     return 0
 

@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 from specdistill.batches import Batch
-from specdistill.losses import compute_distill_loss, compute_linear_distill_loss
+from specdistill.losses import compute_distill_loss, compute_linear_distill_loss, compute_sparse_distill_loss
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -45,7 +45,8 @@ class Student(torch.nn.Module):
 
 def distill_step(target, student: Student | torch.nn.Module, batch: Batch, config, device) -> tuple:
     """Forward both models on one (micro-)batch; returns (loss sum, acceptance sum,
-    counted positions) over the positions the batch's mask counts.
+    counted positions) over the positions the batch's mask counts. A batch that carries
+    a cached teacher (top-k log-probs) goes through the sparse loss instead.
 
     With ``fused_linear`` the loss takes both models' final hidden states and LM
     heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
@@ -56,7 +57,11 @@ def distill_step(target, student: Student | torch.nn.Module, batch: Batch, confi
     labels = batch.labels(hard=config.alpha < 1)
     options = dict(divergence=config.divergence, temperature=config.temperature, beta=config.beta,
                    labels=labels, alpha=config.alpha, reduction="sum", return_acceptance=True)
-    if inner.hidden:
+    if batch.teacher is not None:  # a cached top-k teacher: no target forward
+        logprobs, indices = batch.teacher
+        with autocast(device, config.bf16):
+            loss, acceptance = compute_sparse_distill_loss(student(batch.input_ids), logprobs, indices, **options)
+    elif inner.hidden:
         teacher_decoder, teacher_head = decoder_and_head(target)
         with torch.no_grad(), autocast(device, config.bf16):
             teacher_hidden = teacher_decoder(input_ids=batch.input_ids).last_hidden_state

@@ -214,3 +214,11 @@ def tiny_pair(vocab_size: int = 64, seed: int = 0):
     and a draft pruned from it (layers 0 and 3)."""
     target = tiny_llama(vocab_size=vocab_size, num_layers=4, seed=seed)
     return target, prune_draft(target, [0, -1])
+
+
+def draft_tokenizer(draft_dir: str, target: str):
+    """The tokenizer saved with a draft, else the target's (loaded without its weights
+    where the target is a directory)."""
+    if draft_dir and (Path(draft_dir) / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(draft_dir)
+    return AutoTokenizer.from_pretrained(resolve_model_dir(target))

@@ -27,18 +27,17 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from specdistill.batches import TokenRows, pack_records
+from specdistill.batches import TokenRows
 from specdistill.checkpoints import recover_checkpoint, replace_dir
-from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
 from specdistill.lora import add_lora, has_adapters, load_adapters, plain_model
 from specdistill.losses import DIVERGENCES
 from specdistill.model_card import write_model_card
-from specdistill.models import DEFAULT_TARGET, check_compatible, load_target, prune_draft, save_draft_vocab, vocab_size
+from specdistill.models import check_compatible, draft_tokenizer, load_target, prune_draft, save_draft_vocab, vocab_size
 from specdistill.onpolicy import OnPolicyBatches
 from specdistill.options import changed_fields, option
-from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
-from specdistill.target_data import generate_answers
+from specdistill.teacher_cache import check_cache_fits, load_cache
+from specdistill.train_data import DataConfig, data_rows, pad_id, read_data
 from specdistill.train_eval import HeldOutEval, card_figures
 from specdistill.train_loop import TrainLoop
 
@@ -46,24 +45,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataConfig):
     """Distill a draft for a target. Each field is a flag of `specdistill train`."""
 
-    target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
     draft: str = option("", "a local HF draft directory to start from; empty = prune the target")
     keep_layers: str = option("0,1,2,-1", "target layers the pruned draft keeps (negative = from the end)")
     output_dir: str = option("runs/draft", "checkpoints, logs and the exported draft (final/, best/) go here")
-    data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved "
-                                 "dataset")
-    text_field: str = option("text", "the text column of a dataset of plain text")
-    generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
-    generate_temperature: float = option(0.8, "with data 'target': sampling temperature of the answers")
     teacher_cache: str = option("", "a top-k teacher cache from `specdistill cache-teacher`: its rows and teacher "
                                     "log-probs replace data and the live target")
     onpolicy_fraction: float = option(0.0, "share of steps that train on the draft's own continuations of prompts")
     onpolicy_temperature: float = option(1.0, "sampling temperature of those continuations")
     onpolicy_tokens: int = option(128, "tokens the draft writes per on-policy row")
-    seq_len: int = option(256, "tokens per training row")
     batch_size: int = option(8, "the global batch (rows per step, over all processes)")
     grad_accum: int = option(1, "micro-batches per process per step (same result, less memory)", resumable=True)
     steps: int = option(200, "optimizer steps in all (a resumed run continues up to this)", resumable=True)
@@ -72,42 +64,32 @@ class TrainConfig:
     warmup_steps: int = option(10, "linear warmup steps")
     weight_decay: float = option(0.0, "AdamW weight decay")
     divergence: str = option("fkl", "fkl, rkl, jsd, tvd or skl")
-    temperature: float = option(1.0, "softmax temperature T of both distributions (the soft loss is scaled by T^2)")
     beta: float = option(0.5, "mixture weight of jsd and skl")
     alpha: float = option(1.0, "weight of the soft term; 1 - alpha goes to cross entropy on the text")
     train_embeddings: bool = option(False, "train the embeddings and LM head too (default: frozen, as the target's)")
     lora_rank: int = option(0, "train LoRA adapters of this rank (peft) instead of the weights; 0 = full weights")
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by lora_alpha / lora_rank)")
     lora_targets: str = option("all-linear", "modules that get adapters: 'all-linear' or names, e.g. q_proj,v_proj")
-    bf16: bool = option(True, "bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)")
     fused_linear: bool = option(True, "loss from hidden states + LM heads, chunked: no [B, T, V] logits")
     eval_every: int = option(0, "every N steps (and at the end), measure alpha on held-out prompts (0 = never)",
                              resumable=True)
-    eval_prompts: int = option(16, "held-out chat prompts the eval uses (never trained on)")
+    eval_prompts: int = option(12, "held-out chat prompts the eval uses (never trained on)")
     eval_decode: int = option(0, "also decode this many held-out prompts with the draft: measured tau and tokens/s",
                               resumable=True)
     save_every: int = option(50, "write a checkpoint every N steps", resumable=True)
     log_every: int = option(10, "log loss and acceptance every N steps", resumable=True)
-    seed: int = option(0, "seeds the batch order, the draft's samples and the answers")
     report_to: str = option("tensorboard", "accelerate trackers for loss and held-out figures (logs in output_dir), "
                                            "or none", resumable=True)
-    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1...", resumable=True)
 
     def __post_init__(self):
-        # Fail before loading anything: a typo should not cost a model load and tokenization.
+        super().__post_init__()
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
-        for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "log_every"):
+        for name in ("batch_size", "grad_accum", "steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.generate_tokens < 1:
-            raise ValueError(f"generate_tokens must be >= 1, got {self.generate_tokens}")
-        if not self.generate_temperature >= 0:
-            raise ValueError(f"generate_temperature must be >= 0 (0 = greedy), got {self.generate_temperature}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0 <= self.onpolicy_fraction <= 1:
@@ -192,37 +174,53 @@ def _as_list(ids) -> list[int]:
     return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
 
 
-def read_data(config: TrainConfig):
-    """What ``config.data`` names, read without any model: the dataset and its kind, or
-    the text files (None for the target's answers). Missing, empty or wrongly shaped
-    data fails here, before any model loads."""
-    if config.data == "target":
-        return None
-    if is_dataset(config.data):
-        return read_dataset(config.data, config.text_field)
-    return corpus_files(config.data)
-
-
 def training_rows(config: TrainConfig, target, tokenizer, progress: bool = True, source=None) -> TokenRows:
-    """The training rows of ``config.data`` (``source``: what ``read_data`` returned, if it
-    ran already): records (prompt, answer: only answer tokens count) from the target's
-    answers or a dataset, or plain text cut into chunks."""
-    max_tokens = config.steps * config.batch_size * config.seq_len
-    pad = _pad_id(tokenizer)
-    if config.data == "target":
-        records = generate_answers(target, tokenizer, config.generate_tokens,
-                                   cache=Path(config.output_dir) / "target_answers.jsonl",
-                                   temperature=config.generate_temperature, seed=config.seed, progress=progress)
-        return pack_records(records, config.seq_len, pad)
-    source = read_data(config) if source is None else source
-    if isinstance(source, tuple):
-        dataset, kind = source
-        if kind == "text":
-            texts = dataset_texts(dataset, config.text_field)
-            return TokenRows.from_chunks(token_chunks(tokenizer, texts, config.seq_len, max_tokens, progress))
-        return pack_records(dataset_records(dataset, kind, tokenizer), config.seq_len, pad)
-    files, _ = split_files(source, heldout_fraction=0.05, seed=config.seed)
-    return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len, max_tokens, progress=progress))
+    """The training rows of ``config.data``: as many tokens of text as the run's steps
+    take, the target's answers cached in ``output_dir``."""
+    return data_rows(config, target, tokenizer, max_tokens=config.steps * config.batch_size * config.seq_len,
+                     workdir=Path(config.output_dir), progress=progress, source=source)
+
+
+@dataclass
+class Teacher:
+    """Where the teacher's distributions come from: the live ``target`` (None when a
+    cache holds them), and what the export needs to know of it."""
+
+    target: object
+    name: str
+    eos_ids: list[int]
+    vocab: int
+
+
+def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data, progress: bool):
+    """(teacher, tokenizer, training rows, draft, checkpoint resumed from). The target is
+    loaded unless a teacher cache and a starting draft make it unnecessary."""
+    cache = None
+    if config.teacher_cache:
+        data, cache = load_cache(config.teacher_cache)  # the cache's errors come before any model load
+        check_cache_fits(cache, config)
+    source = read_data(config) if data is None else None  # the data's errors come before any model load
+    if target is None and not (cache and config.draft):
+        target, tokenizer = load_target(config.target)
+    if tokenizer is None and cache:
+        tokenizer = draft_tokenizer(config.draft, config.target)
+    if target is not None:
+        target = target.to(accelerator.device).eval()
+    if data is None:
+        with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache
+            data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process, source)
+    rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
+    draft, resumed_from = _build_draft(config, target, accelerator.device)
+    if cache:
+        teacher = Teacher(None, cache["target_name"], cache["eos_token_ids"], cache["vocab_size"])
+        if vocab_size(draft) != teacher.vocab:
+            raise ValueError(f"vocabulary mismatch: the cached teacher predicts {teacher.vocab} tokens, the draft "
+                             f"{vocab_size(draft)}")
+    else:
+        check_compatible(target, draft)
+        teacher = Teacher(target, getattr(target.config, "name_or_path", config.target),
+                          _as_list(getattr(target.generation_config, "eos_token_id", None)), vocab_size(target))
+    return teacher, tokenizer, rows, draft, resumed_from
 
 
 def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | torch.Tensor | None = None,
@@ -239,22 +237,15 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
                          f"grad_accum {config.grad_accum}")
     torch.manual_seed(config.seed)
     check_resume(config)
-    source = read_data(config) if data is None else None  # the data's errors come before any model load
-    if target is None:
-        target, tokenizer = load_target(config.target)
-    target = target.to(device).eval()
-    if data is None:
-        with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache
-            data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process, source)
-    rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
-    draft, resumed_from = _build_draft(config, target, device)
-    check_compatible(target, draft)
+    teacher, tokenizer, rows, draft, resumed_from = _teacher_and_rows(config, accelerator, target, tokenizer, data,
+                                                                      progress)
     draft.train()
     if config.lora_rank:
         params = [p for p in draft.parameters() if p.requires_grad]  # the adapters only
     else:
         params = trainable_parameters(draft, config.train_embeddings)
-    student = Student(draft, config.fused_linear and fusable(target, draft))
+    hidden = config.fused_linear and teacher.target is not None and fusable(teacher.target, draft)
+    student = Student(draft, hidden)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
     if resumed_from is not None:
@@ -270,23 +261,22 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     onpolicy = OnPolicyBatches(rows.prompts or [], config.onpolicy_fraction, config.onpolicy_temperature,
-                               config.onpolicy_tokens, config.seq_len, _pad_id(tokenizer), config.seed)
-    eos = _as_list(getattr(target.generation_config, "eos_token_id", None))
-    evaluator, target_name = None, getattr(target.config, "name_or_path", config.target)
+                               config.onpolicy_tokens, config.seq_len, pad_id(tokenizer), config.seed)
+    evaluator = None
     if config.eval_every and accelerator.is_main_process:
-        evaluator = HeldOutEval(config, target, tokenizer, _pad_id(tokenizer), progress)
+        evaluator = HeldOutEval(config, teacher.target, tokenizer, pad_id(tokenizer), progress)
 
     def export(path: Path, model, figures: dict | None) -> None:
-        _export(path, plain_model(model), tokenizer, target, rows)
+        _export(path, plain_model(model), tokenizer, teacher.eos_ids, rows)
         card = card_figures(figures, len(evaluator.prompts)) if figures else None
-        write_model_card(path, config, history, target_name, card)
+        write_model_card(path, config, history, teacher.name, card)
 
     def export_best(figures: dict) -> None:
         replace_dir(out / "best", lambda path: export(path, draft, figures))
 
     accelerator.init_trackers("tensorboard", config=_scalars(config))
-    loop = TrainLoop(config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
-                     onpolicy, eos, evaluator, export_best)
+    loop = TrainLoop(config, accelerator, teacher.target, student, draft, tokenizer, rows, optimizer, scheduler,
+                     params, onpolicy, teacher.eos_ids, evaluator, export_best)
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft = plain_model(draft).eval()
     if accelerator.is_main_process:
@@ -302,16 +292,11 @@ def _scalars(config: TrainConfig) -> dict:
     return {key: value for key, value in asdict(config).items() if isinstance(value, (int, float, str, bool))}
 
 
-def _pad_id(tokenizer) -> int:
-    return (tokenizer.eos_token_id if tokenizer is not None else None) or 0
-
-
-def _export(path: Path, draft, tokenizer, target, rows: TokenRows) -> None:
+def _export(path: Path, draft, tokenizer, target_eos: list[int], rows: TokenRows) -> None:
     draft.save_pretrained(path)
-    eos = []
+    eos = list(target_eos)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    eos += _as_list(getattr(target.generation_config, "eos_token_id", None))
+        eos += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     # The draft vocabulary: what the draft is trained to predict, by frequency.
     save_draft_vocab(path, rows.input_ids[rows.loss_mask], vocab_size(draft), eos)
