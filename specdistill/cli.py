@@ -42,9 +42,14 @@ def parse_config(parser: argparse.ArgumentParser, config_cls, argv: list[str]):
     return build(config_cls, {name: getattr(args, name) for name in defaults(config_cls)})
 
 
+PRINTS_SUMMARY = ("train", "cache-teacher", "generate-data", "make-prompts")  # the others print their own
+
+
 def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
     from specdistill.demo import BenchConfig, DemoConfig, run_bench, run_demo
+    from specdistill.generate_data import GenerateConfig, run_generate_data
+    from specdistill.make_prompts import MakePromptsConfig, run_make_prompts
     from specdistill.serve.config import ServeConfig, run_serve
     from specdistill.teacher_cache import CacheConfig, run_cache_teacher
 
@@ -60,6 +65,10 @@ def _subcommands():
         "train": (TrainConfig, run_train, "distill a draft for a target (resumes from output_dir)"),
         "cache-teacher": (CacheConfig, run_cache_teacher,
                           "run the target once over the data and keep its top-k log-probs (train --teacher-cache)"),
+        "generate-data": (GenerateConfig, run_generate_data,
+                          "collect (prompt, response) records from an OpenAI-compatible endpoint or a local teacher"),
+        "make-prompts": (MakePromptsConfig, run_make_prompts,
+                         "turn local text (.py, .md, .rst, .txt files) into instruction prompts"),
         "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone"),
         "serve": (ServeConfig, run_serve, "serve speculative decoding over an OpenAI-compatible HTTP API"),
     }
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"specdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
-    if args.command in ("train", "cache-teacher") and os.environ.get("RANK", "0") == "0":  # from the main process
+    if args.command in PRINTS_SUMMARY and os.environ.get("RANK", "0") == "0":  # one line, from the main process
         print(json.dumps(result))
     return 0
 

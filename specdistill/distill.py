@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 from specdistill.batches import Batch
 from specdistill.losses import compute_distill_loss, compute_linear_distill_loss, compute_sparse_distill_loss
@@ -46,7 +47,9 @@ class Student(torch.nn.Module):
 def distill_step(target, student: Student | torch.nn.Module, batch: Batch, config, device) -> tuple:
     """Forward both models on one (micro-)batch; returns (loss sum, acceptance sum,
     counted positions) over the positions the batch's mask counts. A batch that carries
-    a cached teacher (top-k log-probs) goes through the sparse loss instead.
+    a cached teacher (top-k log-probs) goes through the sparse loss instead; with
+    ``alpha == 0`` (black-box SFT) the loss is cross entropy on the text alone and
+    the acceptance is greedy agreement with it.
 
     With ``fused_linear`` the loss takes both models' final hidden states and LM
     heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
@@ -57,7 +60,14 @@ def distill_step(target, student: Student | torch.nn.Module, batch: Batch, confi
     labels = batch.labels(hard=config.alpha < 1)
     options = dict(divergence=config.divergence, temperature=config.temperature, beta=config.beta,
                    labels=labels, alpha=config.alpha, reduction="sum", return_acceptance=True)
-    if batch.teacher is not None:  # a cached top-k teacher: no target forward
+    if config.alpha == 0:  # black-box SFT: cross entropy on the teacher's text, no teacher distribution
+        with autocast(device, config.bf16):
+            logits = student(batch.input_ids)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                   reduction="sum")
+        # Greedy agreement with the teacher's own tokens: the acceptance greedy decoding would see.
+        acceptance = (logits.argmax(-1) == labels) & (labels != -100)
+    elif batch.teacher is not None:  # a cached top-k teacher: no target forward
         logprobs, indices = batch.teacher
         with autocast(device, config.bf16):
             loss, acceptance = compute_sparse_distill_loss(student(batch.input_ids), logprobs, indices, **options)

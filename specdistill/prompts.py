@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -98,25 +99,57 @@ def training_prompts(seed: int = 0) -> list[str]:
     return prompts
 
 
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a file: JSONL with a ``prompt`` per line (``.jsonl``), or one prompt per
-    line of text (blank lines skipped)."""
+# Standard-library help: what a module is for, and how to do one thing with it.
+_STDLIB_STYLES = ["What is the Python module `{}` for? Show a short example.",
+                  "Give a short example of using the `{}` module in Python and explain it.",
+                  "When would I use Python's `{}` module instead of writing it myself?"]
+
+
+def stdlib_prompts(seed: int = 0) -> list[str]:
+    """About 500 prompts on the public standard-library modules of this Python."""
+    modules = sorted(name for name in sys.stdlib_module_names if not name.startswith("_"))
+    prompts = [style.format(name) for name in modules for style in _STDLIB_STYLES]
+    prompts = [p for p in random.Random(seed).sample(prompts, len(prompts)) if p not in HELDOUT_PROMPTS]
+    return prompts[:500]
+
+
+PROMPT_SETS = {"builtin:python": training_prompts, "builtin:stdlib": stdlib_prompts}
+
+
+def builtin_prompt_set(name: str) -> list[str]:
+    """``builtin`` (every set) or one of ``PROMPT_SETS``; never a held-out prompt."""
+    if name == "builtin":
+        return [p for make in PROMPT_SETS.values() for p in make()]
+    if name not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {name!r}; the project ships builtin, {', '.join(PROMPT_SETS)}")
+    return PROMPT_SETS[name]()
+
+
+def read_prompt_records(path: str) -> list[dict]:
+    """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string or a chat
+    ``messages`` list per line and an optional ``id``, or one prompt per line of text."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
     lines = [line for line in file.read_text().splitlines() if line.strip()]
     if file.suffix != ".jsonl":
-        prompts = [line.strip() for line in lines]
+        records = [{"prompt": line.strip()} for line in lines]
     else:
-        prompts = []
+        records = []
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number} is not JSON: {err}") from err
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise ValueError(f"{path}:{number} needs a string field 'prompt'")
-            prompts.append(record["prompt"])
-    if not prompts:
+            chat = isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]
+            if not chat and not (isinstance(record, dict) and isinstance(record.get("prompt"), str)):
+                raise ValueError(f"{path}:{number} needs a string field 'prompt' or a list 'messages'")
+            records.append(record)
+    if not records:
         raise ValueError(f"prompt file {path!r} holds no prompts")
-    return prompts
+    return records
+
+
+def read_prompts(path: str) -> list[str]:
+    """The prompt texts of a prompt file (a chat record gives its last user message)."""
+    return [r["prompt"] if "prompt" in r else r["messages"][-1]["content"] for r in read_prompt_records(path)]

@@ -80,7 +80,9 @@ def dataset_records(dataset, kind: str, tokenizer) -> list[tuple[list[int], list
             continue  # an empty answer teaches nothing
         prompt = chat_ids(tokenizer, prompt_messages)
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        records.append((prompt, answer_ids + _end_of_turn(tokenizer)))
+        # A response cut at max_tokens did not end there: the draft must not learn to stop.
+        cut = row.get("finish_reason") == "length"
+        records.append((prompt, answer_ids + ([] if cut else _end_of_turn(tokenizer))))
     if not records:
         raise ValueError("no record of the dataset has a non-empty answer")
     return records

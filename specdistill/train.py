@@ -102,6 +102,8 @@ class TrainConfig(DataConfig):
             raise ValueError("eval_every and eval_decode must be >= 0 and eval_prompts >= 1")
         if self.lora_rank and self.train_embeddings:
             raise ValueError("train_embeddings and lora_rank exclude each other: LoRA trains its adapters only")
+        if self.onpolicy_fraction > 0 and self.alpha == 0:
+            raise ValueError("on-policy batches need a teacher distribution to score the draft's text: alpha > 0")
         if self.teacher_cache and (self.onpolicy_fraction > 0 or self.eval_every > 0):
             raise ValueError("onpolicy_fraction and eval_every need the live target to score the draft's own text; "
                              "set them to 0 with teacher_cache")
@@ -200,9 +202,11 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
         data, cache = load_cache(config.teacher_cache)  # the cache's errors come before any model load
         check_cache_fits(cache, config)
     source = read_data(config) if data is None else None  # the data's errors come before any model load
-    if target is None and not (cache and config.draft):
+    # The target is needed for its distributions, for the held-out eval, or to prune a draft from.
+    needs_target = (config.alpha > 0 and not cache) or config.eval_every > 0 or not config.draft
+    if target is None and needs_target:
         target, tokenizer = load_target(config.target)
-    if tokenizer is None and cache:
+    elif target is None and tokenizer is None:
         tokenizer = draft_tokenizer(config.draft, config.target)
     if target is not None:
         target = target.to(accelerator.device).eval()
@@ -216,6 +220,8 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
         if vocab_size(draft) != teacher.vocab:
             raise ValueError(f"vocabulary mismatch: the cached teacher predicts {teacher.vocab} tokens, the draft "
                              f"{vocab_size(draft)}")
+    elif target is None:  # black-box SFT from a given draft: the teacher is only its text
+        teacher = Teacher(None, config.target, [], vocab_size(draft))
     else:
         check_compatible(target, draft)
         teacher = Teacher(target, getattr(target.config, "name_or_path", config.target),

@@ -18,7 +18,7 @@ def test_prompt_files_are_jsonl_or_one_per_line(tmp_path):
     assert read_prompts(str(tmp_path / "p.jsonl")) == ["a b", "c"]
     assert read_prompts(str(tmp_path / "p.txt")) == ["first prompt", "second prompt"]
     (tmp_path / "bad.jsonl").write_text('{"text": "no prompt"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1 needs a string field 'prompt'"):
+    with pytest.raises(ValueError, match="bad.jsonl:1 needs a string field 'prompt' or a list 'messages'"):
         read_prompts(str(tmp_path / "bad.jsonl"))
     with pytest.raises(FileNotFoundError):
         read_prompts(str(tmp_path / "missing.txt"))
