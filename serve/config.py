@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from specdistill.serve.model_free import MODEL_FREE_METHODS
 
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_model, load_target
 from specdistill.options import option
@@ -23,7 +24,8 @@ class ServeConfig:
     host: str = option("127.0.0.1", "bind address (loopback by default; 0.0.0.0 exposes it)")
     port: int = option(8000, "TCP port")
     target: str = option(DEFAULT_TARGET, "the embedded default or a local Hugging Face model directory")
-    draft: str = option("auto", "a draft directory, 'none', or 'auto' (the demo's trained draft if present, else none)")
+    draft: str = option("auto", "a draft directory, 'none', 'auto' (the demo's trained draft if present, else none), "
+                                "or a model-free drafter: prompt-lookup, ngram")
     num_draft_tokens: str = option("auto", "an int k, 'auto' (cost-aware) or 'heuristic'")
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
@@ -63,7 +65,7 @@ def draft_length(spec: str) -> int | str:
 
 def draft_dir(config: ServeConfig) -> Path | None:
     """The draft to serve: as given, none, or (auto) the demo's trained draft if there is one."""
-    if config.draft == "none":
+    if config.draft in ("none", *MODEL_FREE_METHODS):
         return None
     if config.draft != "auto":
         return Path(config.draft)
@@ -83,8 +85,11 @@ def load_generator(config: ServeConfig):
     path = draft_dir(config)
     draft = None if path is None else load_model(path, dtype)
     vocab = load_draft_vocab(path, config.draft_vocab_size) if path is not None and config.draft_vocab_size else None
+    if config.draft in MODEL_FREE_METHODS:
+        draft = config.draft  # prompt lookup or n-gram: drafts without a model
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
-                                     tokenizer=tokenizer, draft_confidence=config.draft_confidence if draft else 0.0,
+                                     tokenizer=tokenizer,
+                                     draft_confidence=config.draft_confidence if path is not None else 0.0,
                                      draft_vocab=vocab)
     return generator, tokenizer, path
 
@@ -105,7 +110,8 @@ def run_serve(config: ServeConfig) -> dict:
     app = build_app(engine, tokenizer, config, config.served_name(), start_engine=False)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
     http = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
-    print(f"specdistill serve: {config.served_name()} with draft {path or 'none'} "
+    drafter = path or (config.draft if config.draft in MODEL_FREE_METHODS else "none")
+    print(f"specdistill serve: {config.served_name()} with draft {drafter} "
           f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM shuts down as Ctrl-C does
     http.start()

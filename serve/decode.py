@@ -55,6 +55,8 @@ def propose(runner, state, rows, limits: list[int], draft_confidence: float, dev
     steps = max(limits)
     if steps == 0:
         return torch.empty(len(rows), 0, dtype=torch.long, device=device), None, limits, 0.0, 0
+    if getattr(runner, "model_free", False):  # prompt lookup / n-gram: drafts read from the rows' own text
+        return runner.propose(rows, limits, device)
     # Each row feeds the tokens its draft cache lacks (one or two, more after k = 0 steps),
     # right-padded to a common width; the padding is rolled back after the call.
     pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]

@@ -24,12 +24,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import torch
+from specdistill.serve.model_free import ModelFreeDrafter
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
 from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 
-from specdistill.models import check_compatible
+from specdistill.models import check_compatible, vocab_size
 
 __all__ = ["GenerationOutput", "SpeculativeGenerator", "StreamChunk"]
 
@@ -63,7 +64,9 @@ class SpeculativeGenerator:
     on the lean runner with a preallocated KV cache and everything else on the
     Hugging Face model; True insists on the lean runner, False never uses it.
     ``compile=True`` wraps the lean runner in ``torch.compile``. ``draft=None`` decodes
-    with the target alone on the same engine (a baseline, or to generate data fast).
+    with the target alone on the same engine (a baseline, or to generate data fast);
+    ``draft="prompt-lookup"`` or ``"ngram"`` drafts without a model
+    (``specdistill.serve.model_free``).
     ``draft_vocab`` (token ids, e.g. the most frequent ones from ``draft_vocab.json``
     beside a trained draft) lets the draft propose only those: its LM head shrinks to
     them, which makes draft steps far cheaper for large vocabularies; still lossless."""
@@ -71,9 +74,10 @@ class SpeculativeGenerator:
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None):
-        if draft is not None:
+        model_free = isinstance(draft, str)
+        if draft is not None and not model_free:
             check_compatible(target, draft, tokenizer, draft_tokenizer)
-        else:
+        elif draft is None:
             num_draft_tokens = 0  # the target alone, on the same engine (a baseline, or to generate data)
         if not 0 <= draft_confidence < 1:
             raise ValueError(f"draft_confidence must be in [0, 1) (0 = off), got {draft_confidence}")
@@ -84,9 +88,13 @@ class SpeculativeGenerator:
             raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
         self.draft_length = make_policy(num_draft_tokens)
         self.target = target.eval()
-        self.draft = None if draft is None else draft.eval()
+        self.draft = None if draft is None or model_free else draft.eval()
         self.target_runner = make_runner(self.target, fast_path, compile)
-        self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile, draft_vocab)
+        if model_free:
+            self.draft_runner = ModelFreeDrafter(draft, vocab_size(target))
+        else:
+            self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile,
+                                                                             draft_vocab)
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)

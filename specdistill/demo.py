@@ -19,6 +19,7 @@ from specdistill.model_card import update_model_card
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_target, prune_draft
 from specdistill.options import nested, option
 from specdistill.prompts import HELDOUT_PROMPTS, read_prompts
+from specdistill.serve.model_free import MODEL_FREE_METHODS
 from specdistill.train import TrainConfig, train, training_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -50,7 +51,7 @@ class MeasureConfig:
 class BenchConfig:
     """Measure a saved draft against its target."""
 
-    draft: str = option("runs/demo/final", "a local HF draft directory")
+    draft: str = option("runs/demo/final", "a local HF draft directory, or a model-free drafter: prompt-lookup, ngram")
     target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
     measure: MeasureConfig = nested(MeasureConfig)
 
@@ -198,13 +199,17 @@ def _distill(train_config: TrainConfig, target, tokenizer, dtype) -> dict:
 def run_bench(config: BenchConfig) -> dict:
     measure = config.measure
     dtype = _decode_dtype(measure.dtype)
-    if not Path(config.draft).is_dir():
+    model_free = config.draft in MODEL_FREE_METHODS
+    if not model_free and not Path(config.draft).is_dir():
         raise FileNotFoundError(f"draft {config.draft!r} is not a directory; train one with `specdistill demo` "
-                                "or `specdistill train`, or pass --draft")
+                                f"or `specdistill train`, pass --draft, or use one of {', '.join(MODEL_FREE_METHODS)}")
     prompts = measure_prompts(measure)
     target, tokenizer = load_target(config.target)
-    draft = AutoModelForCausalLM.from_pretrained(config.draft, dtype=dtype).eval()
-    vocab = load_draft_vocab(config.draft, measure.draft_vocab_size) if measure.draft_vocab_size else None
+    if model_free:
+        draft, vocab = config.draft, None
+    else:
+        draft = AutoModelForCausalLM.from_pretrained(config.draft, dtype=dtype).eval()
+        vocab = load_draft_vocab(config.draft, measure.draft_vocab_size) if measure.draft_vocab_size else None
     k, max_new = measure.num_draft_tokens, measure.max_new_tokens
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
     warm_up(target, draft, tokenizer)
@@ -214,5 +219,6 @@ def run_bench(config: BenchConfig) -> dict:
                             draft_confidence=measure.draft_confidence, draft_vocab=vocab)}
     summary = _report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
                                             "draft": config.draft, "num_prompts": len(prompts)})
-    update_model_card(Path(config.draft), summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
+    if not model_free:
+        update_model_card(Path(config.draft), summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
     return summary

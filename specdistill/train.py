@@ -250,7 +250,9 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
         params = [p for p in draft.parameters() if p.requires_grad]  # the adapters only
     else:
         params = trainable_parameters(draft, config.train_embeddings)
-    hidden = config.fused_linear and teacher.target is not None and fusable(teacher.target, draft)
+    # The fused-linear loss needs the live teacher's states; SFT (alpha 0) and a cache take the logits.
+    hidden = config.fused_linear and config.alpha > 0 and teacher.target is not None and fusable(teacher.target,
+                                                                                                 draft)
     student = Student(draft, hidden)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
