@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A local CPU build on the dev/CI machines; override for your own CUDA build, e.g. TORCH_SPEC="torch".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test bench lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q --durations=10
+
+# Micro-benchmarks (pytest-benchmark; not part of `make test`): loss paths, runner steps, a training step.
+BENCH_OUT ?= bench/results/$(shell date +%Y-%m-%d)-micro
+bench: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m pytest bench/micro -q -p no:cacheprovider --benchmark-only --benchmark-json $(BENCH_OUT)/benchmarks.json
 
 lint: install
 	$(VENV)/bin/ruff check .
