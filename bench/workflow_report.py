@@ -77,17 +77,21 @@ def markdown(summary: dict, table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, ax, path: Path) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_acceptance(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, r in summary["drafts"].items():
         ax.plot(KS, r["teacher_forced"]["alpha_greedy_per_position"], marker="o", label=name)
     ax.set(xlabel="draft position j", ylabel="acceptance at j, given 1..j-1 accepted",
            title="Held-out acceptance by draft position (greedy, teacher-forced)", ylim=(0, 1.02), xticks=KS)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_speedup(summary: dict, path: Path) -> None:
@@ -100,11 +104,7 @@ def plot_speedup(summary: dict, path: Path) -> None:
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set(xlabel="drafts per step k", ylabel="speedup over the target alone (x)", xticks=KS,
            title="Predicted speedup τ(k)/(k·c + 1) (lines) and measured at k = 4 (dots)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_training(summary: dict, path: Path) -> None:
