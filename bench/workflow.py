@@ -196,9 +196,7 @@ def main():
     heldout_rows = record_rows(heldout, tokenizer.eos_token_id)
     prompts = HELDOUT_PROMPTS[: preset["decode_prompts"]]
 
-    target.float()
     results, histories = {}, {}
-    target.to(torch.bfloat16)
     baseline = measure_hf_baseline(target, tokenizer, prompts, preset["max_new_tokens"], torch.bfloat16)
     alone = measure_speculative(target, None, tokenizer, prompts, num_draft_tokens=0,
                                 max_new_tokens=preset["max_new_tokens"], progress=False)

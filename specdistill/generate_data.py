@@ -130,7 +130,9 @@ class RecordWriter:
         self.failures.unlink(missing_ok=True)  # this run retries them; what fails again is written anew
 
     def todo(self, prompts: list[dict]) -> list[dict]:
-        return [p for p in prompts if p["id"] not in self.done]
+        """The prompts not answered yet, up to the request budget."""
+        todo = [p for p in prompts if p["id"] not in self.done]
+        return todo[: self.config.max_requests] if self.config.max_requests else todo
 
     def write(self, prompt: dict, choices: list[dict], usage: dict) -> None:
         """One prompt's responses: each choice {response, reasoning, finish_reason}."""

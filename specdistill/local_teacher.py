@@ -50,8 +50,6 @@ def generate_locally(config: GenerateConfig, prompts: list[dict], progress: bool
     target, tokenizer = load_target(config.teacher, dtype=torch.bfloat16)
     writer = RecordWriter(config, getattr(target.config, "name_or_path", config.teacher) or config.teacher)
     todo = writer.todo(prompts)
-    if config.max_requests:
-        todo = todo[: config.max_requests]
     generator = SpeculativeGenerator(target, None, tokenizer=tokenizer)
     with tqdm(total=len(todo), desc="teacher answers", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(todo), config.batch_size):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from specdistill.batches import Batch, TokenRows
 from specdistill.distill import autocast
 from specdistill.models import load_target, vocab_size
-from specdistill.options import option
+from specdistill.options import changed_fields, option
 from specdistill.train_data import DataConfig, data_rows, read_data
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,13 @@ CACHE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 class CacheConfig(DataConfig):
     """Run the target once over the data and keep its top-k log-probs for `train --teacher-cache`."""
 
-    out: str = option("runs/teacher-cache", "the cache directory (cache.json and safetensors shards)")
+    out: str = option("runs/teacher-cache", "the cache directory (cache.json and safetensors shards)",
+                      resumable=True)
     top_k: int = option(64, "log-probs kept per position (the rest of the mass becomes one tail bucket)")
     cache_dtype: str = option("fp16", "fp16 or fp32 for the stored log-probs")
     max_tokens: int = option(2_000_000, "with plain text data: tokens to read")
     shard_rows: int = option(256, "rows per shard file")
-    forward_batch: int = option(8, "rows per target forward pass")
+    forward_batch: int = option(8, "rows per target forward pass", resumable=True)
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,20 +53,14 @@ class CacheConfig(DataConfig):
             raise ValueError(f"cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {self.cache_dtype!r}")
 
 
-# The settings a cache was made with; a rerun with others would mix two teachers.
-_IDENTITY = ("target", "data", "text_field", "generate_tokens", "generate_temperature", "seq_len", "temperature",
-             "bf16", "seed", "top_k", "cache_dtype", "max_tokens", "shard_rows")
-
-
 def run_cache_teacher(config: CacheConfig, target=None, tokenizer=None, progress: bool = True) -> dict:
     """Write (or finish) the cache; returns its summary (also in ``cache.json``)."""
     out = Path(config.out)
     meta_path = out / "cache.json"
-    settings = {key: getattr(config, key) for key in _IDENTITY}
+    settings = asdict(config)
     if meta_path.exists():
-        saved = json.loads(meta_path.read_text())["settings"]
-        changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in settings.items()
-                   if saved.get(key) != value]
+        # A rerun with other settings (those not marked resumable) would mix two teachers.
+        changed = changed_fields(json.loads(meta_path.read_text())["settings"], config)
         if changed:
             raise ValueError(f"{out} holds a cache made with other settings ({'; '.join(changed)}); "
                              "pass another --out")

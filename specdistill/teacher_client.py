@@ -76,8 +76,6 @@ def generate_from_endpoint(config: GenerateConfig, prompts: list[dict], progress
     """Answer the prompts not answered yet; returns the writer (its counts) and the requests sent."""
     writer = RecordWriter(config, config.model)
     todo = writer.todo(prompts)
-    if config.max_requests:
-        todo = todo[: config.max_requests]
     return writer, asyncio.run(_answer_all(config, todo, writer, progress))
 
 

@@ -38,7 +38,7 @@ from specdistill.onpolicy import OnPolicyBatches
 from specdistill.options import changed_fields, option
 from specdistill.teacher_cache import check_cache_fits, load_cache
 from specdistill.train_data import DataConfig, data_rows, pad_id, read_data
-from specdistill.train_eval import HeldOutEval, card_figures
+from specdistill.train_eval import HeldOutEval, card_figures, last_eval
 from specdistill.train_loop import TrainLoop
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft = plain_model(draft).eval()
     if accelerator.is_main_process:
-        export(out / "final", draft, next((h["eval"] for h in reversed(history) if "eval" in h), None))
+        export(out / "final", draft, last_eval(history))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers (and, under torchrun, the process group)
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,

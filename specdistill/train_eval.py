@@ -59,6 +59,11 @@ def best_alpha(history: list[dict]) -> float:
     return max((h["eval"]["alpha"] for h in history if "eval" in h), default=-1.0)
 
 
+def last_eval(history: list[dict]) -> dict | None:
+    """The figures of a run's latest evaluation (None before the first)."""
+    return next((h["eval"] for h in reversed(history) if "eval" in h), None)
+
+
 def card_figures(figures: dict, prompts: int) -> dict:
     """An evaluation's figures under the model card's names."""
     card = {"source": f"specdistill train eval, {prompts} held-out prompts", "eval_alpha": figures["alpha"],

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from specdistill.checkpoints import save_checkpoint
 from specdistill.distill import distill_step
 from specdistill.onpolicy import OnPolicyBatches
-from specdistill.train_eval import best_alpha
+from specdistill.train_eval import best_alpha, last_eval
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class TrainLoop:
 
     @staticmethod
     def _heldout(history: list) -> dict:
-        last = next((h["eval"] for h in reversed(history) if "eval" in h), None)
+        last = last_eval(history)
         return {} if last is None else {"heldout": f"{last['alpha']:.3f}"}
 
     def step(self, step: int, onpolicy: bool = False) -> tuple[float, float]:
