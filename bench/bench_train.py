@@ -34,9 +34,9 @@ from accelerate import Accelerator
 
 from specdistill.batches import TokenRows
 from specdistill.data import split_files, stdlib_files, token_chunks
-from specdistill.distill import Student, autocast, decoder_and_head
+from specdistill.distill import Student, autocast
 from specdistill.losses import compute_linear_distill_loss, compute_sparse_distill_loss
-from specdistill.models import load_target, prune_draft
+from specdistill.models import decoder_and_head, load_target, prune_draft
 from specdistill.onpolicy import OnPolicyBatches
 from specdistill.teacher_cache import CachedRows, teacher_topk
 from specdistill.train import TrainConfig, _lr_factor, trainable_parameters

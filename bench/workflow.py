@@ -8,7 +8,7 @@ For the default target and ONE training-token budget for all, it makes drafts by
   (d) forward KL on the target's answers
   (e) TVD and JSD on the target's answers (the better one is marked)
   (f) target answers plus 25% on-policy batches
-  (g) the EAGLE-3-style head: pending (issue 11), listed as such
+  (g) the EAGLE-3-style head on the target's hidden states, trained with training-time test
 and measures each, the model-free drafters (prompt lookup, n-gram), and HF assisted
 generation with the same drafts, on held-out prompts: teacher-forced acceptance per
 draft position and predicted τ for k = 1..8, then measured decoding (k = 4, greedy and
@@ -43,6 +43,9 @@ from workflow_report import write_report  # noqa: E402
 
 from specdistill.batches import record_rows  # noqa: E402
 from specdistill.demo import measure_hf_baseline  # noqa: E402
+from specdistill.eagle import Eagle3Head  # noqa: E402
+from specdistill.eagle_io import is_head_dir, load_head  # noqa: E402
+from specdistill.eagle_train import head_acceptance  # noqa: E402
 from specdistill.eval import _acceptance_summary, measure_speculative, teacher_forced_acceptance  # noqa: E402
 from specdistill.models import load_draft_vocab, load_target, prune_draft  # noqa: E402
 from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids  # noqa: E402
@@ -69,6 +72,7 @@ def recipes(answers: str) -> dict[str, dict]:
         "(e) tvd, target answers": {"data": answers, "divergence": "tvd"},
         "(e) jsd, target answers": {"data": answers, "divergence": "jsd"},
         "(f) fkl + 25% on-policy": {"data": answers, "onpolicy_fraction": 0.25},
+        "(g) EAGLE-3 head": {"data": answers, "draft_type": "eagle3", "lr": 2e-3},
     }
 
 
@@ -82,7 +86,7 @@ def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tok
         history = json.loads((Path(config.output_dir) / "checkpoint" / "history.json").read_text())
         if history and history[-1]["step"] >= config.steps:
             print(f"{name}: reusing {final}", flush=True)
-            return AutoModelForCausalLM.from_pretrained(final).eval(), history
+            return load_trained(final, target), history
     print(f"{name}: training {config.steps} steps", flush=True)
     shared = Path(base.output_dir) / "eval_answers.jsonl"  # the held-out answers, made once for every run
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
@@ -91,6 +95,12 @@ def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tok
     target.float()
     result = train(config, target=target, tokenizer=tokenizer)
     return result["draft"], result["history"]
+
+
+def load_trained(final: Path, target):
+    """A finished run's export: an EAGLE-3 head (on the target) or a causal LM."""
+    return load_head(final, target, torch.float32) if is_head_dir(final) else \
+        AutoModelForCausalLM.from_pretrained(final).eval()
 
 
 def _slug(name: str) -> str:
@@ -140,13 +150,17 @@ def hf_assisted(target, draft, tokenizer, prompts, max_new_tokens: int) -> dict:
 def measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, draft_dir: Path | None = None) -> dict:
     """Teacher-forced figures (fp32) and measured decoding (bf16), greedy and T = 0.7."""
     target.float()
+    head = isinstance(draft, Eagle3Head)
     if isinstance(draft, str):
         forced = model_free_acceptance(draft, target, heldout_rows)
+    elif head:
+        forced = head_acceptance(target, draft.float().eval(), heldout_rows, max_k=8)
     else:
         forced = teacher_forced_acceptance(target, draft.float().eval(), heldout_rows)
     target.to(torch.bfloat16)
     decoder = draft if isinstance(draft, str) else draft.to(torch.bfloat16)
-    vocab = None if isinstance(draft, str) else load_draft_vocab(draft_dir, DRAFT_VOCAB) if draft_dir else None
+    own_vocab = isinstance(draft, str) or head  # point masses, or the head's own draft vocabulary
+    vocab = None if own_vocab else load_draft_vocab(draft_dir, DRAFT_VOCAB) if draft_dir else None
     confidence = 0.0 if isinstance(draft, str) else DRAFT_CONFIDENCE  # a point mass is always confident
     decoded = {}
     for label, temperature in (("greedy", 0.0), ("t0.7", 0.7)):
@@ -155,7 +169,7 @@ def measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, draft
                                   draft_confidence=confidence, draft_vocab=vocab)
         decoded[label] = {key: run[key] for key in ("alpha", "tau", "tokens_per_s", "draft_step_seconds", "mean_k")}
     hf = None
-    if name != "n-gram (model-free)":  # HF has no n-gram drafter (its prompt lookup is the other one)
+    if name != "n-gram (model-free)" and not head:  # HF has no n-gram drafter and no EAGLE heads
         hf = hf_assisted(target, decoder, tokenizer, prompts, preset["max_new_tokens"])["tokens_per_s"]
     print(f"{name}: teacher-forced alpha {forced['alpha']:.3f} (greedy {forced['alpha_greedy']:.3f}), "
           f"decoding {decoded['greedy']['tokens_per_s']:.1f} tok/s greedy", flush=True)
@@ -214,7 +228,7 @@ def main():
                                      for name, r in baseline.items()},
         "target_alone_tokens_per_s": round(alone["tokens_per_s"], 2),
         "target_step_seconds": 1 / alone["tokens_per_s"],
-        "drafts": results, "histories": histories, "pending": {"(g) EAGLE-3 head": "issue 11"},
+        "drafts": results, "histories": histories,
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     headline = write_report(summary, Path(args.out))

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from specdistill.serve.model_free import MODEL_FREE_METHODS
 
-from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_model, load_target
+from specdistill.drafts import load_draft, resolve_draft
+from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.options import option
 
 log = logging.getLogger(__name__)
-DEMO_DRAFT = "runs/demo/final"  # where `specdistill demo` leaves its distilled draft
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -24,8 +23,8 @@ class ServeConfig:
     host: str = option("127.0.0.1", "bind address (loopback by default; 0.0.0.0 exposes it)")
     port: int = option(8000, "TCP port")
     target: str = option(DEFAULT_TARGET, "the embedded default or a local Hugging Face model directory")
-    draft: str = option("auto", "a draft directory, 'none', 'auto' (the demo's trained draft if present, else none), "
-                                "or a model-free drafter: prompt-lookup, ngram")
+    draft: str = option("default", "default (the shipped EAGLE-3 head for the default target), a draft directory "
+                                   "(causal LM or EAGLE-3 head), none, or a model-free drafter: prompt-lookup, ngram")
     num_draft_tokens: str = option("auto", "an int k, 'auto' (cost-aware) or 'heuristic'")
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
@@ -63,35 +62,22 @@ def draft_length(spec: str) -> int | str:
     return int(spec)
 
 
-def draft_dir(config: ServeConfig) -> Path | None:
-    """The draft to serve: as given, none, or (auto) the demo's trained draft if there is one."""
-    if config.draft in ("none", *MODEL_FREE_METHODS):
-        return None
-    if config.draft != "auto":
-        return Path(config.draft)
-    if (Path(DEMO_DRAFT) / "config.json").exists():
-        return Path(DEMO_DRAFT)
-    log.warning("no trained draft at %s (run `specdistill demo`, or pass --draft DIR): serving the target alone",
-                DEMO_DRAFT)
-    return None
-
-
 def load_generator(config: ServeConfig):
-    """The ``SpeculativeGenerator`` the server runs, with its tokenizer."""
+    """The ``SpeculativeGenerator`` the server runs, its tokenizer, and the draft's name."""
     from specdistill.serve.generator import SpeculativeGenerator
 
     dtype = DTYPES[config.dtype]
+    if config.draft != "none":
+        resolve_draft(config.draft)  # a bad name fails before the target loads
     target, tokenizer = load_target(config.target, dtype)
-    path = draft_dir(config)
-    draft = None if path is None else load_model(path, dtype)
-    vocab = load_draft_vocab(path, config.draft_vocab_size) if path is not None and config.draft_vocab_size else None
-    if config.draft in MODEL_FREE_METHODS:
-        draft = config.draft  # prompt lookup or n-gram: drafts without a model
+    draft, vocab = None, None
+    if config.draft != "none":
+        draft, vocab = load_draft(config.draft, target, dtype, config.draft_vocab_size)
+    model = draft is not None and not isinstance(draft, str)
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
-                                     tokenizer=tokenizer,
-                                     draft_confidence=config.draft_confidence if path is not None else 0.0,
+                                     tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
                                      draft_vocab=vocab)
-    return generator, tokenizer, path
+    return generator, tokenizer, config.draft
 
 
 def run_serve(config: ServeConfig) -> dict:
@@ -105,12 +91,11 @@ def run_serve(config: ServeConfig) -> dict:
     from specdistill.serve.async_engine import AsyncEngine
     from specdistill.serve.server import build_app
 
-    generator, tokenizer, path = load_generator(config)
+    generator, tokenizer, drafter = load_generator(config)
     engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
     app = build_app(engine, tokenizer, config, config.served_name(), start_engine=False)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
     http = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
-    drafter = path or (config.draft if config.draft in MODEL_FREE_METHODS else "none")
     print(f"specdistill serve: {config.served_name()} with draft {drafter} "
           f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM shuts down as Ctrl-C does

@@ -21,31 +21,40 @@ import torch
 from specdistill.serve.sampling import accept_greedy, accept_sampled, warp_rows
 
 
-def timed(runner, state, input_ids, keep):
+def timed(runner, state, input_ids, keep, **kwargs):
     """A runner's forward and the seconds it took (synchronized on CUDA)."""
     if input_ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    logits = runner.forward(state, input_ids, keep)
+    logits = runner.forward(state, input_ids, keep, **kwargs)
     if input_ids.is_cuda:
         torch.cuda.synchronize()
     return logits, time.perf_counter() - start
 
 
-def prefill(runners_and_states, rows, device) -> float:
+def prefill(target, target_state, draft, draft_state, rows, device) -> float:
     """Each cache takes each prompt minus its last token (the first step feeds it).
-    Prompts are right-padded; the padding is rolled back at once. Returns seconds."""
+    Prompts are right-padded; the padding is rolled back at once. A feature-conditioned
+    draft takes the target's features of those positions instead. Returns seconds."""
     width = max(len(row.tokens) for row in rows) - 1
     if width < 1:
         return 0.0
     ids = right_padded([row.tokens[:-1] for row in rows], width, device)
     lengths = [len(row.tokens) - 1 for row in rows]
-    seconds = 0.0
-    for runner, state in runners_and_states:
-        _, elapsed = timed(runner, state, ids, [width - 1] * len(rows))
-        runner.rollback(state, lengths)
-        seconds += elapsed
-    return seconds
+    layers = feature_layers(draft)
+    out, seconds = timed(target, target_state, ids, [width - 1] * len(rows), hidden_layers=layers)
+    target.rollback(target_state, lengths)
+    if layers:
+        draft.take_features(draft_state, out[1], lengths)
+        return seconds
+    _, elapsed = timed(draft, draft_state, ids, [width - 1] * len(rows))
+    draft.rollback(draft_state, lengths)
+    return seconds + elapsed
+
+
+def feature_layers(draft) -> list[int] | None:
+    """The target hidden states a feature-conditioned draft reads (None for other drafts)."""
+    return getattr(draft, "feature_layers", None)
 
 
 def propose(runner, state, rows, limits: list[int], draft_confidence: float, device):
@@ -60,8 +69,10 @@ def propose(runner, state, rows, limits: list[int], draft_confidence: float, dev
     # Each row feeds the tokens its draft cache lacks (one or two, more after k = 0 steps),
     # right-padded to a common width; the padding is rolled back after the call.
     pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
+    if not any(pending):  # a head without features yet (one-token prompts): nothing to draft from
+        return torch.empty(len(rows), 0, dtype=torch.long, device=device), None, [0] * len(rows), 0.0, 0
     inputs = right_padded(pending, max(map(len, pending)), device)
-    keep = [len(p) - 1 for p in pending]
+    keep = [max(len(p) - 1, 0) for p in pending]
     params = [row.params for row in rows]
     sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
     drafts, probs, seconds, limits = [], [], 0.0, list(limits)
@@ -99,11 +110,12 @@ def _stop_unconfident(logits, q, tokens, sampled, limits, step, threshold) -> li
     return [min(limit, step + 1) if stop else limit for limit, stop in zip(limits, low)]
 
 
-def verify(runner, state, rows, drafts: torch.Tensor):
-    """Target logits [B, K + 1, V] after each row's last token and after each draft token,
-    and the seconds the one forward took."""
+def verify(runner, state, rows, drafts: torch.Tensor, hidden_layers=None):
+    """Target logits [B, K + 1, V] after each row's last token and after each draft token
+    (with ``hidden_layers``: and the features of those positions), and the seconds the one
+    forward took."""
     last = torch.tensor([[row.tokens[-1]] for row in rows], device=drafts.device)
-    return timed(runner, state, torch.cat([last, drafts], dim=1), None)
+    return timed(runner, state, torch.cat([last, drafts], dim=1), None, hidden_layers=hidden_layers)
 
 
 def accept(rows, limits, drafts, draft_probs, target_logits) -> list[tuple[int, int]]:

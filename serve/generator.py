@@ -24,12 +24,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import torch
+from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.model_free import ModelFreeDrafter
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
 from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 
+from specdistill.eagle import Eagle3Head, check_head
 from specdistill.models import check_compatible, vocab_size
 
 __all__ = ["GenerationOutput", "SpeculativeGenerator", "StreamChunk"]
@@ -66,7 +68,8 @@ class SpeculativeGenerator:
     ``compile=True`` wraps the lean runner in ``torch.compile``. ``draft=None`` decodes
     with the target alone on the same engine (a baseline, or to generate data fast);
     ``draft="prompt-lookup"`` or ``"ngram"`` drafts without a model
-    (``specdistill.serve.model_free``).
+    (``specdistill.serve.model_free``); an ``Eagle3Head`` (``specdistill.eagle``) drafts
+    from the target's own hidden states, which each verification hands it.
     ``draft_vocab`` (token ids, e.g. the most frequent ones from ``draft_vocab.json``
     beside a trained draft) lets the draft propose only those: its LM head shrinks to
     them, which makes draft steps far cheaper for large vocabularies; still lossless."""
@@ -74,8 +77,10 @@ class SpeculativeGenerator:
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None):
-        model_free = isinstance(draft, str)
-        if draft is not None and not model_free:
+        model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
+        if head:
+            check_head(target, draft)
+        elif draft is not None and not model_free:
             check_compatible(target, draft, tokenizer, draft_tokenizer)
         elif draft is None:
             num_draft_tokens = 0  # the target alone, on the same engine (a baseline, or to generate data)
@@ -92,6 +97,10 @@ class SpeculativeGenerator:
         self.target_runner = make_runner(self.target, fast_path, compile)
         if model_free:
             self.draft_runner = ModelFreeDrafter(draft, vocab_size(target))
+        elif head:
+            if draft_vocab is not None:
+                raise ValueError("a draft head has its own draft vocabulary; do not pass draft_vocab with it")
+            self.draft_runner = EagleRunner(draft)
         else:
             self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile,
                                                                              draft_vocab)

@@ -99,9 +99,12 @@ class LlamaRunner:
         return FastState([torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers],
                          [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers], [0] * batch_size)
 
-    def forward(self, state: FastState, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor:
+    def forward(self, state: FastState, input_ids: torch.Tensor, keep: list[int] | None,
+                hidden_layers: list[int] | None = None):
         """Logits after feeding input_ids [B, T]: [B, T, V] at every position, or [B, V]
-        at position ``keep[b]`` of each row when ``keep`` is given."""
+        at position ``keep[b]`` of each row when ``keep`` is given. With ``hidden_layers``,
+        (logits, features [B, T, len * H]): the hidden states entering those layers
+        (HF's ``hidden_states[i]``), concatenated, at every position."""
         width = input_ids.shape[1]
         if max(state.lengths) + width > state.keys[0].shape[2]:
             _grow(state, max(state.lengths) + width)
@@ -110,10 +113,11 @@ class LlamaRunner:
         keep_index = None if keep is None else torch.tensor(keep, device=input_ids.device)
         # All rows at one length (one prompt, always): keys go in with a slice, not a scatter.
         common_start = state.lengths[0] if len(set(state.lengths)) == 1 else None
+        captured = {} if hidden_layers else None
         logits = self._forward(input_ids, positions, state.keys, state.values, max(state.lengths) + width,
-                               keep_index, common_start)
+                               keep_index, common_start, hidden_layers, captured)
         state.lengths = [n + width for n in state.lengths]
-        return logits
+        return logits if captured is None else (logits, torch.cat([captured[i] for i in hidden_layers], dim=-1))
 
     def rollback(self, state: FastState, lengths: list[int]) -> None:
         # Entries past a row's length are never read (the causal mask stops at the query's
@@ -135,11 +139,14 @@ class LlamaRunner:
                                         for a, b in zip(ours, theirs)])
         state.lengths = state.lengths + other.lengths
 
-    def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start):
+    def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start,
+                       hidden_layers=None, captured=None):
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary(x, positions)
         masks = self._masks(positions, span)
-        for layer, layer_keys, layer_values in zip(self.layers, keys, values):
+        for index, (layer, layer_keys, layer_values) in enumerate(zip(self.layers, keys, values)):
+            if hidden_layers and index in hidden_layers:
+                captured[index] = x
             x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
                                     layer_values, masks[layer.window], span, common_start)
             gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)

@@ -32,8 +32,10 @@ class Runner(Protocol):
 
     def start(self, batch_size: int, max_length: int) -> Any: ...
 
-    def forward(self, state, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor | None:
-        """Logits [B, T, V], or [B, V] at position ``keep[b]`` of each row."""
+    def forward(self, state, input_ids: torch.Tensor, keep: list[int] | None, hidden_layers=None):
+        """Logits [B, T, V], or [B, V] at position ``keep[b]`` of each row; with
+        ``hidden_layers`` (target runners), also the hidden states entering those layers,
+        concatenated [B, T, len * H], for a feature-conditioned draft."""
 
     def rollback(self, state, lengths: list[int]) -> None: ...
 
@@ -79,9 +81,11 @@ class HFRunner:
         device = self.model.device
         return HFState(DynamicCache(), [0] * batch_size, torch.empty(batch_size, 0, dtype=torch.long, device=device))
 
-    def forward(self, state: HFState, input_ids: torch.Tensor, keep: list[int] | None) -> torch.Tensor:
+    def forward(self, state: HFState, input_ids: torch.Tensor, keep: list[int] | None,
+                hidden_layers: list[int] | None = None):
         """Logits after feeding input_ids [B, T]: [B, T, V] at every position, or [B, V]
-        at position ``keep[b]`` of each row when ``keep`` is given."""
+        at position ``keep[b]`` of each row when ``keep`` is given. With ``hidden_layers``,
+        (logits, HF's ``hidden_states[i]`` for those i concatenated [B, T, len * H])."""
         batch, width = input_ids.shape
         new_positions = torch.tensor(state.lengths, device=input_ids.device)[:, None] + torch.arange(
             width, device=input_ids.device)
@@ -95,13 +99,16 @@ class HFRunner:
             kwargs.update(attention_mask=valid.long(), position_ids=position_ids)
         if keep is not None and self._logits_to_keep:
             kwargs["logits_to_keep"] = width - min(keep)  # the head runs on the last positions only
-        logits = self.model(input_ids=input_ids, use_cache=True, **kwargs).logits
+        output = self.model(input_ids=input_ids, use_cache=True, output_hidden_states=bool(hidden_layers), **kwargs)
+        logits = output.logits
         state.positions = torch.cat([state.positions, new_positions], dim=1)
         state.lengths = [n + width for n in state.lengths]
-        if keep is None:
+        if keep is not None:
+            index = torch.tensor(keep, device=logits.device) - (width - logits.shape[1])
+            logits = logits[torch.arange(batch, device=logits.device), index]
+        if not hidden_layers:
             return logits
-        index = torch.tensor(keep, device=logits.device) - (width - logits.shape[1])
-        return logits[torch.arange(batch, device=logits.device), index]
+        return logits, torch.cat([output.hidden_states[i] for i in hidden_layers], dim=-1)
 
     def rollback(self, state: HFState, lengths: list[int]) -> None:
         lengths = [min(new, old) for new, old in zip(lengths, state.lengths)]
@@ -156,7 +163,7 @@ class NoDraft:
     def start(self, batch_size: int, max_length: int) -> HFState:
         return HFState(None, [0] * batch_size, torch.empty(batch_size, 0, dtype=torch.long))
 
-    def forward(self, state, input_ids, keep):
+    def forward(self, state, input_ids, keep, hidden_layers=None):
         return None
 
     def rollback(self, state, lengths: list[int]) -> None:

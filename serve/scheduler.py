@@ -160,7 +160,9 @@ class SpecEngine:
         limits = [max(0, min(k, r.max_new_tokens - r.new - 1)) for r in rows]
         drafts, draft_probs, limits, draft_seconds, draft_calls = decode.propose(
             gen.draft_runner, self._draft_state, rows, limits, gen.draft_confidence, self.device)
-        target_logits, target_seconds = decode.verify(gen.target_runner, self._target_state, rows, drafts)
+        layers = decode.feature_layers(gen.draft_runner)
+        target_out, target_seconds = decode.verify(gen.target_runner, self._target_state, rows, drafts, layers)
+        target_logits = target_out[0] if layers else target_out
         accepted = decode.accept(rows, limits, drafts, draft_probs, target_logits)
         outcomes = [(k_row, n) for k_row, (n, _) in zip(limits, accepted)]
         self._account(rows, outcomes, draft_seconds, draft_calls, target_seconds)
@@ -168,6 +170,8 @@ class SpecEngine:
         lengths = [len(r.tokens) + n for r, (n, _) in zip(rows, accepted)]
         gen.target_runner.rollback(self._target_state, lengths)
         gen.draft_runner.rollback(self._draft_state, lengths)
+        if layers:  # the features of the last token and the accepted drafts, for the next proposal
+            gen.draft_runner.take_features(self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
         results = []
         for i, (request, (n, next_token)) in enumerate(zip(rows, accepted)):
             done, produced = decode.cut_at_eos(drafts[i, :n].tolist() + [next_token], request.eos)
@@ -226,8 +230,8 @@ class SpecEngine:
         try:
             target_state = gen.target_runner.start(len(batch), capacity)
             draft_state = gen.draft_runner.start(len(batch), capacity)
-            seconds = decode.prefill([(gen.target_runner, target_state), (gen.draft_runner, draft_state)],
-                                     batch, self.device)
+            seconds = decode.prefill(gen.target_runner, target_state, gen.draft_runner, draft_state, batch,
+                                     self.device)
         except Exception as err:  # out of memory, say: these requests fail, the running ones go on
             log.exception("prefilling %d requests failed", len(batch))
             self._fail(batch, err, out)

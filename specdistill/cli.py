@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from specdistill.options import build, defaults, leaf_fields, read_config_file
 from specdistill.train import TrainConfig
@@ -29,14 +30,29 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(flag, type=kind, default=values[name], help=help_text)
 
 
+PRESETS = Path(__file__).parent / "presets"  # train --preset NAME reads presets/NAME.yaml
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS.glob("*.yaml"))
+
+
 def parse_config(parser: argparse.ArgumentParser, config_cls, argv: list[str]):
-    """The config from ``--config FILE`` (if given) overridden by the flags on the command line."""
+    """The config from ``--preset NAME`` and ``--config FILE`` (if given, the file over the
+    preset) overridden by the flags on the command line."""
     known, _ = parser.parse_known_args(argv)
+    files = []
+    if getattr(known, "preset", None):
+        if known.preset not in preset_names():
+            raise ValueError(f"unknown preset {known.preset!r}; choose one of {', '.join(preset_names())}")
+        files.append(str(PRESETS / f"{known.preset}.yaml"))
     if known.config:
-        from_file = read_config_file(known.config)
+        files.append(known.config)
+    for file in files:
+        from_file = read_config_file(file)
         unknown = set(from_file) - set(defaults(config_cls))
         if unknown:
-            raise ValueError(f"config file {known.config!r} sets unknown field(s): {', '.join(sorted(unknown))}")
+            raise ValueError(f"config file {file!r} sets unknown field(s): {', '.join(sorted(unknown))}")
         parser.set_defaults(**from_file)
     args = parser.parse_args(argv)
     return build(config_cls, {name: getattr(args, name) for name in defaults(config_cls)})
@@ -84,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (config_cls, _, help_text) in commands.items():
         parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
         add_config_flags(parsers[name], config_cls)
+    parsers["train"].add_argument("--preset", metavar="NAME", help=f"start from a named recipe: "
+                                  f"{', '.join(preset_names())} (a --config file and flags override it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")

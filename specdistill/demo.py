@@ -1,8 +1,10 @@
 """Entry points that measure drafts: ``specdistill demo`` and ``specdistill bench``.
 
-The demo is the README's main command: prune a draft from the default target,
-measure it, distill it for a CPU-sized budget, measure it again on held-out
-prompts, save it, and print a before/after table ending with one JSON line.
+The demo is the README's main command. On held-out prompts it first measures the
+shipped default draft (an EAGLE-3 head) against the target alone (HF ``generate`` and
+our engine); then it prunes a draft from the target, measures it, distills it for a
+CPU-sized budget, measures it again, saves it, and prints one table ending with one
+JSON line (its headline figures: the shipped draft's).
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
+from specdistill.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
 from specdistill.eval import measure_speculative, measure_target, predicted_speedup, warm_up
 from specdistill.model_card import update_model_card
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_target, prune_draft
 from specdistill.options import nested, option
 from specdistill.prompts import HELDOUT_PROMPTS, read_prompts
-from specdistill.serve.model_free import MODEL_FREE_METHODS
 from specdistill.train import TrainConfig, train, training_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -51,7 +52,8 @@ class MeasureConfig:
 class BenchConfig:
     """Measure a saved draft against its target."""
 
-    draft: str = option("runs/demo/final", "a local HF draft directory, or a model-free drafter: prompt-lookup, ngram")
+    draft: str = option("default", "default (the shipped EAGLE-3 head), a draft directory (causal LM or EAGLE-3 "
+                                   "head), or a model-free drafter: prompt-lookup, ngram")
     target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
     measure: MeasureConfig = nested(MeasureConfig)
 
@@ -145,6 +147,9 @@ def measure_prompts(measure: MeasureConfig) -> list[str]:
     return prompts[: measure.num_prompts]
 
 
+SHIPPED_ROW = "shipped default draft (EAGLE-3 head)"
+
+
 def run_demo(config: DemoConfig) -> dict:
     train_config, measure = config.train, config.measure
     dtype = _decode_dtype(measure.dtype)
@@ -158,10 +163,17 @@ def run_demo(config: DemoConfig) -> dict:
 
     k, max_new, confidence = measure.num_draft_tokens, measure.max_new_tokens, measure.draft_confidence
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
+    rows["target alone (our engine)"] = _measure(target, None, tokenizer, prompts, 0, max_new)
+    shipped = SHIPPED_ROW if train_config.target == DEFAULT_TARGET else None
+    if shipped:  # first what the package gives out of the box, then a distillation of one's own
+        head, _ = load_draft(DEFAULT_DRAFT, target, dtype)
+        warm_up(target, head, tokenizer)
+        rows[shipped] = _measure(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence)
+        print(f"shipped draft: {rows[shipped]['tokens_per_s']:.1f} tok/s, tau {rows[shipped]['tau']:.2f}; "
+              "now a short distillation of a pruned draft of your own", flush=True)
     warm_up(target, draft.to(dtype), tokenizer)
-    rows |= {"target alone (our engine)": _measure(target, None, tokenizer, prompts, 0, max_new),
-             "pruned draft, before": _measure(target, draft, tokenizer, prompts, k, max_new,
-                                              draft_confidence=confidence)}
+    rows["pruned draft, before"] = _measure(target, draft, tokenizer, prompts, k, max_new,
+                                            draft_confidence=confidence)
 
     result = _distill(train_config, target, tokenizer, dtype)
     draft = result["draft"].to(dtype)
@@ -170,20 +182,25 @@ def run_demo(config: DemoConfig) -> dict:
     # The cost-aware policy picks k per step from measured acceptance and step costs.
     rows["distilled, auto k"] = _measure(target, draft, tokenizer, prompts, "auto", max_new,
                                          draft_confidence=confidence)
-    main = "distilled draft, after"
+    distilled = "distilled draft, after"
     vocab = load_draft_vocab(result["draft_dir"], measure.draft_vocab_size) if measure.draft_vocab_size else None
     if vocab is not None:
-        main = f"distilled, draft vocab {len(vocab)}"
-        rows[main] = _measure(target, draft, tokenizer, prompts, k, max_new, draft_confidence=confidence,
+        distilled = f"distilled, draft vocab {len(vocab)}"
+        rows[distilled] = _measure(target, draft, tokenizer, prompts, k, max_new, draft_confidence=confidence,
                               draft_vocab=vocab)
     if result["resumed_from_step"]:
         print(f"(resumed an earlier run in {train_config.output_dir} at step {result['resumed_from_step']})")
     print(f"\ndistilled draft saved to {result['draft_dir']} after {result['steps']} steps")
     extra = {"train_steps": result["steps"], "train_expected_acceptance": result["history"][-1]["acceptance"],
-             "draft_dir": result["draft_dir"], "data": train_config.data}
-    summary = _report(rows, main, measure, extra)
+             "draft_dir": result["draft_dir"], "data": train_config.data, "distilled_row": distilled}
+    summary = _report(rows, shipped or distilled, measure, extra)
     (Path(train_config.output_dir) / "demo_result.json").write_text(json.dumps(summary, indent=2))
-    update_model_card(Path(result["draft_dir"]), summary | {"source": f"specdistill demo, {len(prompts)} prompts"})
+    mine = summary["rows"][distilled]
+    update_model_card(Path(result["draft_dir"]), {
+        "source": f"specdistill demo, {len(prompts)} prompts", "alpha": mine["alpha"], "tau": mine["tau"],
+        "tokens_per_s": mine["tokens_per_s"], "speedup_vs_hf_generate": mine["speedup"],
+        "hf_generate_tokens_per_s": summary["hf_generate_tokens_per_s"], "num_draft_tokens": k,
+        "decode_dtype": measure.dtype})
     return summary
 
 
@@ -199,17 +216,10 @@ def _distill(train_config: TrainConfig, target, tokenizer, dtype) -> dict:
 def run_bench(config: BenchConfig) -> dict:
     measure = config.measure
     dtype = _decode_dtype(measure.dtype)
-    model_free = config.draft in MODEL_FREE_METHODS
-    if not model_free and not Path(config.draft).is_dir():
-        raise FileNotFoundError(f"draft {config.draft!r} is not a directory; train one with `specdistill demo` "
-                                f"or `specdistill train`, pass --draft, or use one of {', '.join(MODEL_FREE_METHODS)}")
+    where = resolve_draft(config.draft)  # a bad name fails before any model loads
     prompts = measure_prompts(measure)
     target, tokenizer = load_target(config.target)
-    if model_free:
-        draft, vocab = config.draft, None
-    else:
-        draft = AutoModelForCausalLM.from_pretrained(config.draft, dtype=dtype).eval()
-        vocab = load_draft_vocab(config.draft, measure.draft_vocab_size) if measure.draft_vocab_size else None
+    draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
     k, max_new = measure.num_draft_tokens, measure.max_new_tokens
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
     warm_up(target, draft, tokenizer)
@@ -219,6 +229,6 @@ def run_bench(config: BenchConfig) -> dict:
                             draft_confidence=measure.draft_confidence, draft_vocab=vocab)}
     summary = _report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
                                             "draft": config.draft, "num_prompts": len(prompts)})
-    if not model_free:
-        update_model_card(Path(config.draft), summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
+    if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
+        update_model_card(where, summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
     return summary

@@ -9,25 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from specdistill.batches import Batch
+from specdistill.eagle import Eagle3Head
+from specdistill.eagle_train import head_step
 from specdistill.losses import compute_distill_loss, compute_linear_distill_loss, compute_sparse_distill_loss
+from specdistill.models import decoder_and_head
 
 
 def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def decoder_and_head(model):
-    """(decoder, LM-head weight) when logits are exactly ``decoder(x) @ W.T``, else None
-    (a head bias, logit soft-capping or scaling needs the plain logits path)."""
-    head = model.get_output_embeddings()
-    config = model.config
-    plain = (
-        hasattr(model, "get_decoder") and getattr(head, "bias", None) is None
-        and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
-    )
-    return (model.get_decoder(), head.weight) if plain else None
 
 
 class Student(torch.nn.Module):
@@ -54,6 +45,8 @@ def distill_step(target, student: Student | torch.nn.Module, batch: Batch, confi
     With ``fused_linear`` the loss takes both models' final hidden states and LM
     heads and works chunk by chunk, so neither [B, T, V] logits tensor exists
     (less memory, and faster on CPU too: see bench/RESULTS.md)."""
+    if isinstance(getattr(student, "module", student), Eagle3Head):  # training-time test of a head
+        return head_step(target, student, batch, config, autocast(device, config.bf16))
     if not isinstance(getattr(student, "module", student), Student):  # a plain draft model
         student = Student(student, config.fused_linear and fusable(target, student))
     inner = getattr(student, "module", student)  # under DDP, the Student is .module

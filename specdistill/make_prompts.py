@@ -98,20 +98,31 @@ def _sources(source: str) -> list[Path]:
     return files
 
 
-def run_make_prompts(config: MakePromptsConfig, progress: bool = True) -> dict:
-    files = _sources(config.source)
+def collect_prompts(files: list[Path], max_lines: int, seed: int, progress: bool = False) -> list[dict]:
+    """Every distinct prompt of the files ({prompt, source}), shuffled with ``seed``, none held out."""
     found, seen = [], set(HELDOUT_PROMPTS)
     for file in tqdm(files, desc="reading", unit="file", disable=not progress):
         text = file.read_text(encoding="utf-8", errors="replace")
-        pairs = python_prompts(text, config.max_lines) if file.suffix == ".py" else prose_prompts(text)
+        pairs = python_prompts(text, max_lines) if file.suffix == ".py" else prose_prompts(text)
         for prompt, line in pairs:
             if prompt not in seen:
                 seen.add(prompt)
                 found.append({"prompt": prompt, "source": f"{file}:{line}"})
+    random.Random(seed).shuffle(found)
+    return found
+
+
+def stdlib_code_prompts(seed: int = 0, limit: int = 2200) -> list[str]:
+    """``limit`` prompts made from this Python's standard library (``make-prompts --source stdlib``)."""
+    return [row["prompt"] for row in collect_prompts(stdlib_files(), 30, seed)[:limit]]
+
+
+def run_make_prompts(config: MakePromptsConfig, progress: bool = True) -> dict:
+    files = _sources(config.source)
+    found = collect_prompts(files, config.max_lines, config.seed, progress)
     if not found:
         raise ValueError(f"no prompts in {config.source!r}: it has no documented functions or classes and no "
                          "paragraphs of 40 to 250 words")
-    random.Random(config.seed).shuffle(found)
     chosen = found[: config.max_prompts]
     for row in chosen:
         row["id"] = prompt_id([{"role": "user", "content": row["prompt"]}])

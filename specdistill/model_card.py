@@ -67,7 +67,46 @@ Expected acceptance Σ min(p, q) on the last {len(recent)} training batches: **{
 (training data, an optimistic figure; the held-out figures are below).
 
 {measured_section(path, figures)}
-## Use
+{use_section(path, config)}
+## Training settings
+
+| setting | value |
+| --- | --- |
+{settings}
+"""
+    if figures:
+        (Path(path) / "measured.json").write_text(json.dumps(figures, indent=2))
+    target = Path(path) / "README.md"
+    target.write_text(card)
+    return target
+
+
+def use_section(path, config) -> str:
+    if getattr(config, "draft_type", "lm") == "eagle3":
+        return _HEAD_USE.format(path=path)
+    return _LM_USE.format(path=path)
+
+
+_HEAD_USE = """## Use
+
+An EAGLE-3 head in the speculators format: it reads the target's hidden states, so it drafts
+only for this target. The target's token embeddings are not stored; they are shared.
+
+```python
+from specdistill.eagle_io import load_head
+head = load_head("{path}", target)
+# specdistill: SpeculativeGenerator(target, head, num_draft_tokens="auto", tokenizer=tokenizer)
+```
+
+vLLM loads the directory as it is:
+
+```sh
+vllm serve <target> \\
+  --speculative-config '{{"method": "eagle3", "model": "{path}", "num_speculative_tokens": 4}}'
+```
+"""
+
+_LM_USE = """## Use
 
 ```python
 from transformers import AutoModelForCausalLM
@@ -85,15 +124,4 @@ vllm serve <target> \\
 
 `draft_vocab.json` ranks the token ids of the training answers by frequency; drafting only the
 most frequent ones (`draft_vocab=load_draft_vocab(dir, 8192)`) makes draft steps cheaper and stays lossless.
-
-## Training settings
-
-| setting | value |
-| --- | --- |
-{settings}
 """
-    if figures:
-        (Path(path) / "measured.json").write_text(json.dumps(figures, indent=2))
-    target = Path(path) / "README.md"
-    target.write_text(card)
-    return target

@@ -222,3 +222,15 @@ def draft_tokenizer(draft_dir: str, target: str):
     if draft_dir and (Path(draft_dir) / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(draft_dir)
     return AutoTokenizer.from_pretrained(resolve_model_dir(target))
+
+
+def decoder_and_head(model):
+    """(decoder, LM-head weight) when logits are exactly ``decoder(x) @ W.T``, else None
+    (a head bias, logit soft-capping or scaling needs the plain logits path)."""
+    head = model.get_output_embeddings()
+    config = model.config
+    plain = (
+        hasattr(model, "get_decoder") and getattr(head, "bias", None) is None
+        and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
+    )
+    return (model.get_decoder(), head.weight) if plain else None

@@ -113,13 +113,20 @@ def stdlib_prompts(seed: int = 0) -> list[str]:
     return prompts[:500]
 
 
-PROMPT_SETS = {"builtin:python": training_prompts, "builtin:stdlib": stdlib_prompts}
+def code_prompts(seed: int = 0) -> list[str]:
+    """2,200 "write/explain this function" prompts made from this Python's library."""
+    from specdistill.make_prompts import stdlib_code_prompts  # it imports this module
+
+    return stdlib_code_prompts(seed)
+
+
+PROMPT_SETS = {"builtin:python": training_prompts, "builtin:stdlib": stdlib_prompts, "builtin:code": code_prompts}
 
 
 def builtin_prompt_set(name: str) -> list[str]:
-    """``builtin`` (every set) or one of ``PROMPT_SETS``; never a held-out prompt."""
+    """``builtin`` (the chat sets: python and stdlib) or one of ``PROMPT_SETS``; never a held-out prompt."""
     if name == "builtin":
-        return [p for make in PROMPT_SETS.values() for p in make()]
+        return training_prompts() + stdlib_prompts()
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; the project ships builtin, {', '.join(PROMPT_SETS)}")
     return PROMPT_SETS[name]()
@@ -153,3 +160,14 @@ def read_prompt_records(path: str) -> list[dict]:
 def read_prompts(path: str) -> list[str]:
     """The prompt texts of a prompt file (a chat record gives its last user message)."""
     return [r["prompt"] if "prompt" in r else r["messages"][-1]["content"] for r in read_prompt_records(path)]
+
+
+def prompt_texts(spec: str) -> list[str]:
+    """The prompts of a comma-separated list of built-in sets (``builtin``, ``builtin:python``...)
+    and prompt files, in order."""
+    texts = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        texts += builtin_prompt_set(part) if part.startswith("builtin") else read_prompts(part)
+    if not texts:
+        raise ValueError(f"no prompts in {spec!r}")
+    return texts

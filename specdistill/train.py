@@ -30,6 +30,8 @@ from transformers import AutoModelForCausalLM
 from specdistill.batches import TokenRows
 from specdistill.checkpoints import recover_checkpoint, replace_dir
 from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
+from specdistill.eagle import Eagle3Head
+from specdistill.eagle_train import build_head, check_head_config
 from specdistill.lora import add_lora, has_adapters, load_adapters, plain_model
 from specdistill.losses import DIVERGENCES
 from specdistill.model_card import write_model_card
@@ -48,7 +50,14 @@ log = logging.getLogger(__name__)
 class TrainConfig(DataConfig):
     """Distill a draft for a target. Each field is a flag of `specdistill train`."""
 
-    draft: str = option("", "a local HF draft directory to start from; empty = prune the target")
+    draft_type: str = option("lm", "lm: a causal-LM draft (pruned from the target, or --draft); eagle3: an "
+                                   "EAGLE-3 head on the target's hidden states, trained with training-time test")
+    draft: str = option("", "a local HF draft directory (or, for eagle3, a head directory) to start from; empty = "
+                            "prune the target (lm) or a new head (eagle3)")
+    head_layers: str = option("", "eagle3: the target hidden states the head reads (empty = low, middle, high)")
+    head_vocab_size: int = option(8192, "eagle3: the head's draft vocabulary (the answers' most frequent tokens)")
+    ttt_steps: int = option(4, "eagle3: training-time test unrolls the head this many draft positions")
+    ttt_decay: float = option(1.0, "eagle3: draft position j's loss weighs ttt_decay ** (j - 1)")
     keep_layers: str = option("0,1,2,-1", "target layers the pruned draft keeps (negative = from the end)")
     output_dir: str = option("runs/draft", "checkpoints, logs and the exported draft (final/, best/) go here")
     teacher_cache: str = option("", "a top-k teacher cache from `specdistill cache-teacher`: its rows and teacher "
@@ -104,6 +113,10 @@ class TrainConfig(DataConfig):
             raise ValueError("train_embeddings and lora_rank exclude each other: LoRA trains its adapters only")
         if self.onpolicy_fraction > 0 and self.alpha == 0:
             raise ValueError("on-policy batches need a teacher distribution to score the draft's text: alpha > 0")
+        if self.draft_type not in ("lm", "eagle3"):
+            raise ValueError(f"draft_type must be lm or eagle3, got {self.draft_type!r}")
+        if self.draft_type == "eagle3":
+            check_head_config(self)
         if self.teacher_cache and (self.onpolicy_fraction > 0 or self.eval_every > 0):
             raise ValueError("onpolicy_fraction and eval_every need the live target to score the draft's own text; "
                              "set them to 0 with teacher_cache")
@@ -137,12 +150,15 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _build_draft(config: TrainConfig, target, device):
-    """Resume from the run's checkpoint, else the given draft, else a pruned target;
-    with ``lora_rank``, wrapped with (fresh or resumed) LoRA adapters."""
+def _build_draft(config: TrainConfig, target, device, rows=None, eos_ids=()):
+    """Resume from the run's checkpoint, else the given draft, else a pruned target (or a
+    new EAGLE-3 head); with ``lora_rank``, wrapped with (fresh or resumed) LoRA adapters."""
     checkpoint = Path(config.output_dir) / "checkpoint"
     recover_checkpoint(checkpoint)
     resuming = (checkpoint / "trainer_state.pt").exists()
+    if config.draft_type == "eagle3":
+        return build_head(config, target, rows, list(eos_ids), checkpoint if resuming else None), \
+            checkpoint if resuming else None
     if resuming and not has_adapters(checkpoint):
         log.info("resuming from %s", checkpoint)
         return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device), checkpoint
@@ -203,18 +219,22 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
         check_cache_fits(cache, config)
     source = read_data(config) if data is None else None  # the data's errors come before any model load
     # The target is needed for its distributions, for the held-out eval, or to prune a draft from.
-    needs_target = (config.alpha > 0 and not cache) or config.eval_every > 0 or not config.draft
+    needs_target = (config.alpha > 0 and not cache) or config.eval_every > 0 or not config.draft or \
+        config.draft_type == "eagle3"
     if target is None and needs_target:
         target, tokenizer = load_target(config.target)
     elif target is None and tokenizer is None:
         tokenizer = draft_tokenizer(config.draft, config.target)
     if target is not None:
         target = target.to(accelerator.device).eval()
+        if config.draft_type == "eagle3" and config.bf16:  # the head's teacher: bf16 weights, as it serves
+            target = target.to(torch.bfloat16)
     if data is None:
         with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache
             data = training_rows(config, target, tokenizer, progress and accelerator.is_main_process, source)
     rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
-    draft, resumed_from = _build_draft(config, target, accelerator.device)
+    eos_ids = _as_list(getattr(target.generation_config, "eos_token_id", None)) if target is not None else []
+    draft, resumed_from = _build_draft(config, target, accelerator.device, rows, eos_ids)
     if cache:
         teacher = Teacher(None, cache["target_name"], cache["eos_token_ids"], cache["vocab_size"])
         if vocab_size(draft) != teacher.vocab:
@@ -223,7 +243,8 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
     elif target is None:  # black-box SFT from a given draft: the teacher is only its text
         teacher = Teacher(None, config.target, [], vocab_size(draft))
     else:
-        check_compatible(target, draft)
+        if config.draft_type == "lm":
+            check_compatible(target, draft)
         teacher = Teacher(target, getattr(target.config, "name_or_path", config.target),
                           _as_list(getattr(target.generation_config, "eos_token_id", None)), vocab_size(target))
     return teacher, tokenizer, rows, draft, resumed_from
@@ -246,14 +267,14 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     teacher, tokenizer, rows, draft, resumed_from = _teacher_and_rows(config, accelerator, target, tokenizer, data,
                                                                       progress)
     draft.train()
-    if config.lora_rank:
-        params = [p for p in draft.parameters() if p.requires_grad]  # the adapters only
+    if config.lora_rank or config.draft_type == "eagle3":
+        params = [p for p in draft.parameters() if p.requires_grad]  # the adapters, or the whole head
     else:
         params = trainable_parameters(draft, config.train_embeddings)
     # The fused-linear loss needs the live teacher's states; SFT (alpha 0) and a cache take the logits.
-    hidden = config.fused_linear and config.alpha > 0 and teacher.target is not None and fusable(teacher.target,
-                                                                                                 draft)
-    student = Student(draft, hidden)
+    hidden = config.fused_linear and config.alpha > 0 and teacher.target is not None and \
+        config.draft_type == "lm" and fusable(teacher.target, draft)
+    student = draft if config.draft_type == "eagle3" else Student(draft, hidden)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step, history = 0, []
     if resumed_from is not None:
@@ -302,6 +323,8 @@ def _scalars(config: TrainConfig) -> dict:
 
 def _export(path: Path, draft, tokenizer, target_eos: list[int], rows: TokenRows) -> None:
     draft.save_pretrained(path)
+    if isinstance(draft, Eagle3Head):  # the speculators format: the head's vocabulary is in it
+        return
     eos = list(target_eos)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)

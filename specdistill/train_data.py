@@ -10,6 +10,7 @@ from specdistill.batches import TokenRows, pack_records
 from specdistill.data import corpus_files, split_files, token_chunks
 from specdistill.models import DEFAULT_TARGET
 from specdistill.options import option
+from specdistill.prompts import prompt_texts
 from specdistill.records import dataset_records, dataset_texts, is_dataset, read_dataset
 from specdistill.target_data import generate_answers
 
@@ -24,6 +25,9 @@ class DataConfig:
                                  "dataset")
     text_field: str = option("text", "the text column of a dataset of plain text")
     generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
+    answer_prompts: str = option("builtin:python", "with data 'target': the prompts it answers, comma-separated: "
+                                                   "builtin (python + stdlib), builtin:python, builtin:stdlib, "
+                                                   "builtin:code (made from this Python's library) or files")
     generate_temperature: float = option(0.8, "with data 'target': sampling temperature of the answers")
     seq_len: int = option(256, "tokens per training row")
     temperature: float = option(1.0, "softmax temperature T of both distributions (the soft loss is scaled by T^2)")
@@ -48,6 +52,7 @@ def read_data(config: DataConfig):
     the text files (None for the target's answers). Missing, empty or wrongly shaped
     data fails here, before any model loads."""
     if config.data == "target":
+        prompt_texts(config.answer_prompts)  # a missing prompt file fails now
         return None
     if is_dataset(config.data):
         return read_dataset(config.data, config.text_field)
@@ -63,7 +68,7 @@ def data_rows(config: DataConfig, target, tokenizer, max_tokens: int, workdir: P
     pad = pad_id(tokenizer)
     if config.data == "target":
         records = generate_answers(target, tokenizer, config.generate_tokens,
-                                   cache=workdir / "target_answers.jsonl",
+                                   cache=workdir / "target_answers.jsonl", prompts=prompt_texts(config.answer_prompts),
                                    temperature=config.generate_temperature, seed=config.seed, progress=progress)
         return pack_records(records, config.seq_len, pad)
     source = read_data(config) if source is None else source

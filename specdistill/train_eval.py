@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 
 from specdistill.batches import record_rows
+from specdistill.eagle import Eagle3Head
+from specdistill.eagle_train import head_acceptance
 from specdistill.eval import measure_speculative, teacher_forced_acceptance
 from specdistill.lora import plain_model
 from specdistill.prompts import HELDOUT_PROMPTS
@@ -42,7 +44,10 @@ class HeldOutEval:
         was_training = draft.training
         plain = plain_model(draft).eval()
         try:
-            figures = teacher_forced_acceptance(self.target, plain, self.rows)
+            if isinstance(plain, Eagle3Head):
+                figures = head_acceptance(self.target, plain, self.rows)
+            else:
+                figures = teacher_forced_acceptance(self.target, plain, self.rows)
             if self.config.eval_decode:
                 decoded = measure_speculative(self.target, plain, self.tokenizer,
                                               self.prompts[: self.config.eval_decode],

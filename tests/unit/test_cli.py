@@ -23,7 +23,7 @@ def test_bad_config_fails_early_with_a_clear_message(capsys):
     assert main(["train", "--divergence", "kl"]) == 2
     assert "divergence must be one of fkl" in capsys.readouterr().err
     assert main(["bench", "--draft", "/no/such/draft"]) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "is not a model directory" in capsys.readouterr().err
 
 
 def _parse(config_cls, argv):
@@ -64,3 +64,14 @@ def test_demo_and_bench_configs_compose_the_train_and_measure_fields():
 def test_help_text_comes_from_field_metadata():
     for path, field, _ in leaf_fields(DemoConfig) + leaf_fields(ServeConfig) + leaf_fields(BenchConfig):
         assert field.metadata.get("help"), f"{path[-1]} has no help text"
+
+
+def test_a_preset_is_a_named_config_file_that_flags_override(capsys):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, TrainConfig)
+    parser.add_argument("--preset")
+    config = parse_config(parser, TrainConfig, ["--preset", "default-draft", "--steps", "3"])
+    assert (config.draft_type, config.data, config.steps) == ("eagle3", "target", 3)
+    assert "builtin:code" in config.answer_prompts
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'; choose one of default-draft" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from specdistill.generate_data import GenerateConfig, load_prompts, run_generate
 from specdistill.jsonl import read_rows
 from specdistill.make_prompts import MakePromptsConfig, run_make_prompts
 from specdistill.models import tiny_llama
-from specdistill.prompts import HELDOUT_PROMPTS, builtin_prompt_set
+from specdistill.prompts import HELDOUT_PROMPTS, builtin_prompt_set, prompt_texts
 from specdistill.train import TrainConfig, train
 
 FAULTS = ["plain one", "[429] rate limited", "[500] flaky", "[drop] cut off", "[slow] too slow", "[fail] broken",
@@ -133,6 +133,11 @@ def test_the_local_teacher_writes_the_same_records_and_they_train_a_draft(tmp_pa
 
 def test_prompt_sets_presets_and_made_prompts(tmp_path):
     assert not set(builtin_prompt_set("builtin")) & set(HELDOUT_PROMPTS)
+    code = builtin_prompt_set("builtin:code")
+    assert len(set(code)) == len(code) == 2200 and not set(code) & set(HELDOUT_PROMPTS)
+    (tmp_path / "mine.txt").write_text("What is a closure?\n")
+    mixed = prompt_texts(f"builtin:python, {tmp_path / 'mine.txt'}")
+    assert mixed[-1] == "What is a closure?" and mixed[:-1] == builtin_prompt_set("builtin:python")
     assert len(builtin_prompt_set("builtin:stdlib")) >= 300
     with pytest.raises(ValueError, match="unknown prompt set"):
         builtin_prompt_set("builtin:nope")

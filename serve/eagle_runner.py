@@ -1,0 +1,123 @@
+"""The runner of a feature-conditioned draft (an EAGLE-3-style head, ``specdistill.eagle``).
+
+The head's slot s reads the target's features at position s and token s + 1, so it can
+only run where the target has been. The target's own passes (prefill and each verification)
+return the features of the positions they fed (``hidden_layers``); the engine hands the
+accepted ones to ``take_features``, and they wait, per row, until the next proposal feeds
+them with the tokens that follow. Drafting on, the head feeds its own last state as the
+next slot's feature. Those drafted slots are never kept: ``rollback`` returns a row to its
+last slot fed with the target's features, which the next verification then extends.
+
+Lengths follow the engine's convention for a draft ("tokens held"): a row of length L has
+fed slots 0 .. L - 2 (token 0 needs no slot), so ``row.tokens[L:]`` are the tokens to feed
+next, each with a waiting feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class EagleState:
+    keys: torch.Tensor  # [B, kv_heads, S, D]: the head's one layer
+    values: torch.Tensor
+    lengths: list[int]  # tokens held per row (slots fed + 1)
+    verified: list[int]  # the length up to which the fed slots carry the target's features
+    pending: list[torch.Tensor]  # per row, target features [n, F] for the next slots, not fed yet
+    last: torch.Tensor | None  # [B, H]: each row's latest head state (the next draft's feature)
+
+
+class EagleRunner:
+    """Runs an ``Eagle3Head`` as the engine's draft runner (see the module doc)."""
+
+    name = "eagle3"
+    max_rows = None
+
+    def __init__(self, head):
+        self.head = head.eval()
+        self.feature_layers = list(head.layer_ids)  # what the target's passes must return
+        attention = head.layers[0].self_attn
+        self.kv_heads, self.head_dim = attention.kv_heads, attention.head_dim
+        self.hidden = head.layer_config.hidden_size
+
+    def start(self, batch_size: int, max_length: int) -> EagleState:
+        weight = self.head.fc.weight
+        shape = (batch_size, self.kv_heads, max_length, self.head_dim)
+        empty = weight.new_zeros(0, weight.shape[1])
+        return EagleState(weight.new_zeros(shape), weight.new_zeros(shape), [1] * batch_size, [1] * batch_size,
+                          [empty] * batch_size, None)
+
+    def take_features(self, state: EagleState, features: torch.Tensor, counts: list[int]) -> None:
+        """The first ``counts[b]`` of the target's features [B, T, F] of each row, in order."""
+        features = features.to(self.head.fc.weight.dtype)
+        state.pending = [torch.cat([waiting, features[b, :n]]) for b, (waiting, n) in
+                         enumerate(zip(state.pending, counts))]
+
+    def forward(self, state: EagleState, input_ids: torch.Tensor, keep: list[int] | None):
+        """Feed tokens [B, T]: the waiting target features go with a row's first tokens (the
+        rest, padding, get zeros); without waiting features, T = 1 and the feature is the
+        row's own last state. Logits over the target's vocabulary at ``keep`` (or all)."""
+        head, layer = self.head, self.head.layers[0]
+        batch, width = input_ids.shape
+        if any(len(p) for p in state.pending):
+            feature = head.fc(torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in state.pending]))
+            state.verified = [n + len(p) for n, p in zip(state.lengths, state.pending)]
+            state.pending = [p[:0] for p in state.pending]
+        elif state.last is not None and width == 1:
+            feature = state.last[:, None]
+        else:
+            raise RuntimeError("the head has no features to draft from: the target's passes must hand them over")
+        if max(state.lengths) + width > state.keys.shape[2]:
+            _grow(state, max(state.lengths) + width)
+        slots = torch.tensor(state.lengths, device=input_ids.device)[:, None] - 1 + torch.arange(
+            width, device=input_ids.device)  # [B, T]
+        cos, sin = head.rotary(feature, slots)
+        q, k, v, residual = layer.qkv(head.embed(input_ids), feature, cos, sin)
+        index = slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
+        state.keys.scatter_(2, index, k)
+        state.values.scatter_(2, index, v)
+        span = int(slots.max()) + 1
+        mask = torch.arange(span, device=slots.device) <= slots[:, None, :, None]  # [B, 1, T, S]
+        out = layer.finish(layer.self_attn.attend(q, state.keys[:, :, :span], state.values[:, :, :span], mask),
+                           residual)
+        state.lengths = [n + width for n in state.lengths]
+        if keep is None:
+            state.last = out[:, -1]
+            return head.full_logits(out)
+        state.last = out[torch.arange(batch, device=out.device), torch.tensor(keep, device=out.device)]
+        return head.full_logits(state.last)
+
+    def rollback(self, state: EagleState, lengths: list[int]) -> None:
+        # Slots fed with the head's own states are dropped whatever was accepted: the accepted
+        # tokens come back with the target's features.
+        state.lengths = [min(new, old, verified) for new, old, verified in
+                         zip(lengths, state.lengths, state.verified)]
+
+    def select(self, state: EagleState, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=state.keys.device)
+        state.keys, state.values = state.keys.index_select(0, index), state.values.index_select(0, index)
+        for name in ("lengths", "verified", "pending"):
+            setattr(state, name, [getattr(state, name)[row] for row in rows])
+        state.last = None  # every proposal starts from waiting features, which set it again
+
+    def extend(self, state: EagleState, other: EagleState) -> None:
+        width = max(state.keys.shape[2], other.keys.shape[2])
+        state.keys = torch.cat([_pad(state.keys, width), _pad(other.keys, width)])
+        state.values = torch.cat([_pad(state.values, width), _pad(other.values, width)])
+        for name in ("lengths", "verified", "pending"):
+            setattr(state, name, getattr(state, name) + getattr(other, name))
+        state.last = None
+
+
+def _pad(cache: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(cache, (0, 0, 0, width - cache.shape[2]))
+
+
+def _grow(state: EagleState, needed: int) -> None:
+    extra = max(needed, 2 * state.keys.shape[2]) - state.keys.shape[2]
+    state.keys, state.values = _pad(state.keys, state.keys.shape[2] + extra), _pad(state.values,
+                                                                                  state.values.shape[2] + extra)

@@ -1,0 +1,87 @@
+"""The EAGLE-3 head in the engine: what it computes at inference equals what training-time
+test trains, and decoding with it stays lossless (greedy equality, exact sampling)."""
+
+import pytest
+import torch
+from serve_helpers import assert_follows, exact_joint, hf_greedy
+from specdistill.serve import SpeculativeGenerator
+from specdistill.serve.eagle_runner import EagleRunner
+from transformers import LogitsProcessorList, TemperatureLogitsWarper
+
+from specdistill.eagle import Eagle3Head
+from specdistill.eagle_io import load_head, save_head
+from specdistill.models import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def target():
+    model = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
+    with torch.no_grad():  # a sharper random model: drafts get accepted at times
+        model.lm_head.weight.mul_(6)
+    return model
+
+
+@pytest.fixture(scope="module")
+def head(target):
+    return Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1)
+
+
+def _features(target, head, ids):
+    hidden = target(input_ids=ids, output_hidden_states=True).hidden_states
+    return torch.cat([hidden[i] for i in head.layer_ids], -1)
+
+
+@torch.no_grad()
+def test_inference_slots_equal_training_time_test(target, head):
+    ids = torch.tensor([[3, 7, 1, 9, 4, 12, 5, 8, 2, 6]])
+    features = _features(target, head, ids)
+    steps = head.ttt_logits(features, ids, steps=3)
+    runner = EagleRunner(head)
+    for c in (0, 3, 6):  # a block that starts after the target verified position c
+        state = runner.start(1, 16)
+        runner.take_features(state, features, [c + 1])
+        got = runner.forward(state, ids[:, 1: c + 2], [c])  # slots 0..c, then the drafts of the block
+        for j in range(1, 4):
+            torch.testing.assert_close(got[0, head.draft_ids], steps[j - 1][0, c], atol=1e-5, rtol=1e-5)
+            assert torch.isinf(got[0, :2]).all()  # outside the draft vocabulary: q = 0
+            if j < 3:
+                got = runner.forward(state, ids[:, c + j + 1: c + j + 2], [0])
+
+
+def test_greedy_output_is_the_target_own_one_row_or_batched(target, head):
+    prompts = [torch.tensor([[2, 5, 3, 9]]), torch.tensor([[7, 1, 7, 1, 7, 4, 4]]), torch.tensor([[4]])]
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=3)
+    outs = gen.generate_batch(prompts, max_new_tokens=20, eos_token_id=[])
+    for ids, out in zip(prompts, outs):
+        torch.testing.assert_close(out.sequences, hf_greedy(target, ids, 20))
+    single = gen.generate(prompts[1], max_new_tokens=20, eos_token_id=[])
+    torch.testing.assert_close(single.sequences, outs[1].sequences)
+    assert sum(o.stats.proposed for o in outs) > 0
+
+
+def test_sampled_output_follows_the_target_distribution(target, head):
+    vocab, samples = 16, 1500
+    prompt = torch.tensor([[2, 5, 3, 2, 5]])
+    expected = exact_joint(target, prompt, vocab, LogitsProcessorList([TemperatureLogitsWarper(1.0)]))
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=2)
+    counts, stats = torch.zeros(vocab * vocab, dtype=torch.float64), None
+    for seed in range(samples):
+        out = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed, eos_token_id=[])
+        x1, x2 = out.sequences[0, 5:].tolist()
+        counts[x1 * vocab + x2] += 1
+        stats = out.stats if stats is None else stats.merge(out.stats)
+    assert stats.proposed > 0 and 0 < stats.alpha < 1
+    assert_follows(counts, expected)
+
+
+def test_saved_head_loads_back_and_drafts_the_same(target, head, tmp_path):
+    save_head(head, tmp_path / "head", speculative_tokens=3, verifier="tiny")
+    config = (tmp_path / "head" / "config.json").read_text()
+    assert '"speculators_model_type": "eagle3"' in config and '"proposal_type": "greedy"' in config
+    loaded = load_head(tmp_path / "head", target)
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    with pytest.raises(ValueError, match="made for a target with vocabulary 16"):
+        load_head(tmp_path / "head", tiny_llama(vocab_size=20, num_layers=4, hidden_size=32))
+    with pytest.raises(ValueError, match="not an EAGLE-3 head"):
+        load_head(tmp_path, target)

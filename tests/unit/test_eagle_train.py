@@ -1,0 +1,74 @@
+"""Training an EAGLE-3 head: training-time test learns, resumes after a kill, and exports
+a speculators directory that drafts for the target."""
+
+import json
+
+import pytest
+import torch
+from specdistill.serve import SpeculativeGenerator
+
+from specdistill.batches import TokenRows
+from specdistill.eagle import draft_vocabulary
+from specdistill.eagle_io import load_head
+from specdistill.eagle_train import head_acceptance
+from specdistill.models import tiny_llama
+from specdistill.train import TrainConfig, train
+
+
+@pytest.fixture()
+def target_and_chunks():
+    target = tiny_llama(vocab_size=64, num_layers=4, hidden_size=32, seed=1)
+    base = torch.arange(64).repeat(40)[: 32 * 48]
+    chunks = ((base + torch.randint(0, 2, base.shape, generator=torch.Generator().manual_seed(0))) % 64).view(48, 32)
+    return target, chunks
+
+
+def _config(tmp_path, **overrides):
+    values = dict(target="unused", draft_type="eagle3", head_layers="0,2,3", head_vocab_size=48, ttt_steps=3,
+                  output_dir=str(tmp_path / "run"), seq_len=32, batch_size=4, steps=30, lr=3e-3, warmup_steps=2,
+                  save_every=10, bf16=False)
+    return TrainConfig(**(values | overrides))
+
+
+def test_head_learns_and_exports_a_speculators_directory(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    rows = TokenRows.from_chunks(chunks[:4])
+    result = train(_config(tmp_path), target=target, data=chunks, progress=False)
+    history = result["history"]
+    assert sum(h["loss"] for h in history[-5:]) < 0.7 * sum(h["loss"] for h in history[:5])
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert config["speculators_model_type"] == "eagle3" and config["draft_vocab_size"] == 48
+    assert config["eagle_aux_hidden_state_layer_ids"] == [0, 2, 3]
+    head = load_head(result["draft_dir"], target)
+    figures = head_acceptance(target, head, rows, max_k=3)
+    assert 0 < figures["alpha"] <= 1 and len(figures["alpha_per_position"]) == 3
+    assert figures["predicted_tau"][0] == pytest.approx(1 + figures["alpha"], abs=1e-3)
+    prompt = chunks[5:6, :8]
+    out = SpeculativeGenerator(target, head, num_draft_tokens=3).generate(prompt, max_new_tokens=12,
+                                                                          eos_token_id=[])
+    reference = target.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.testing.assert_close(out.sequences, reference)
+
+
+def test_killed_head_run_resumes_where_it_stopped(tmp_path, target_and_chunks, killed_after):
+    target, chunks = target_and_chunks
+    full = train(_config(tmp_path / "a", steps=20), target=target, data=chunks, progress=False)
+    with killed_after(13):  # the last checkpoint holds step 10
+        train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    resumed = train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 10
+    for key, value in full["draft"].state_dict().items():
+        torch.testing.assert_close(resumed["draft"].state_dict()[key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_head_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="leave teacher_cache, onpolicy_fraction and lora_rank unset"):
+        _config(tmp_path, onpolicy_fraction=0.5)
+    with pytest.raises(ValueError, match="ttt_steps must be >= 1"):
+        _config(tmp_path, ttt_steps=0)
+
+
+def test_draft_vocabulary_keeps_the_most_frequent_and_eos_sorted():
+    ids = torch.tensor([5, 5, 5, 9, 9, 2, 7])
+    assert draft_vocabulary(ids, 16, 3, always=[1]).tolist() == [1, 5, 9]
+    assert draft_vocabulary(ids, 16, 3, always=[]).tolist() == [2, 5, 9]
