@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from specdistill.eagle_io import is_head_dir, load_head
+from specdistill.eagle_io import is_head_dir, load_head, save_head
 from specdistill.models import load_draft_vocab, load_model
 
 DEFAULT_DRAFT = "default"
@@ -62,6 +62,26 @@ def load_draft(spec: str, target, dtype: torch.dtype | None = None, draft_vocab_
     if isinstance(where, str):
         return where, None
     if is_head_dir(where):
-        return load_head(where, target, dtype), None
+        try:
+            return load_head(where, target, dtype), None
+        except ValueError as err:
+            if spec != DEFAULT_DRAFT:
+                raise
+            raise ValueError(f"the shipped default draft is for the default target (SmolLM2-135M-Instruct) only: "
+                             f"{err}. Pass --draft DIR (a draft trained for this target), ngram, prompt-lookup "
+                             "or none") from err
     draft = load_model(where, dtype or target.dtype).eval()
     return draft, load_draft_vocab(where, draft_vocab_size) if draft_vocab_size else None
+
+
+def package_head(head_dir: str | Path, out: str | Path, target, card: str) -> Path:
+    """A trained head as a shippable folder: bf16 weights (the shared embeddings are never
+    stored), its config, ``card`` as README.md, and ``checksum.json`` (sha256 of the weights)."""
+    out = Path(out)
+    head = load_head(head_dir, target, torch.bfloat16)
+    save_head(head, out)
+    (out / "README.md").write_text(card)
+    weights = out / "model.safetensors"
+    (out / "checksum.json").write_text(json.dumps({"file": weights.name, "sha256": sha256(weights),
+                                                   "bytes": weights.stat().st_size}, indent=2) + "\n")
+    return out

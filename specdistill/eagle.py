@@ -223,10 +223,14 @@ def _check_draft_ids(ids: torch.Tensor, vocab: int) -> None:
 
 
 def _warm_start(head: Eagle3Head, target) -> None:
-    """The head's MLP, norms and o_proj from the target's last layer, and its LM head from
-    the target's rows of the draft vocabulary: the head starts as a plausible decoder."""
+    """The head's MLP, norms and o_proj from the target's last layer, its LM head from the
+    target's rows of the draft vocabulary, and ``fc`` passing the highest layer read through
+    unchanged: the head starts in the target's own representation space."""
     last = target.model.layers[-1]
+    hidden = head.layer_config.hidden_size
     with torch.no_grad():
+        head.fc.weight.zero_()
+        head.fc.weight[:, -hidden:].copy_(torch.eye(hidden))
         layer = head.layers[0]
         layer.mlp.load_state_dict(last.mlp.state_dict())
         layer.self_attn.o_proj.weight.copy_(last.self_attn.o_proj.weight)

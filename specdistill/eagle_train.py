@@ -94,6 +94,7 @@ def head_acceptance(target, head: Eagle3Head, rows, max_k: int = 6) -> dict:
     for ids, mask in zip(rows.input_ids, rows.loss_mask):
         ids, mask = ids[None].to(target.device), mask[None].to(target.device)
         features, logits = target_pass(target, head, ids)
+        features = features.to(head.fc.weight.dtype)  # a bf16 target may feed an fp32 head in training
         p = torch.softmax(logits.float(), -1)[..., head.draft_ids]  # q is 0 elsewhere: min(p, q) = 0 there
         target_argmax = logits.argmax(-1)
         run_sampled, run_greedy = torch.ones(ids.shape[1]), torch.ones(ids.shape[1])

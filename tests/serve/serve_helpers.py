@@ -25,6 +25,17 @@ def exact_joint(target, prompt, vocab, warpers):
     return joint.flatten()
 
 
+def sampled_pairs(gen, prompt, vocab, samples):
+    """Counts of (x1, x2) over ``samples`` seeded two-token generations, and the merged stats."""
+    counts, stats = torch.zeros(vocab * vocab, dtype=torch.float64), None
+    for seed in range(samples):
+        out = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed, eos_token_id=[])
+        x1, x2 = out.sequences[0, prompt.shape[1]:].tolist()
+        counts[x1 * vocab + x2] += 1
+        stats = out.stats if stats is None else stats.merge(out.stats)
+    return counts, stats
+
+
 def assert_follows(counts, expected):
     samples = counts.sum()
     support = expected > 0

@@ -3,7 +3,7 @@ test trains, and decoding with it stays lossless (greedy equality, exact samplin
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint, hf_greedy
+from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.eagle_runner import EagleRunner
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
@@ -48,9 +48,10 @@ def test_inference_slots_equal_training_time_test(target, head):
                 got = runner.forward(state, ids[:, c + j + 1: c + j + 2], [0])
 
 
-def test_greedy_output_is_the_target_own_one_row_or_batched(target, head):
+@pytest.mark.parametrize("fast_path", ["auto", False])
+def test_greedy_output_is_the_target_own_one_row_or_batched(target, head, fast_path):
     prompts = [torch.tensor([[2, 5, 3, 9]]), torch.tensor([[7, 1, 7, 1, 7, 4, 4]]), torch.tensor([[4]])]
-    gen = SpeculativeGenerator(target, head, num_draft_tokens=3)
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=3, fast_path=fast_path)
     outs = gen.generate_batch(prompts, max_new_tokens=20, eos_token_id=[])
     for ids, out in zip(prompts, outs):
         torch.testing.assert_close(out.sequences, hf_greedy(target, ids, 20))
@@ -64,12 +65,7 @@ def test_sampled_output_follows_the_target_distribution(target, head):
     prompt = torch.tensor([[2, 5, 3, 2, 5]])
     expected = exact_joint(target, prompt, vocab, LogitsProcessorList([TemperatureLogitsWarper(1.0)]))
     gen = SpeculativeGenerator(target, head, num_draft_tokens=2)
-    counts, stats = torch.zeros(vocab * vocab, dtype=torch.float64), None
-    for seed in range(samples):
-        out = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed, eos_token_id=[])
-        x1, x2 = out.sequences[0, 5:].tolist()
-        counts[x1 * vocab + x2] += 1
-        stats = out.stats if stats is None else stats.merge(out.stats)
+    counts, stats = sampled_pairs(gen, prompt, vocab, samples)
     assert stats.proposed > 0 and 0 < stats.alpha < 1
     assert_follows(counts, expected)
 
@@ -85,3 +81,17 @@ def test_saved_head_loads_back_and_drafts_the_same(target, head, tmp_path):
         load_head(tmp_path / "head", tiny_llama(vocab_size=20, num_layers=4, hidden_size=32))
     with pytest.raises(ValueError, match="not an EAGLE-3 head"):
         load_head(tmp_path, target)
+
+
+def test_requests_joining_and_leaving_a_running_batch_stay_exact(target, head):
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=3)
+    engine = gen.engine(max_batch_size=4)
+    first = engine.add(torch.tensor([3, 8, 1, 6]), max_new_tokens=16, eos_token_id=[])
+    for _ in range(3):
+        engine.step()
+    later = [engine.add(torch.tensor(p), max_new_tokens=n, eos_token_id=[]) for p, n in (([5, 2], 6), ([9], 12))]
+    while engine.has_work():
+        engine.step()
+    for request in [first, *later]:
+        expected = hf_greedy(target, torch.tensor([request.prompt]), request.max_new_tokens)
+        assert request.tokens == expected[0].tolist()

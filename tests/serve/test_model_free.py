@@ -3,7 +3,7 @@ lossless with them, greedy and sampled, one row or a batch."""
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint, hf_greedy
+from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.model_free import ModelFreeDrafter, _continuation
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
@@ -53,11 +53,6 @@ def test_sampled_output_follows_the_target_distribution(sharp_target, method):
     prompt = torch.tensor([[2, 5, 3, 2, 5]])  # the last 2-gram recurs: drafts are [3, 2]
     expected = exact_joint(sharp_target, prompt, vocab, LogitsProcessorList([TemperatureLogitsWarper(1.0)]))
     gen = SpeculativeGenerator(sharp_target, method, num_draft_tokens=2)
-    counts, stats = torch.zeros(vocab * vocab, dtype=torch.float64), None
-    for seed in range(samples):
-        out = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed, eos_token_id=[])
-        x1, x2 = out.sequences[0, 5:].tolist()
-        counts[x1 * vocab + x2] += 1
-        stats = out.stats if stats is None else stats.merge(out.stats)
+    counts, stats = sampled_pairs(gen, prompt, vocab, samples)
     assert stats.proposed > 0 and 0 < stats.alpha < 1  # drafts made, some accepted and some rejected
     assert_follows(counts, expected)

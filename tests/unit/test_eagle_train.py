@@ -43,6 +43,9 @@ def test_head_learns_and_exports_a_speculators_directory(tmp_path, target_and_ch
     figures = head_acceptance(target, head, rows, max_k=3)
     assert 0 < figures["alpha"] <= 1 and len(figures["alpha_per_position"]) == 3
     assert figures["predicted_tau"][0] == pytest.approx(1 + figures["alpha"], abs=1e-3)
+    bf16 = head_acceptance(target.to(torch.bfloat16), head.float(), rows, max_k=3)  # as a bf16-teacher run evals
+    assert bf16["alpha"] == pytest.approx(figures["alpha"], abs=0.1)
+    target.float()
     prompt = chunks[5:6, :8]
     out = SpeculativeGenerator(target, head, num_draft_tokens=3).generate(prompt, max_new_tokens=12,
                                                                           eos_token_id=[])

@@ -1,0 +1,101 @@
+"""Package a trained head as the draft this package ships (``specdistill/default_draft``).
+
+    specdistill train --preset default-draft                        # makes runs/default-draft/{final,best}
+    specdistill bench --draft runs/default-draft/best > runs/default-draft/bench.log
+    python bench/ship_default_draft.py --head runs/default-draft/best --bench runs/default-draft/bench.log
+
+The folder gets the head's bf16 weights, its speculators config, a sha256 checksum and a
+model card with how it was made and what it measured (the last JSON line of the bench log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from specdistill.drafts import package_head
+from specdistill.models import load_target
+
+DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
+
+
+def card(head: Path, bench: dict, training: dict) -> str:
+    eval_figures = next((h["eval"] for h in reversed(training["history"]) if "eval" in h), {})
+    rows = [("held-out α, teacher-forced (sampling)", eval_figures.get("alpha")),
+            ("held-out α per draft position, teacher-forced", eval_figures.get("alpha_per_position", [])[:6]),
+            ("predicted τ for k = 1..6, teacher-forced", eval_figures.get("predicted_tau", [])[:6]),
+            ("measured α, decoding", bench["alpha"]), ("measured τ (tokens per target step)", bench["tau"]),
+            ("tokens/s with the head", bench["tokens_per_s"]),
+            ("target alone, HF generate (the faster of fp32 and bf16), tokens/s", bench["hf_generate_tokens_per_s"]),
+            ("speedup over HF generate", bench["speedup_vs_hf_generate"]),
+            ("speedup over the target alone on our engine: measured / predicted",
+             f"{bench['measured_speedup_over_our_target']} / {bench['predicted_speedup_over_our_target']}"),
+            ("cost ratio c (draft step / target step)", bench["cost_ratio"])]
+    table = "\n".join(f"| {name} | `{value}` |" for name, value in rows)
+    config = training["config"]
+    return f"""---
+library_name: specdistill
+tags: [speculative-decoding, eagle3, speculators, draft-model, distillation]
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+---
+# The default draft of specdistill: an EAGLE-3 head for SmolLM2-135M-Instruct
+
+An EAGLE-3-style draft head in the `speculators` format. It reads the target's hidden states
+`{config["head_layers"] or "[2, 15, 27]"}` (the inputs of those layers) and the embedding of the last token,
+runs one decoder layer, and predicts over the {config["head_vocab_size"]} most frequent tokens of its
+training answers. The target's embeddings are shared, not stored: only the head's own weights
+are here (bf16, `checksum.json` has their sha256).
+
+## How it was made
+
+`specdistill train --preset default-draft` (`specdistill/presets/default-draft.yaml`): training-time
+test over {config["ttt_steps"]} draft positions, {config["divergence"]} at T = {config["temperature"]},
+{training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens, lr {config["lr"]}, on the
+target's own answers (T = 0.7, up to 192 tokens) to ~3,000 prompts: the project's Python and
+standard-library chat prompts and "write/explain this function" prompts made from this Python's
+library. None of the held-out prompts it is measured on. Exported from `{head}`.
+
+## Measured
+
+Greedy, bf16, k = {bench["num_draft_tokens"]} with the draft-confidence stop at {bench["draft_confidence"]},
+{bench["num_prompts"]} held-out chat prompts, 2-core CPU (`specdistill bench --draft default`):
+
+| figure | value |
+| --- | --- |
+{table}
+
+## Use
+
+```python
+from specdistill.drafts import load_draft
+head, _ = load_draft("default", target)   # target: SmolLM2-135M-Instruct from specdistill.models.load_target()
+```
+
+`specdistill serve` and `specdistill bench` use it unless told otherwise. vLLM:
+
+```sh
+vllm serve HuggingFaceTB/SmolLM2-135M-Instruct \\
+  --speculative-config '{{"method": "eagle3", "model": "<this folder>", "num_speculative_tokens": 4}}'
+```
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head", default="runs/default-draft/best")
+    parser.add_argument("--bench", default="runs/default-draft/bench.log", help="output of specdistill bench")
+    args = parser.parse_args()
+    head = Path(args.head)
+    bench = json.loads(Path(args.bench).read_text().strip().splitlines()[-1])
+    run = head.parent
+    history = json.loads((run / "checkpoint" / "history.json").read_text())
+    training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
+                "steps": history[-1]["step"]}
+    target, _ = load_target()
+    out = package_head(head, DEST, target, card(head, bench, training))
+    print(json.dumps(json.loads((out / "checksum.json").read_text()) | {"out": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
