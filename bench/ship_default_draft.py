@@ -20,7 +20,7 @@ from specdistill.models import load_target
 DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 
 
-def card(head: Path, bench: dict, training: dict) -> str:
+def card(head: Path, bench: dict, training: dict, data_note: str) -> str:
     eval_figures = next((h["eval"] for h in reversed(training["history"]) if "eval" in h), {})
     rows = [("held-out α, teacher-forced (sampling)", eval_figures.get("alpha")),
             ("held-out α per draft position, teacher-forced", eval_figures.get("alpha_per_position", [])[:6]),
@@ -49,12 +49,12 @@ are here (bf16, `checksum.json` has their sha256).
 
 ## How it was made
 
-`specdistill train --preset default-draft` (`specdistill/presets/default-draft.yaml`): training-time
-test over {config["ttt_steps"]} draft positions, {config["divergence"]} at T = {config["temperature"]},
-{training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens, lr {config["lr"]}, on the
-target's own answers (T = 0.7, up to 192 tokens) to ~3,000 prompts: the project's Python and
-standard-library chat prompts and "write/explain this function" prompts made from this Python's
-library. None of the held-out prompts it is measured on. Exported from `{head}`.
+Training-time test over {config["ttt_steps"]} draft positions, {config["divergence"]} at
+T = {config["temperature"]}, {training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens,
+lr {config["lr"]}, on `{config["data"]}`: {data_note} None of the held-out prompts it is measured on
+is among them. Exported from `{head}`. `specdistill train --preset default-draft`
+(`specdistill/presets/default-draft.yaml`) is the recipe: it makes the same kind of data itself
+(the target's answers to the built-in prompt sets) and trains the same head.
 
 ## Measured
 
@@ -85,6 +85,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head", default="runs/default-draft/best")
     parser.add_argument("--bench", default="runs/default-draft/bench.log", help="output of specdistill bench")
+    parser.add_argument("--data-note", default="the target's own answers to the project's prompts.",
+                        help="one or two sentences on the training data, for the card")
     args = parser.parse_args()
     head = Path(args.head)
     bench = json.loads(Path(args.bench).read_text().strip().splitlines()[-1])
@@ -93,7 +95,8 @@ def main():
     training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
                 "steps": history[-1]["step"]}
     target, _ = load_target()
-    out = package_head(head, DEST, target, card(head, bench, training))
+    out = package_head(head, DEST, target, card(head, bench, training, args.data_note))
+    (out / "model.safetensors").chmod(0o644)
     print(json.dumps(json.loads((out / "checksum.json").read_text()) | {"out": str(out)}))
 
 

@@ -21,12 +21,14 @@ import torch
 from specdistill.serve.sampling import accept_greedy, accept_sampled, warp_rows
 
 
-def timed(runner, state, input_ids, keep, **kwargs):
-    """A runner's forward and the seconds it took (synchronized on CUDA)."""
+def timed(runner, state, input_ids, keep, hidden_layers=None):
+    """A runner's forward and the seconds it took (synchronized on CUDA). ``hidden_layers``
+    is only passed when asked for, so runners without it keep working."""
     if input_ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    logits = runner.forward(state, input_ids, keep, **kwargs)
+    extra = {"hidden_layers": hidden_layers} if hidden_layers else {}
+    logits = runner.forward(state, input_ids, keep, **extra)
     if input_ids.is_cuda:
         torch.cuda.synchronize()
     return logits, time.perf_counter() - start

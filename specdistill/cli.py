@@ -85,13 +85,33 @@ def _subcommands():
                           "collect (prompt, response) records from an OpenAI-compatible endpoint or a local teacher"),
         "make-prompts": (MakePromptsConfig, run_make_prompts,
                          "turn local text (.py, .md, .rst, .txt files) into instruction prompts"),
-        "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone"),
+        "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone "
+                                          "(`bench workflow ...` and `bench recipes ...` run bench/ scripts)"),
         "serve": (ServeConfig, run_serve, "serve speculative decoding over an OpenAI-compatible HTTP API"),
     }
 
 
+BENCH_SCRIPTS = {"workflow": "workflow.py", "recipes": "draft_recipes.py"}  # `specdistill bench NAME ...`
+
+
+def run_bench_script(name: str, argv: list[str]) -> int:
+    """``specdistill bench workflow|recipes ...``: the benchmark scripts of a source checkout (bench/)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "bench" / BENCH_SCRIPTS[name]
+    if not script.exists():
+        print(f"specdistill bench {name}: error: {script} is not here; it ships with the source checkout "
+              "(git clone), not with an installed wheel", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCH_SCRIPTS:
+        return run_bench_script(argv[1], argv[2:])
     commands = _subcommands()
     parser = argparse.ArgumentParser(prog="specdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

@@ -30,7 +30,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class MeasureConfig:
     """How a draft is measured against its target (part of the demo's and bench's flags)."""
 
-    num_draft_tokens: int = option(4, "drafts per step, k")
+    num_draft_tokens: str = option("4", "drafts per step: an int k, or auto (the engine picks k from measured "
+                                        "acceptance and step costs)")
     max_new_tokens: int = option(64, "tokens generated per prompt")
     prompts: str = option("", "a prompt file: JSONL with a 'prompt' per line, or text with one prompt per line; "
                               "default: the project's held-out chat prompts")
@@ -44,6 +45,13 @@ class MeasureConfig:
 
     def __post_init__(self):
         _decode_dtype(self.dtype)
+        if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
+            raise ValueError(f"num_draft_tokens must be an integer >= 0 or auto, got {self.num_draft_tokens!r}")
+
+    @property
+    def k(self) -> int | str:
+        """``num_draft_tokens`` as the generator takes it."""
+        return "auto" if self.num_draft_tokens == "auto" else int(self.num_draft_tokens)
         if self.num_prompts < 1 or self.max_new_tokens < 1:
             raise ValueError("num_prompts and max_new_tokens must be >= 1")
 
@@ -161,7 +169,7 @@ def run_demo(config: DemoConfig) -> dict:
     print(f"draft: target layers {keep} + embeddings/head "
           f"({sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M params)", flush=True)
 
-    k, max_new, confidence = measure.num_draft_tokens, measure.max_new_tokens, measure.draft_confidence
+    k, max_new, confidence = measure.k, measure.max_new_tokens, measure.draft_confidence
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
     rows["target alone (our engine)"] = _measure(target, None, tokenizer, prompts, 0, max_new)
     shipped = SHIPPED_ROW if train_config.target == DEFAULT_TARGET else None
@@ -220,7 +228,7 @@ def run_bench(config: BenchConfig) -> dict:
     prompts = measure_prompts(measure)
     target, tokenizer = load_target(config.target)
     draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
-    k, max_new = measure.num_draft_tokens, measure.max_new_tokens
+    k, max_new = measure.k, measure.max_new_tokens
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
     warm_up(target, draft, tokenizer)
     name = f"speculative k={k}" + (f", draft vocab {len(vocab)}" if vocab is not None else "")

@@ -75,3 +75,10 @@ def test_a_preset_is_a_named_config_file_that_flags_override(capsys):
     assert "builtin:code" in config.answer_prompts
     assert main(["train", "--preset", "nope"]) == 2
     assert "unknown preset 'nope'; choose one of default-draft" in capsys.readouterr().err
+
+
+def test_bench_workflow_and_recipes_run_the_bench_scripts(capsys):
+    for name, words in (("workflow", "which draft should I make"), ("recipes", "draft recipe study")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", name, "--help"])
+        assert exit_info.value.code == 0 and words in capsys.readouterr().out
