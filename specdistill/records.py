@@ -22,9 +22,15 @@ from specdistill.prompts import chat_ids
 DATASET_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
+def _builder(path: Path) -> str | None:
+    """The datasets builder of a file by its suffix; gzipped files (x.jsonl.gz) read as they are."""
+    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else [path.suffix]
+    return DATASET_SUFFIXES.get(suffixes[0]) if suffixes else None
+
+
 def is_dataset(spec: str) -> bool:
     path = Path(spec).expanduser()
-    return path.suffix in DATASET_SUFFIXES or (path.is_dir() and (path / "dataset_info.json").exists())
+    return _builder(path) is not None or (path.is_dir() and (path / "dataset_info.json").exists())
 
 
 def read_dataset(spec: str, text_field: str = "text"):
@@ -38,7 +44,7 @@ def read_dataset(spec: str, text_field: str = "text"):
         if path.is_dir():
             dataset = datasets.load_from_disk(str(path))
         else:
-            dataset = datasets.load_dataset(DATASET_SUFFIXES[path.suffix], data_files=str(path), split="train")
+            dataset = datasets.load_dataset(_builder(path), data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types for one cause: the file is not what it claims
         raise ValueError(f"cannot read {spec} as a dataset: {err}") from err
     if isinstance(dataset, datasets.DatasetDict):

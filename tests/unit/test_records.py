@@ -1,6 +1,7 @@
 """Local datasets (JSON lines, Parquet, saved datasets) as training data: chats train on
 the answer only, text on everything, bad files fail before any model loads."""
 
+import gzip
 import json
 
 import datasets
@@ -48,6 +49,10 @@ def test_pairs_ids_and_text_datasets(tmp_path, chat_tokenizer):
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"prompt_ids": [[3, 4]], "answer_ids": [[5, 6, 7]]}).save_to_disk(str(saved))
     ids, kind = read_dataset(str(saved))
+    assert kind == "ids" and dataset_records(ids, kind, chat_tokenizer) == [([3, 4], [5, 6, 7])]
+    packed = tmp_path / "ids.jsonl.gz"  # gzipped JSON lines read as they are
+    packed.write_bytes(gzip.compress(b'{"prompt_ids": [3, 4], "answer_ids": [5, 6, 7]}\n'))
+    ids, kind = read_dataset(str(packed))
     assert kind == "ids" and dataset_records(ids, kind, chat_tokenizer) == [([3, 4], [5, 6, 7])]
     parquet = tmp_path / "text.parquet"
     datasets.Dataset.from_dict({"body": ["def f():\n", "  ", "return x\n"]}).to_parquet(str(parquet))
