@@ -133,6 +133,9 @@ class Eagle3Head(nn.Module):
     def for_target(cls, target, draft_ids, layer_ids: list[int] | None = None, seed: int = 0) -> Eagle3Head:
         """A fresh head for a Llama-family target: its layer sizes, its embeddings, and the
         layer copied from the target's last decoder layer where shapes allow (a warm start)."""
+        if not hasattr(getattr(target, "model", None), "layers") or not hasattr(target.config, "rms_norm_eps"):
+            raise ValueError(f"an EAGLE-3 head is built for Llama-family targets (Llama, Mistral, Qwen2, SmolLM), "
+                             f"not {type(target).__name__}; use draft_type lm for this target")
         config = AutoConfig.for_model(**target.config.to_dict())
         layers = target.config.num_hidden_layers
         layer_ids = default_layer_ids(layers) if layer_ids is None else list(layer_ids)

@@ -8,7 +8,7 @@ import torch
 from specdistill.serve import SpeculativeGenerator
 
 from specdistill.batches import TokenRows
-from specdistill.eagle import draft_vocabulary
+from specdistill.eagle import Eagle3Head, draft_vocabulary
 from specdistill.eagle_io import load_head
 from specdistill.eagle_train import head_acceptance
 from specdistill.models import tiny_llama
@@ -75,3 +75,11 @@ def test_draft_vocabulary_keeps_the_most_frequent_and_eos_sorted():
     ids = torch.tensor([5, 5, 5, 9, 9, 2, 7])
     assert draft_vocabulary(ids, 16, 3, always=[1]).tolist() == [1, 5, 9]
     assert draft_vocabulary(ids, 16, 3, always=[]).tolist() == [2, 5, 9]
+
+
+def test_a_head_needs_a_llama_family_target():
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=16))
+    with pytest.raises(ValueError, match="built for Llama-family targets .* use draft_type lm"):
+        Eagle3Head.for_target(gpt2, torch.arange(8))
