@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from specdistill.serve.llama_fast import _pad_length
 
 
 @dataclass
@@ -106,18 +107,14 @@ class EagleRunner:
 
     def extend(self, state: EagleState, other: EagleState) -> None:
         width = max(state.keys.shape[2], other.keys.shape[2])
-        state.keys = torch.cat([_pad(state.keys, width), _pad(other.keys, width)])
-        state.values = torch.cat([_pad(state.values, width), _pad(other.values, width)])
+        state.keys = torch.cat([_pad_length(state.keys, width), _pad_length(other.keys, width)])
+        state.values = torch.cat([_pad_length(state.values, width), _pad_length(other.values, width)])
         for name in ("lengths", "verified", "pending"):
             setattr(state, name, getattr(state, name) + getattr(other, name))
         state.last = None
 
 
-def _pad(cache: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(cache, (0, 0, 0, width - cache.shape[2]))
-
-
 def _grow(state: EagleState, needed: int) -> None:
-    extra = max(needed, 2 * state.keys.shape[2]) - state.keys.shape[2]
-    state.keys, state.values = _pad(state.keys, state.keys.shape[2] + extra), _pad(state.values,
-                                                                                  state.values.shape[2] + extra)
+    """Rarely needed: a row past its budget still drafts along with the batch."""
+    width = max(needed, 2 * state.keys.shape[2])
+    state.keys, state.values = _pad_length(state.keys, width), _pad_length(state.values, width)

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from specdistill.models import vocab_size
+from specdistill.models import ranked_token_ids, vocab_size
 
 
 def default_layer_ids(num_layers: int) -> list[int]:
@@ -246,7 +246,5 @@ def _warm_start(head: Eagle3Head, target) -> None:
 def draft_vocabulary(token_ids: torch.Tensor, vocab: int, size: int, always: list[int]) -> torch.Tensor:
     """The ``size`` most frequent ids of ``token_ids`` plus ``always`` (EOS: a head that cannot
     propose it drafts past the end), ascending."""
-    counts = torch.bincount(token_ids.flatten().cpu(), minlength=vocab)[:vocab]
-    ranked = [t for t in always if 0 <= t < vocab]
-    ranked += [int(i) for i in counts.argsort(descending=True, stable=True)[: size] if counts[i] > 0]
-    return torch.tensor(sorted(list(dict.fromkeys(ranked))[: max(size, len(always))]))
+    ranked = ranked_token_ids(token_ids, vocab, always)
+    return torch.tensor(sorted(ranked[: max(size, len(always))]))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from specdistill.eagle import Eagle3Head, draft_vocabulary
 from specdistill.eagle_io import is_head_dir, load_head
+from specdistill.eval import chained_figures
 from specdistill.losses import compute_distill_loss
 from specdistill.models import decoder_and_head
 
@@ -108,16 +109,13 @@ def head_acceptance(target, head: Eagle3Head, rows, max_k: int = 6) -> dict:
             greedy[j] += run_greedy[fits].sum()
             counts[j] += fits.sum()
     counts = counts.clamp(min=1)
-    return {**_summary(sampled / counts, "", max_k), **_summary(greedy / counts, "_greedy", max_k),
+    return {**_summary(sampled / counts, ""), **_summary(greedy / counts, "_greedy"),
             "positions": int(counts[0])}
 
 
-def _summary(chained: torch.Tensor, suffix: str, max_k: int) -> dict:
-    per_position = [float(chained[0])] + [float(chained[j] / chained[j - 1]) if chained[j - 1] > 0 else 0.0
-                                          for j in range(1, max_k)]
-    tau = [1 + float(chained[: k + 1].sum()) for k in range(max_k)]
-    return {f"alpha{suffix}_per_position": [round(a, 4) for a in per_position],
-            f"predicted_tau{suffix}": [round(t, 3) for t in tau],
+def _summary(chained: torch.Tensor, suffix: str) -> dict:
+    per_position, tau = chained_figures(chained.tolist())
+    return {f"alpha{suffix}_per_position": per_position, f"predicted_tau{suffix}": tau,
             f"alpha{suffix}": round(float(chained[0]), 4)}
 
 

@@ -91,13 +91,20 @@ def _chained(accepts: list[torch.Tensor], max_k: int) -> list[float]:
     return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
 
-def _acceptance_summary(accepts: list[torch.Tensor], max_k: int) -> dict:
-    chained = _chained(accepts, max_k)
+def chained_figures(chained: list[float]) -> tuple[list[float], list[float]]:
+    """From c_j (the chance that the first j drafts of a block are accepted): α per draft
+    position c_j / c_{j-1} and the predicted tokens per target step τ(k) = 1 + Σ_{j<=k} c_j,
+    rounded, for k = 1..len(chained)."""
     per_position = [chained[0]] + [chained[j] / chained[j - 1] if chained[j - 1] > 0 else 0.0
-                                   for j in range(1, max_k)]
-    tau = [1 + sum(chained[: k + 1]) for k in range(max_k)]  # tokens per target step, k = 1..max_k
-    return {"alpha": round(float(torch.cat(accepts).mean()), 4),
-            "per_position": [round(a, 4) for a in per_position], "predicted_tau": [round(t, 3) for t in tau]}
+                                   for j in range(1, len(chained))]
+    tau = [1 + sum(chained[: k + 1]) for k in range(len(chained))]
+    return [round(a, 4) for a in per_position], [round(t, 3) for t in tau]
+
+
+def _acceptance_summary(accepts: list[torch.Tensor], max_k: int) -> dict:
+    per_position, tau = chained_figures(_chained(accepts, max_k))
+    return {"alpha": round(float(torch.cat(accepts).mean()), 4), "per_position": per_position,
+            "predicted_tau": tau}
 
 
 @torch.no_grad()

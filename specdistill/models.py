@@ -104,12 +104,17 @@ def save_draft_vocab(directory: str | os.PathLike, chunks: torch.Tensor, vocab: 
     """Rank the token ids of the training text by frequency and write them beside the
     draft: the first N are a draft vocabulary subset (``SpeculativeGenerator(draft_vocab=...)``).
     ``always`` (EOS and friends) come first: a draft that cannot propose EOS drafts past it."""
-    counts = torch.bincount(chunks.flatten().cpu(), minlength=vocab)[:vocab]
-    ranked = [int(i) for i in counts.argsort(descending=True, stable=True) if counts[i] > 0]
-    ranked = list(dict.fromkeys([t for t in always if 0 <= t < vocab] + ranked))
     path = Path(directory) / DRAFT_VOCAB_FILE
-    path.write_text(json.dumps({"token_ids_by_frequency": ranked, "tokens_counted": int(counts.sum())}))
+    path.write_text(json.dumps({"token_ids_by_frequency": ranked_token_ids(chunks, vocab, always),
+                                "tokens_counted": int((chunks < vocab).sum())}))
     return path
+
+
+def ranked_token_ids(token_ids: torch.Tensor, vocab: int, always: list[int]) -> list[int]:
+    """The ids that occur in ``token_ids``, most frequent first, after ``always`` (in range)."""
+    counts = torch.bincount(token_ids.flatten().cpu(), minlength=vocab)[:vocab]
+    ranked = [int(i) for i in counts.argsort(descending=True, stable=True) if counts[i] > 0]
+    return list(dict.fromkeys([t for t in always if 0 <= t < vocab] + ranked))
 
 
 def load_draft_vocab(directory: str | os.PathLike, size: int | None = None) -> torch.Tensor | None:
