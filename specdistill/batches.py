@@ -27,6 +27,8 @@ class Batch:
     loss_mask: torch.Tensor  # [B, T] bool: the prediction at t (of token t + 1) counts
     # A cached teacher: top-k log-probs [B, T, K] and their ids [B, T, K]; None = ask the live target.
     teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+    # An EAGLE-3 head's cached target states: features [B, T, 3H] and final hidden states [B, T, H].
+    features: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def labels(self, hard: bool) -> torch.Tensor:  # [B, T]
         """Labels for the loss: -100 where the mask is off. With ``hard`` (a cross-entropy
@@ -38,12 +40,15 @@ class Batch:
         return labels
 
     def rows(self, index) -> Batch:
-        teacher = None if self.teacher is None else tuple(part[index] for part in self.teacher)
-        return Batch(self.input_ids[index], self.loss_mask[index], teacher)
+        return self._map(lambda part: part[index])
 
     def to(self, device) -> Batch:
-        teacher = None if self.teacher is None else tuple(part.to(device) for part in self.teacher)
-        return Batch(self.input_ids.to(device), self.loss_mask.to(device), teacher)
+        return self._map(lambda part: part.to(device))
+
+    def _map(self, fn) -> Batch:
+        def parts(pair):
+            return None if pair is None else tuple(fn(part) for part in pair)
+        return Batch(fn(self.input_ids), fn(self.loss_mask), parts(self.teacher), parts(self.features))
 
     @property
     def tokens(self) -> int:

@@ -68,7 +68,12 @@ def shifted(x: torch.Tensor, j: int, fill) -> torch.Tensor:
 def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss sum, acceptance sum of the first draft, counted positions) of one (micro-)batch."""
     with torch.no_grad(), autocast:
-        features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
+        if batch.features is None:
+            features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
+        else:  # the target's states from the feature cache: only the teacher's small matmul is left
+            features, final = batch.features
+            _, weight = decoder_and_head(target)
+            teacher = F.linear(final, weight[head.draft_ids])
     with autocast:
         steps = head.ttt_logits(features, batch.input_ids, config.ttt_steps)
     loss = acceptance = None

@@ -5,8 +5,9 @@ From Python files (``.py``), every documented function gives a "write this funct
 prompt (its signature and docstring summary) and every documented class or function
 an "explain this code" prompt (its source, up to ``max_lines``). From prose (``.md``,
 ``.rst``, ``.txt``), every paragraph of a useful length gives an "explain this
-passage" prompt. Prompts are deduplicated, shuffled with ``seed``, held-out prompts
-left out, and written as JSONL ``{"id", "prompt", "source"}``.
+passage" prompt. With ``--source target`` the target writes them itself
+(``specdistill.self_prompts``). Prompts are deduplicated, shuffled with ``seed``,
+held-out prompts left out, and written as JSONL ``{"id", "prompt", "source"}``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from specdistill.generate_data import prompt_id
 from specdistill.jsonl import append_rows
 from specdistill.options import option
 from specdistill.prompts import HELDOUT_PROMPTS
+from specdistill.self_prompts import target_written_prompts
 
 PROSE_SUFFIXES = {".md", ".rst", ".txt"}
 
@@ -33,7 +35,9 @@ PROSE_SUFFIXES = {".md", ".rst", ".txt"}
 class MakePromptsConfig:
     """Turn local text into instruction prompts for generate-data."""
 
-    source: str = option("stdlib", "a folder or file of .py/.md/.rst/.txt text, or stdlib (this Python's library)")
+    source: str = option("stdlib", "a folder or file of .py/.md/.rst/.txt text, stdlib (this Python's library), "
+                                   "or target (the target writes them, few-shot from the built-in prompts)")
+    writer: str = option("smollm2-135m", "with source target: the model that writes them (local dir or default)")
     out: str = option("runs/teacher-data/prompts.jsonl", "the JSONL file of prompts (replaced)")
     max_prompts: int = option(5000, "keep at most this many (a seeded random choice)")
     max_lines: int = option(30, "the longest code an 'explain this code' prompt quotes")
@@ -118,8 +122,12 @@ def stdlib_code_prompts(seed: int = 0, limit: int = 2200) -> list[str]:
 
 
 def run_make_prompts(config: MakePromptsConfig, progress: bool = True) -> dict:
-    files = _sources(config.source)
-    found = collect_prompts(files, config.max_lines, config.seed, progress)
+    if config.source == "target":
+        files = []
+        found = target_written_prompts(config.max_prompts, config.seed, config.writer, progress=progress)
+    else:
+        files = _sources(config.source)
+        found = collect_prompts(files, config.max_lines, config.seed, progress)
     if not found:
         raise ValueError(f"no prompts in {config.source!r}: it has no documented functions or classes and no "
                          "paragraphs of 40 to 250 words")
@@ -130,5 +138,6 @@ def run_make_prompts(config: MakePromptsConfig, progress: bool = True) -> dict:
     out.unlink(missing_ok=True)
     append_rows(out, [{"id": r["id"], "prompt": r["prompt"], "source": r["source"]} for r in chosen])
     code = sum(r["source"].split(":")[0].endswith(".py") for r in chosen)
+    written = sum(r["source"].startswith("target:") for r in chosen)
     return {"files": len(files), "found": len(found), "prompts": len(chosen), "from_code": code,
-            "from_prose": len(chosen) - code, "out": str(out)}
+            "from_prose": len(chosen) - code - written, "target_written": written, "out": str(out)}

@@ -29,9 +29,10 @@ from transformers import AutoModelForCausalLM
 
 from specdistill.batches import TokenRows
 from specdistill.checkpoints import recover_checkpoint, replace_dir
-from specdistill.distill import Student, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
+from specdistill.distill import Student, autocast, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
 from specdistill.eagle import Eagle3Head
 from specdistill.eagle_train import build_head, check_head_config
+from specdistill.feature_cache import feature_rows
 from specdistill.lora import add_lora, has_adapters, load_adapters, plain_model
 from specdistill.losses import DIVERGENCES
 from specdistill.model_card import write_model_card
@@ -58,6 +59,8 @@ class TrainConfig(DataConfig):
     head_vocab_size: int = option(8192, "eagle3: the head's draft vocabulary (the answers' most frequent tokens)")
     ttt_steps: int = option(4, "eagle3: training-time test unrolls the head this many draft positions")
     ttt_decay: float = option(1.0, "eagle3: draft position j's loss weighs ttt_decay ** (j - 1)")
+    feature_cache: str = option("", "eagle3: a directory for the target's features over the training rows, made "
+                                    "once and read by every step instead of running the target", resumable=True)
     keep_layers: str = option("0,1,2,-1", "target layers the pruned draft keeps (negative = from the end)")
     output_dir: str = option("runs/draft", "checkpoints, logs and the exported draft (final/, best/) go here")
     teacher_cache: str = option("", "a top-k teacher cache from `specdistill cache-teacher`: its rows and teacher "
@@ -117,6 +120,8 @@ class TrainConfig(DataConfig):
             raise ValueError(f"draft_type must be lm or eagle3, got {self.draft_type!r}")
         if self.draft_type == "eagle3":
             check_head_config(self)
+        elif self.feature_cache:
+            raise ValueError("feature_cache holds an EAGLE-3 head's features: use it with draft_type eagle3")
         if self.teacher_cache and (self.onpolicy_fraction > 0 or self.eval_every > 0):
             raise ValueError("onpolicy_fraction and eval_every need the live target to score the draft's own text; "
                              "set them to 0 with teacher_cache")
@@ -235,6 +240,11 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
     rows = TokenRows.from_chunks(data) if isinstance(data, torch.Tensor) else data
     eos_ids = _as_list(getattr(target.generation_config, "eos_token_id", None)) if target is not None else []
     draft, resumed_from = _build_draft(config, target, accelerator.device, rows, eos_ids)
+    if config.feature_cache:
+        with accelerator.main_process_first():  # the main process makes the cache; the others read it
+            rows = feature_rows(config.feature_cache, target, rows, draft.layer_ids,
+                                lambda: autocast(accelerator.device, config.bf16),
+                                progress=progress and accelerator.is_main_process)
     if cache:
         teacher = Teacher(None, cache["target_name"], cache["eos_token_ids"], cache["vocab_size"])
         if vocab_size(draft) != teacher.vocab:

@@ -83,3 +83,28 @@ def test_a_head_needs_a_llama_family_target():
     gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=16))
     with pytest.raises(ValueError, match="built for Llama-family targets .* use draft_type lm"):
         Eagle3Head.for_target(gpt2, torch.arange(8))
+
+
+def test_feature_cache_trains_exactly_as_the_live_target(tmp_path, target_and_chunks, monkeypatch):
+    target, chunks = target_and_chunks
+    live = train(_config(tmp_path / "live", steps=6), target=target, data=chunks, progress=False)
+    cache = tmp_path / "features"
+    cached = train(_config(tmp_path / "cached", steps=6, feature_cache=str(cache)), target=target, data=chunks,
+                   progress=False)
+    assert [h["loss"] for h in cached["history"]] == pytest.approx([h["loss"] for h in live["history"]], rel=1e-5)
+    assert json.loads((cache / "cache.json").read_text())["layer_ids"] == [0, 2, 3]
+
+    import specdistill.feature_cache as feature_cache  # a rerun reads the shards and never runs the target
+
+    monkeypatch.setattr(feature_cache, "_write_shard", lambda *args: pytest.fail("the cache was made again"))
+    again = train(_config(tmp_path / "again", steps=6, feature_cache=str(cache)), target=target, data=chunks,
+                  progress=False)
+    assert again["history"][-1]["loss"] == pytest.approx(cached["history"][-1]["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="other rows or another head"):
+        train(_config(tmp_path / "other", steps=6, feature_cache=str(cache)), target=target, data=chunks[:40],
+              progress=False)
+
+
+def test_feature_cache_is_only_for_heads():
+    with pytest.raises(ValueError, match="draft_type eagle3"):
+        TrainConfig(target="unused", feature_cache="x")

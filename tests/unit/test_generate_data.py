@@ -156,3 +156,25 @@ def test_prompt_sets_presets_and_made_prompts(tmp_path):
     texts = " ".join(row["prompt"] for row in made)
     assert "Write a Python function `scale(x, factor=2)`: Multiply x by factor." in texts
     assert "def scale" in texts and "_hidden" not in texts and "Lists keep their order" in texts
+
+
+def test_target_written_prompts_are_clean_new_requests(tiny_teacher, monkeypatch):
+    from specdistill import self_prompts
+
+    text = self_prompts.few_shot_text(["How do I sort a list?", "Explain closures."])
+    assert text.endswith("1. How do I sort a list?\n2. Explain closures.\n3.")
+    assert self_prompts.clean_request(" How do I read a file in Python?\n4. more", True) == \
+        "How do I read a file in Python?"
+    assert self_prompts.clean_request(" How do I read a file in", False) is None  # cut off at max tokens
+    assert self_prompts.clean_request(" Sort it.", True) is None  # too short to be a request
+    assert self_prompts.clean_request(" Write a function that adds two numbers", True) is None  # no ending
+    # The tiny random teacher rarely writes a clean line: the attempts are capped at 4x the count.
+    lists = []
+    monkeypatch.setattr(self_prompts, "SHOTS", 2)
+    monkeypatch.setattr(self_prompts, "few_shot_text", lambda examples: lists.append(examples) or text)
+    written = self_prompts.target_written_prompts(3, seed=0, model=str(tiny_teacher), batch_size=4, progress=False)
+    assert len(written) <= 3 and all(self_prompts.clean_request(row["prompt"], True) for row in written)
+    assert len({row["prompt"] for row in written}) == len(written)
+    assert not {row["prompt"] for row in written} & (set(HELDOUT_PROMPTS) | set(builtin_prompt_set("builtin")))
+    assert len(lists) == 12 or len(written) == 3  # at most 4 x 3 attempts, in batches of 4
+    assert all(len(examples) == 2 and not set(examples) & set(HELDOUT_PROMPTS) for examples in lists)
