@@ -88,6 +88,8 @@ def make(name: str, overrides: dict, base: TrainConfig, data: Path, runs: Path, 
     out = runs / "".join(c if c.isalnum() else "-" for c in name).strip("-")
     config = replace(base, output_dir=str(out), steps=steps,
                      data=str(subset(data, tokens, runs) if tokens else data), **overrides)
+    if config.draft_type == "eagle3":  # heads on the same data share one cache of the target's features
+        config = replace(config, feature_cache=str(runs / f"features-{Path(config.data).stem}"))
     history = out / "checkpoint" / "history.json"
     if (out / "final" / "config.json").exists() and history.exists() and \
             json.loads(history.read_text())[-1]["step"] >= steps:

@@ -120,7 +120,15 @@ def code_prompts(seed: int = 0) -> list[str]:
     return stdlib_code_prompts(seed)
 
 
-PROMPT_SETS = {"builtin:python": training_prompts, "builtin:stdlib": stdlib_prompts, "builtin:code": code_prompts}
+def written_prompts(seed: int = 0) -> list[str]:
+    """Prompts the default target wrote itself (``make-prompts --source target``), shipped as text."""
+    path = Path(__file__).parent / "prompt_sets" / "target-written.txt"
+    return [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and line not in HELDOUT_PROMPTS]
+
+
+PROMPT_SETS = {"builtin:python": training_prompts, "builtin:stdlib": stdlib_prompts, "builtin:code": code_prompts,
+               "builtin:written": written_prompts}
 
 
 def builtin_prompt_set(name: str) -> list[str]:

@@ -135,6 +135,8 @@ def test_prompt_sets_presets_and_made_prompts(tmp_path):
     assert not set(builtin_prompt_set("builtin")) & set(HELDOUT_PROMPTS)
     code = builtin_prompt_set("builtin:code")
     assert len(set(code)) == len(code) == 2200 and not set(code) & set(HELDOUT_PROMPTS)
+    written = builtin_prompt_set("builtin:written")
+    assert len(set(written)) == len(written) >= 200 and not set(written) & set(HELDOUT_PROMPTS)
     (tmp_path / "mine.txt").write_text("What is a closure?\n")
     mixed = prompt_texts(f"builtin:python, {tmp_path / 'mine.txt'}")
     assert mixed[-1] == "What is a closure?" and mixed[:-1] == builtin_prompt_set("builtin:python")
