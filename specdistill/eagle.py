@@ -170,12 +170,17 @@ class Eagle3Head(nn.Module):
         return full.index_copy_(-1, self.draft_ids, small)
 
     def ttt_logits(self, features, input_ids, steps: int) -> list[torch.Tensor]:
+        """The draft logits of each step of ``ttt_states``."""
+        return [self.logits(state) for state in self.ttt_states(features, input_ids, steps)]
+
+    def ttt_states(self, features, input_ids, steps: int) -> list[torch.Tensor]:
         """Training-time test over whole rows: features [B, T, 3H] (the target's, at every
         position), ids [B, T]. Step j (1-based) at index c is the j-th draft of a block that
         starts after the target verified position c: it reads token c + j and, for j > 1, its
         own state from step j - 1 at c, and guesses token c + j + 1 (target logits at c + j).
         It attends to step 1's keys up to c (the verified slots) and to its own block's
-        earlier steps at c, as it would at inference. Returns the draft logits of each step."""
+        earlier steps at c, as it would at inference. Returns the head's states [B, T, H] of
+        each step (``logits`` turns them into draft logits)."""
         layer, batch, width = self.layers[0], *input_ids.shape
         index = torch.arange(width, device=input_ids.device)
         feature, keys, values, out = self.fc(features), [], [], []
@@ -190,7 +195,7 @@ class Eagle3Head(nn.Module):
             mask = torch.cat([causal] + [diagonal] * (j - 1), dim=1)
             feature = layer.finish(layer.self_attn.attend(q, torch.cat(keys, 2), torch.cat(values, 2), mask),
                                    residual)
-            out.append(self.logits(feature))
+            out.append(feature)
         return out
 
     def save_pretrained(self, path, **_) -> None:

@@ -66,7 +66,10 @@ def shifted(x: torch.Tensor, j: int, fill) -> torch.Tensor:
 
 
 def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(loss sum, acceptance sum of the first draft, counted positions) of one (micro-)batch."""
+    """(loss sum, acceptance sum of the first draft, counted positions) of one (micro-)batch.
+    Each step's LM head and loss run only at the positions whose drafted token counts (prompt
+    and padding positions never reach the [N, V] logits), and only the first draft's
+    acceptance is measured: on a CPU the loss over the vocabulary is most of a step."""
     with torch.no_grad(), autocast:
         if batch.features is None:
             features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
@@ -75,17 +78,22 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
             _, weight = decoder_and_head(target)
             teacher = F.linear(final, weight[head.draft_ids])
     with autocast:
-        steps = head.ttt_logits(features, batch.input_ids, config.ttt_steps)
+        states = head.ttt_states(features, batch.input_ids, config.ttt_steps)
     loss = acceptance = None
-    for j, logits in enumerate(steps, 1):
-        labels = torch.where(shifted(batch.loss_mask, j, False), 0, -100)
-        step_loss, step_acceptance = compute_distill_loss(
-            logits, shifted(teacher, j, 0), divergence=config.divergence, temperature=config.temperature,
-            beta=config.beta, labels=labels, reduction="sum", return_acceptance=True)
+    count = 0
+    for j, state in enumerate(states, 1):
+        # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does.
+        rows, cols = shifted(batch.loss_mask, j, False).nonzero(as_tuple=True)
+        with autocast:
+            logits = head.logits(state[rows, cols])
+        out = compute_distill_loss(logits, teacher[rows, cols + j], divergence=config.divergence,
+                                   temperature=config.temperature, beta=config.beta, reduction="sum",
+                                   return_acceptance=j == 1)
+        step_loss = out[0] if j == 1 else out
         weighted = step_loss * config.ttt_decay ** (j - 1)
         loss = weighted if loss is None else loss + weighted
         if j == 1:
-            acceptance, count = step_acceptance.float().sum(), int((labels != -100).sum())
+            acceptance, count = out[1].float().sum(), len(rows)
     return loss, acceptance, count
 
 

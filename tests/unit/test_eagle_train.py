@@ -108,3 +108,30 @@ def test_feature_cache_trains_exactly_as_the_live_target(tmp_path, target_and_ch
 def test_feature_cache_is_only_for_heads():
     with pytest.raises(ValueError, match="draft_type eagle3"):
         TrainConfig(target="unused", feature_cache="x")
+
+
+def test_head_step_loss_is_the_masked_loss_over_whole_rows(target_and_chunks):
+    from types import SimpleNamespace
+
+    from specdistill.batches import Batch
+    from specdistill.eagle_train import head_step, shifted, target_pass
+    from specdistill.losses import compute_distill_loss
+
+    target, chunks = target_and_chunks
+    ids = draft_vocabulary(chunks.flatten(), 64, 48, [])
+    head = Eagle3Head.for_target(target, ids, [0, 2, 3], seed=0).float()
+    mask = torch.rand(chunks[:4].shape, generator=torch.Generator().manual_seed(3)) < 0.6
+    batch = Batch(chunks[:4], mask)
+    config = SimpleNamespace(ttt_steps=3, ttt_decay=0.7, divergence="jsd", temperature=1.5, beta=0.5)
+    loss, acceptance, count = head_step(target, head, batch, config, torch.autocast("cpu", enabled=False))
+    features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
+    expected = 0
+    for j, logits in enumerate(head.ttt_logits(features, batch.input_ids, 3), 1):
+        labels = torch.where(shifted(mask, j, False), 0, -100)
+        step, accepted = compute_distill_loss(logits, shifted(teacher, j, 0), divergence="jsd", temperature=1.5,
+                                              labels=labels, reduction="sum", return_acceptance=True)
+        expected = expected + step * 0.7 ** (j - 1)
+        if j == 1:
+            torch.testing.assert_close(acceptance, accepted.float().sum())
+            assert count == int((labels != -100).sum())
+    torch.testing.assert_close(loss, expected)
