@@ -49,7 +49,8 @@ are here (bf16, `checksum.json` has their sha256).
 
 ## How it was made
 
-Training-time test over {config["ttt_steps"]} draft positions, {config["divergence"]} at
+Training-time test over {config["ttt_steps"]} draft positions (position j weighs
+{config.get("ttt_decay", 1.0)}^(j - 1)), {config["divergence"]} at
 T = {config["temperature"]}, {training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens,
 lr {config["lr"]}, on `{config["data"]}`: {data_note} None of the held-out prompts it is measured on
 is among them. Exported from `{head}`. `specdistill train --preset default-draft`
