@@ -7,6 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+
+def save_shard(path: Path, tensors: dict) -> None:
+    """A safetensors file written whole: beside, then renamed. A kill mid-write leaves only a
+    ``.tmp`` that the next run rewrites, so a run that skips existing shards never reads half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp)
+    tmp.rename(path)
 
 
 def save_checkpoint(path: Path, draft, tokenizer, optimizer, step: int, history: list) -> None:

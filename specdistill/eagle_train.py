@@ -79,8 +79,7 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
             teacher = F.linear(final, weight[head.draft_ids])
     with autocast:
         states = head.ttt_states(features, batch.input_ids, config.ttt_steps)
-    loss = acceptance = None
-    count = 0
+    loss = acceptance = count = None
     for j, state in enumerate(states, 1):
         # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does.
         rows, cols = shifted(batch.loss_mask, j, False).nonzero(as_tuple=True)

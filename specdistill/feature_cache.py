@@ -19,17 +19,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from specdistill.batches import Batch, TokenRows
+from specdistill.checkpoints import save_shard
 from specdistill.models import decoder_and_head
 
-log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
@@ -98,6 +97,4 @@ def _write_shard(path: Path, target, ids: torch.Tensor, layer_ids: list[int], au
         features.append(torch.cat([out.hidden_states[i] for i in layer_ids], -1).cpu())
         final.append(out.last_hidden_state.cpu())
         bar.update(len(final[-1]))
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": torch.cat(features).contiguous(), "final": torch.cat(final).contiguous()}, tmp)
-    tmp.rename(path)  # whole shards only: a kill mid-write leaves a .tmp that the next run rewrites
+    save_shard(path, {"features": torch.cat(features).contiguous(), "final": torch.cat(final).contiguous()})

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from specdistill.batches import Batch, TokenRows
+from specdistill.checkpoints import save_shard
 from specdistill.distill import autocast
 from specdistill.models import load_target, vocab_size
 from specdistill.options import changed_fields, option
@@ -120,9 +121,7 @@ def _write_shard(path: Path, target, rows: TokenRows, part: slice, k: int, confi
         "topk_indices": idx.to(torch.int32).contiguous(),
         "tail_mass": (1 - lp.double().exp().sum(-1)).clamp_min(0).float().contiguous(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp)
-    tmp.rename(path)  # whole shards only: a kill mid-write leaves a .tmp that the next run rewrites
+    save_shard(path, tensors)
 
 
 class CachedRows(TokenRows):
