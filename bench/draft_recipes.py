@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workflow import load_trained  # noqa: E402
+from workflow import head_recipe, load_trained  # noqa: E402
 
 from specdistill.batches import record_rows  # noqa: E402
 from specdistill.demo import measure_hf_baseline  # noqa: E402
@@ -46,9 +46,10 @@ from specdistill.target_data import answer_prompts  # noqa: E402
 from specdistill.train import TrainConfig, train  # noqa: E402
 
 K, CONFIDENCE, LM_DRAFT_VOCAB = 4, 0.4, 8192
-HEAD = {"draft_type": "eagle3", "lr": 2e-3}
+HEAD = head_recipe()  # the shipped preset's (specdistill/presets/default-draft.yaml) but for its data and length
 
-# name -> TrainConfig overrides; "data_tokens" takes the first N answer tokens, "steps_factor" scales steps.
+# name -> TrainConfig overrides; "data_tokens" takes the first N answer tokens, "steps_factor" scales steps,
+# "steps" fixes them.
 CANDIDATES = {
     "pruned 4 layers (0,1,2,-1)": {"keep_layers": "0,1,2,-1"},
     "pruned 2 layers (0,-1)": {"keep_layers": "0,-1"},
@@ -63,6 +64,7 @@ CANDIDATES = {
     "EAGLE-3 head, 200k tokens": HEAD | {"data_tokens": 200_000},
     "EAGLE-3 head, tvd": HEAD | {"divergence": "tvd"},
     "EAGLE-3 head, half the steps": HEAD | {"steps_factor": 0.5},
+    "EAGLE-3 head, 1000 steps (the preset)": HEAD | {"steps": 1000},
 }
 
 
@@ -84,7 +86,7 @@ def make(name: str, overrides: dict, base: TrainConfig, data: Path, runs: Path, 
     """The candidate's trained draft (trained now unless its run finished before) and its directory."""
     overrides = dict(overrides)
     tokens = overrides.pop("data_tokens", None)
-    steps = max(1, round(base.steps * overrides.pop("steps_factor", 1.0)))
+    steps = overrides.pop("steps", max(1, round(base.steps * overrides.pop("steps_factor", 1.0))))
     out = runs / "".join(c if c.isalnum() else "-" for c in name).strip("-")
     config = replace(base, output_dir=str(out), steps=steps,
                      data=str(subset(data, tokens, runs) if tokens else data), **overrides)

@@ -26,6 +26,7 @@ Prints the headline table, then ONE JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import shutil
@@ -42,14 +43,16 @@ from specdistill.serve.model_free import ModelFreeDrafter  # noqa: E402
 from workflow_report import write_report  # noqa: E402
 
 from specdistill.batches import record_rows  # noqa: E402
+from specdistill.cli import PRESETS as TRAIN_PRESETS  # noqa: E402
 from specdistill.demo import measure_hf_baseline  # noqa: E402
 from specdistill.eagle import Eagle3Head  # noqa: E402
 from specdistill.eagle_io import is_head_dir, load_head  # noqa: E402
 from specdistill.eagle_train import head_acceptance  # noqa: E402
 from specdistill.eval import _acceptance_summary, measure_speculative, teacher_forced_acceptance  # noqa: E402
 from specdistill.models import load_draft_vocab, load_target, prune_draft  # noqa: E402
+from specdistill.options import read_config_file  # noqa: E402
 from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids  # noqa: E402
-from specdistill.target_data import answer_prompts, generate_answers  # noqa: E402
+from specdistill.target_data import answer_prompts, generate_answers, load_records  # noqa: E402
 from specdistill.train import TrainConfig, train  # noqa: E402
 
 PRESETS = {  # steps per draft (x batch 4 x 256 tokens), target-answer tokens, decode prompts, new tokens per prompt
@@ -72,11 +75,40 @@ def recipes(answers: str) -> dict[str, dict]:
         "(e) tvd, target answers": {"data": answers, "divergence": "tvd"},
         "(e) jsd, target answers": {"data": answers, "divergence": "jsd"},
         "(f) fkl + 25% on-policy": {"data": answers, "onpolicy_fraction": 0.25},
-        "(g) EAGLE-3 head": {"data": answers, "draft_type": "eagle3", "lr": 2e-3},
+        "(g) EAGLE-3 head": {"data": answers} | head_recipe(),
     }
 
 
-def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tokenizer) -> tuple:
+def head_recipe() -> dict:
+    """The shipped head's recipe (presets/default-draft.yaml) but for its data and length."""
+    preset = read_config_file(str(TRAIN_PRESETS / "default-draft.yaml"))
+    return {key: preset[key] for key in ("draft_type", "lr", "warmup_steps", "head_vocab_size", "ttt_steps",
+                                         "ttt_decay")}
+
+
+class StageClock:
+    """Minutes each stage (the target's answers, each draft's training) took when it did its work, kept
+    in ``stage_minutes.json`` beside the runs: a rerun that reuses a stage still knows what it cost, so
+    the report gives the preset's runtime from scratch even when it was made over several runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.minutes = json.loads(path.read_text()) if path.exists() else {}
+        self.this_run = 0.0  # minutes of stage work done by this run
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:  # a stage interrupted by an exception keeps its time; a SIGKILL loses it
+            minutes = (time.perf_counter() - started) / 60
+            self.this_run += minutes
+            self.minutes[name] = round(self.minutes.get(name, 0.0) + minutes, 2)
+            self.path.write_text(json.dumps(self.minutes, indent=1))
+
+
+def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tokenizer, clock: StageClock) -> tuple:
     """(draft, training history): trained unless its run has finished already."""
     if overrides is None:
         return prune_draft(target, [0, 1, 2, -1]), []
@@ -93,8 +125,19 @@ def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tok
     if shared.exists() and not (Path(config.output_dir) / "eval_answers.jsonl").exists():
         shutil.copy(shared, Path(config.output_dir) / "eval_answers.jsonl")
     target.float()
-    result = train(config, target=target, tokenizer=tokenizer)
+    with clock.stage(f"training {name}"):
+        result = train(config, target=target, tokenizer=tokenizer)
     return result["draft"], result["history"]
+
+
+def from_scratch_minutes(summary: dict, recipes: dict, clock: StageClock) -> float | None:
+    """The preset's runtime from nothing: every stage's recorded minutes plus this run's measuring
+    (None while a stage ran before its time was kept)."""
+    stages = ["target answers"] + [f"training {name}" for name, overrides in recipes.items() if overrides is not None]
+    if any(stage not in clock.minutes for stage in stages):
+        return None
+    measuring = summary["minutes"] - clock.this_run
+    return round(sum(clock.minutes[stage] for stage in stages) + measuring, 1)
 
 
 def load_trained(final: Path, target):
@@ -179,7 +222,7 @@ def measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, draft
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the quick preset (40 steps per draft)")
+    parser.add_argument("--quick", action="store_true", help="the quick preset (80 steps per draft)")
     parser.add_argument("--runs", default="runs/workflow", help="trained drafts and answers (reused by a rerun)")
     parser.add_argument("--out", default="", help="the report folder (default bench/results/<date>-<preset>)")
     parser.add_argument("--report-only", action="store_true", help="redraw the report from --out/results.json")
@@ -205,7 +248,10 @@ def main():
     # The target's answers (sampled, T = 0.8) to training prompts: one file every recipe reads.
     answers = runs / "target_answers.jsonl"
     target.to(torch.bfloat16)
-    generate_answers(target, tokenizer, preset["answer_tokens"], cache=answers)
+    clock = StageClock(runs / "stage_minutes.json")
+    if sum(len(answer) for _, answer in load_records(answers)) < preset["answer_tokens"]:
+        with clock.stage("target answers"):
+            generate_answers(target, tokenizer, preset["answer_tokens"], cache=answers)
     heldout = answer_prompts(target, tokenizer, HELDOUT_PROMPTS, runs / "eval_answers.jsonl")
     heldout_rows = record_rows(heldout, tokenizer.eos_token_id)
     prompts = HELDOUT_PROMPTS[: preset["decode_prompts"]]
@@ -217,7 +263,7 @@ def main():
     for method, name in (("prompt-lookup", "prompt lookup (model-free)"), ("ngram", "n-gram (model-free)")):
         results[name] = measure(name, method, target, tokenizer, prompts, preset, heldout_rows)
     for name, overrides in recipes(str(answers)).items():
-        draft, histories[name] = make_draft(name, overrides, base, target, tokenizer)
+        draft, histories[name] = make_draft(name, overrides, base, target, tokenizer, clock)
         final = runs / _slug(name) / "final" if overrides is not None else None
         results[name] = measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, final)
     summary = {
@@ -230,7 +276,9 @@ def main():
         "target_step_seconds": 1 / alone["tokens_per_s"],
         "drafts": results, "histories": histories,
         "minutes": round((time.perf_counter() - started) / 60, 1),
+        "stage_minutes": clock.minutes,
     }
+    summary["from_scratch_minutes"] = from_scratch_minutes(summary, recipes(str(answers)), clock)
     headline = write_report(summary, Path(args.out))
     print(headline)
     print(json.dumps({"out": args.out, "minutes": summary["minutes"],

@@ -55,7 +55,7 @@ def markdown(summary: dict, table: list[dict]) -> str:
         f"{summary['decode_prompts']} held-out prompts x {summary['max_new_tokens']} new tokens decoded, "
         f"teacher-forced acceptance on {summary['heldout_prompts']} held-out prompts. "
         f"Target alone: {summary['target_alone_tokens_per_s']:.1f} tok/s on our engine; HF `generate` "
-        f"{hf.get('fp32', 0):.1f} (fp32) / {hf.get('bf16', 0):.1f} (bf16) tok/s. Took {summary['minutes']} min.", "",
+        f"{hf.get('fp32', 0):.1f} (fp32) / {hf.get('bf16', 0):.1f} (bf16) tok/s. {_runtime(summary)}", "",
         "| drafter | α greedy | α T=1 | τ | tok/s | speedup | vs HF generate | predicted | measured/pred. "
         "| tok/s T=0.7 | speedup T=0.7 | HF assisted tok/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -77,16 +77,25 @@ def markdown(summary: dict, table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _runtime(summary: dict) -> str:
+    """This run's minutes and, when every stage's time is known, the preset's runtime from scratch."""
+    text = f"This run took {summary['minutes']} min"
+    scratch = summary.get("from_scratch_minutes")
+    if scratch is None:
+        return text + " (reused stages ran before their times were kept, so the runtime from scratch is unknown)."
+    return text + f"; from scratch the preset takes {scratch} min (answers, training and measuring)."
+
+
 def _save(fig, ax, path: Path) -> None:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves stay visible
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_acceptance(summary: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for name, r in summary["drafts"].items():
         ax.plot(KS, r["teacher_forced"]["alpha_greedy_per_position"], marker="o", label=name)
     ax.set(xlabel="draft position j", ylabel="acceptance at j, given 1..j-1 accepted",
@@ -95,7 +104,7 @@ def plot_acceptance(summary: dict, path: Path) -> None:
 
 
 def plot_speedup(summary: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     alone, step = summary["target_alone_tokens_per_s"], summary["target_step_seconds"]
     for i, (name, r) in enumerate(summary["drafts"].items()):
         color = f"C{i % 10}"

@@ -1,6 +1,7 @@
 """The workflow report: the speedup it predicts, its tables and its plots."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,23 @@ def test_the_report_predicts_tau_over_cost_and_writes_tables_and_plots(tmp_path)
     for name in ("results.json", "report.md", "acceptance_by_position.png", "speedup_vs_k.png",
                  "training_curves.png", "tokens_per_s.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_the_stage_clock_keeps_each_stage_across_reruns_and_gives_the_runtime_from_scratch(tmp_path):
+    from workflow import StageClock, from_scratch_minutes
+
+    recipes = {"(a) pruned only": None, "(d) fkl": {}, "(g) head": {"draft_type": "eagle3"}}
+    first = StageClock(tmp_path / "stage_minutes.json")
+    with first.stage("target answers"):
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError), first.stage("training (d) fkl"):
+        raise RuntimeError("a failing stage still counts the time it took")
+    assert set(first.minutes) == {"target answers", "training (d) fkl"}
+    assert from_scratch_minutes({"minutes": 2.0}, recipes, first) is None  # (g) has not trained yet
+    rerun = StageClock(tmp_path / "stage_minutes.json")  # reads what the first run kept
+    assert rerun.minutes == first.minutes and rerun.this_run == 0
+    with rerun.stage("training (g) head"):
+        time.sleep(0.01)
+    # every stage's minutes, plus this run's minutes that were not stage work (its measuring)
+    expected = sum(rerun.minutes.values()) + 2.0 - rerun.this_run
+    assert from_scratch_minutes({"minutes": 2.0}, recipes, rerun) == pytest.approx(expected, abs=0.06)
