@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from specdistill.drafts import resolve_draft
 from specdistill.eagle import Eagle3Head, draft_vocabulary
 from specdistill.eagle_io import is_head_dir, load_head
 from specdistill.eval import chained_figures
@@ -33,14 +34,17 @@ def parse_layers(text: str) -> list[int] | None:
 
 def build_head(config, target, rows, eos_ids: list[int], checkpoint: Path | None) -> Eagle3Head:
     """The run's head: resumed from ``checkpoint``, else loaded from ``config.draft`` (a head
-    directory), else new, with a draft vocabulary of the training answers' most frequent tokens."""
+    directory, or ``default``: the shipped head), else new, with a draft vocabulary of the
+    training answers' most frequent tokens."""
     if checkpoint is not None:
         log.info("resuming the head from %s", checkpoint)
         return load_head(checkpoint, target, torch.float32).train()
-    if config.draft:
-        if not is_head_dir(config.draft):
-            raise ValueError(f"draft_type eagle3 starts from an EAGLE-3 head directory; {config.draft} is not one")
-        return load_head(config.draft, target, torch.float32).train()
+    if config.draft:  # default: the shipped head, to fine-tune on the user's own answers
+        where = Path(resolve_draft(config.draft))
+        if not is_head_dir(where):
+            raise ValueError(f"draft_type eagle3 starts from an EAGLE-3 head directory or default (the shipped "
+                             f"head); {config.draft} is not one")
+        return load_head(where, target, torch.float32).train()
     ids = draft_vocabulary(rows.input_ids[:, 1:][rows.loss_mask[:, :-1]], target.config.vocab_size,
                            config.head_vocab_size, eos_ids)
     return Eagle3Head.for_target(target, ids, parse_layers(config.head_layers), config.seed).float().train()

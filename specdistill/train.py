@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM
 from specdistill.batches import TokenRows
 from specdistill.checkpoints import recover_checkpoint, replace_dir
 from specdistill.distill import Student, autocast, distill_step, fusable  # noqa: F401 (distill_step: the step, for callers)
+from specdistill.drafts import DEFAULT_DRAFT
 from specdistill.eagle import Eagle3Head
 from specdistill.eagle_train import build_head, check_head_config
 from specdistill.feature_cache import feature_rows
@@ -53,8 +54,8 @@ class TrainConfig(DataConfig):
 
     draft_type: str = option("lm", "lm: a causal-LM draft (pruned from the target, or --draft); eagle3: an "
                                    "EAGLE-3 head on the target's hidden states, trained with training-time test")
-    draft: str = option("", "a local HF draft directory (or, for eagle3, a head directory) to start from; empty = "
-                            "prune the target (lm) or a new head (eagle3)")
+    draft: str = option("", "a local HF draft directory (or, for eagle3, a head directory, or default: the "
+                            "shipped head) to start from; empty = prune the target (lm) or a new head (eagle3)")
     head_layers: str = option("", "eagle3: the target hidden states the head reads (empty = low, middle, high)")
     head_vocab_size: int = option(8192, "eagle3: the head's draft vocabulary (the answers' most frequent tokens)")
     ttt_steps: int = option(4, "eagle3: training-time test unrolls the head this many draft positions")
@@ -122,6 +123,8 @@ class TrainConfig(DataConfig):
             check_head_config(self)
         elif self.feature_cache:
             raise ValueError("feature_cache holds an EAGLE-3 head's features: use it with draft_type eagle3")
+        elif self.draft == DEFAULT_DRAFT:
+            raise ValueError("--draft default is the shipped EAGLE-3 head: fine-tune it with --draft-type eagle3")
         if self.teacher_cache and (self.onpolicy_fraction > 0 or self.eval_every > 0):
             raise ValueError("onpolicy_fraction and eval_every need the live target to score the draft's own text; "
                              "set them to 0 with teacher_cache")

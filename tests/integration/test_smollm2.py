@@ -78,3 +78,29 @@ def test_distillation_loss_on_real_logits_is_finite_and_decreases(smollm2):
         optimizer.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_the_shipped_head_fine_tunes_from_draft_default(smollm2, tmp_path):
+    from specdistill.drafts import load_draft
+    from specdistill.eagle_io import load_head
+    from specdistill.train import TrainConfig, train
+
+    target, tokenizer, _ = smollm2
+    rows = []
+    for prompt in ("Write a haiku about the sea.", "What does a Python list comprehension do?"):
+        ids = chat_prompt_ids(tokenizer, prompt)
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
+                              pad_token_id=tokenizer.eos_token_id)
+        rows.append(out[0, -64:])
+    config = TrainConfig(target="unused", draft_type="eagle3", draft="default", output_dir=str(tmp_path / "run"),
+                         seq_len=64, batch_size=2, steps=2, lr=1e-4, warmup_steps=1, ttt_steps=2, bf16=False,
+                         eval_every=0)
+    result = train(config, target=target, tokenizer=tokenizer, data=torch.stack(rows), progress=False)
+    shipped, _ = load_draft("default", target, torch.float32)
+    # it starts from the shipped weights: on the target's own text the shipped head accepts ~0.3, a new one ~0
+    assert result["history"][0]["acceptance"] > 0.15
+    tuned = load_head(tmp_path / "run" / "final", target, torch.float32)
+    assert torch.equal(tuned.d2t, shipped.d2t)  # the shipped draft vocabulary, not one re-derived from the data
+    assert not torch.equal(tuned.fc.weight, shipped.fc.weight)
+    with pytest.raises(ValueError, match="--draft-type eagle3"):
+        TrainConfig(target="unused", draft="default")
