@@ -30,6 +30,7 @@ from specdistill.checkpoints import save_shard
 from specdistill.models import decoder_and_head
 
 FORMAT_VERSION = 1
+SHARD_ROWS = 256  # rows per shard file: a killed run loses at most one shard of work
 
 
 def rows_digest(rows: TokenRows) -> str:
@@ -40,16 +41,19 @@ def rows_digest(rows: TokenRows) -> str:
 
 
 class FeatureRows(TokenRows):
-    """Training rows with the target's features [N, T, 3H] and final hidden states
-    [N, T, H]; a batch carries both (``Batch.features``), so the step skips the target."""
+    """Training rows with the target's features [T, 3H] and final hidden states [T, H] per
+    row, kept in their shards of ``shard_rows`` rows (never concatenated: that would hold the
+    cache twice in memory); a batch carries both (``Batch.features``), so the step skips the target."""
 
-    def __init__(self, rows: TokenRows, features: torch.Tensor, final: torch.Tensor):
+    def __init__(self, rows: TokenRows, shards: list[dict[str, torch.Tensor]], shard_rows: int):
         super().__init__(rows.input_ids, rows.loss_mask, rows.prompts)
-        self.features, self.final = features, final
+        self.shards, self.shard_rows = shards, shard_rows
 
     def batch(self, step: int, batch_size: int, seed: int) -> Batch:
         rows = self.batch_rows(step, batch_size, seed)
-        return Batch(self.input_ids[rows], self.loss_mask[rows], features=(self.features[rows], self.final[rows]))
+        features, final = ([self.shards[r // self.shard_rows][key][r % self.shard_rows] for r in rows.tolist()]
+                           for key in ("features", "final"))
+        return Batch(self.input_ids[rows], self.loss_mask[rows], features=(torch.stack(features), torch.stack(final)))
 
 
 def feature_rows(directory: str, target, rows: TokenRows, layer_ids: list[int], autocast=contextlib.nullcontext,
@@ -72,17 +76,16 @@ def feature_rows(directory: str, target, rows: TokenRows, layer_ids: list[int], 
                              "pass another --feature-cache directory or delete this one")
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(expected, indent=2))
-    shard_rows = 256
-    starts = range(0, len(rows), shard_rows)
+    starts = range(0, len(rows), SHARD_ROWS)
     with tqdm(total=len(rows), desc="target features", unit="row", disable=not progress) as bar:
         for number, start in enumerate(starts):
             path = out / f"shard-{number:05d}.safetensors"
             if not path.exists():
-                _write_shard(path, target, rows.input_ids[start: start + shard_rows], layer_ids,
+                _write_shard(path, target, rows.input_ids[start: start + SHARD_ROWS], layer_ids,
                              autocast, forward_batch, bar)
-            bar.update(min(len(rows), start + shard_rows) - bar.n)
+            bar.update(min(len(rows), start + SHARD_ROWS) - bar.n)
     shards = [load_file(out / f"shard-{i:05d}.safetensors") for i in range(len(starts))]
-    return FeatureRows(rows, torch.cat([s["features"] for s in shards]), torch.cat([s["final"] for s in shards]))
+    return FeatureRows(rows, shards, SHARD_ROWS)
 
 
 @torch.no_grad()

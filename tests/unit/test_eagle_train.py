@@ -135,3 +135,16 @@ def test_head_step_loss_is_the_masked_loss_over_whole_rows(target_and_chunks):
             torch.testing.assert_close(acceptance, accepted.float().sum())
             assert count == int((labels != -100).sum())
     torch.testing.assert_close(loss, expected)
+
+
+def test_feature_rows_gather_a_batch_across_their_shards():
+    from specdistill.feature_cache import FeatureRows
+
+    rows = TokenRows(torch.arange(24).view(6, 4), torch.ones(6, 4, dtype=torch.bool))
+    features, final = torch.randn(6, 4, 3), torch.randn(6, 4, 1)
+    shards = [{"features": features[i: i + 2], "final": final[i: i + 2]} for i in (0, 2, 4)]
+    cached = FeatureRows(rows, shards, shard_rows=2)
+    for step in range(4):
+        batch, index = cached.batch(step, 3, seed=0), cached.batch_rows(step, 3, seed=0)
+        assert torch.equal(batch.input_ids, rows.input_ids[index])
+        assert torch.equal(batch.features[0], features[index]) and torch.equal(batch.features[1], final[index])
