@@ -82,9 +82,9 @@ def subset(data: Path, tokens: int, runs: Path) -> Path:
     return path
 
 
-def make(name: str, overrides: dict, base: TrainConfig, data: Path, runs: Path, target, tokenizer):
-    """The candidate's trained draft (trained now unless its run finished before) and its directory."""
-    overrides = dict(overrides)
+def candidate_config(name: str, base: TrainConfig, data: Path, runs: Path) -> TrainConfig:
+    """The candidate's training settings: the study's base with the candidate's overrides."""
+    overrides = dict(CANDIDATES[name])
     tokens = overrides.pop("data_tokens", None)
     steps = overrides.pop("steps", max(1, round(base.steps * overrides.pop("steps_factor", 1.0))))
     out = runs / "".join(c if c.isalnum() else "-" for c in name).strip("-")
@@ -92,6 +92,13 @@ def make(name: str, overrides: dict, base: TrainConfig, data: Path, runs: Path, 
                      data=str(subset(data, tokens, runs) if tokens else data), **overrides)
     if config.draft_type == "eagle3":  # heads on the same data share one cache of the target's features
         config = replace(config, feature_cache=str(runs / f"features-{Path(config.data).stem}"))
+    return config
+
+
+def make(name: str, base: TrainConfig, data: Path, runs: Path, target, tokenizer):
+    """The candidate's trained draft (trained now unless its run finished before) and its directory."""
+    config = candidate_config(name, base, data, runs)
+    out, steps = Path(config.output_dir), config.steps
     history = out / "checkpoint" / "history.json"
     if (out / "final" / "config.json").exists() and history.exists() and \
             json.loads(history.read_text())[-1]["step"] >= steps:
@@ -100,7 +107,7 @@ def make(name: str, overrides: dict, base: TrainConfig, data: Path, runs: Path, 
         print(f"{name}: training {steps} steps", flush=True)
         target.float()
         train(config, target=target, tokenizer=tokenizer, progress=True)
-    return load_trained(out / "final", target), out / "final", config
+    return load_trained(out / "final", target), out / "final"
 
 
 def measure(draft, final: Path, target, tokenizer, prompts, rows, max_new: int) -> dict:
@@ -132,12 +139,14 @@ def table(results: dict, alone: float, hf: float, target_step: float) -> str:
 
 
 def command(config: TrainConfig, base: TrainConfig) -> str:
-    changed = {k: v for k, v in vars(config).items() if vars(base).get(k) != v and k != "output_dir"}
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-    return f"specdistill train {flags} --steps {config.steps} --batch-size {config.batch_size}"
+    """The ``specdistill train`` command that makes the candidate: the study's base settings, then its own."""
+    always = ("data", "steps", "batch_size", "seq_len", "lr")
+    changed = [k for k, v in vars(config).items() if vars(base).get(k) != v and k not in always + ("output_dir",)]
+    flags = " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in always + tuple(changed))
+    return f"specdistill train {flags} --output-dir {config.output_dir}"
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="runs/data/answers.jsonl", help="target answers (generate-data records)")
     parser.add_argument("--steps", type=int, default=300, help="steps per candidate (batch 8 x 256 tokens)")
@@ -146,15 +155,38 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--out", default=f"bench/results/{datetime.date.today()}-recipes")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from --out/results.json")
     args = parser.parse_args()
     unknown = set(args.only or []) - set(CANDIDATES)
     if unknown or not Path(args.data).exists():
         sys.exit(f"unknown candidates {sorted(unknown)}" if unknown else f"no data at {args.data}: make it with "
                  "`specdistill generate-data` (see bench/RESULTS.md, 'The draft that pays')")
-    started, runs = time.perf_counter(), Path(args.runs)
-    runs.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def write_outputs(summary: dict, args, base: TrainConfig) -> str:
+    """results.json and table.md in --out, each row with the command that makes its draft; the table."""
+    for name, result in summary["candidates"].items():
+        result["command"] = command(candidate_config(name, base, Path(args.data), Path(args.runs)), base)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    alone = summary["target_alone_tokens_per_s"]
+    text = table(summary["candidates"], alone, summary["hf_generate_tokens_per_s"], 1 / alone)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(text + "\n")
+    return text
+
+
+def main():
+    args = parse_args()
+    runs = Path(args.runs)
     base = TrainConfig(data=args.data, steps=args.steps, batch_size=8, seq_len=256, lr=1e-3, save_every=50,
                        report_to="none", eval_every=0)
+    if args.table_only:
+        print(write_outputs(json.loads((Path(args.out) / "results.json").read_text()), args, base))
+        return
+    started = time.perf_counter()
+    runs.mkdir(parents=True, exist_ok=True)
     target, tokenizer = load_target()
     target.to(torch.bfloat16)
     rows = record_rows(answer_prompts(target, tokenizer, HELDOUT_PROMPTS, runs / "eval_answers.jsonl"),
@@ -166,21 +198,15 @@ def main():
                                 max_new_tokens=args.max_new_tokens, progress=False)["tokens_per_s"]
     results = {}
     for name in args.only or CANDIDATES:
-        draft, final, config = make(name, CANDIDATES[name], base, Path(args.data), runs, target, tokenizer)
+        draft, final = make(name, base, Path(args.data), runs, target, tokenizer)
         results[name] = measure(draft, final, target, tokenizer, prompts, rows, args.max_new_tokens)
-        results[name]["command"] = command(config, base)
         print(f"{name}: held-out alpha {results[name]['teacher_forced_alpha']:.3f}, tau {results[name]['tau']:.2f}, "
               f"{results[name]['tokens_per_s']:.1f} tok/s", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = table(results, alone, hf, 1 / alone)
     summary = {"target_alone_tokens_per_s": round(alone, 2), "hf_generate_tokens_per_s": round(hf, 2),
                "steps": args.steps, "data": args.data, "candidates": results,
                "minutes": round((time.perf_counter() - started) / 60, 1)}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(text + "\n")
-    print(text)
-    print(json.dumps({"out": str(out), "minutes": summary["minutes"], "speedup_vs_hf_generate": {
+    print(write_outputs(summary, args, base))
+    print(json.dumps({"out": args.out, "minutes": summary["minutes"], "speedup_vs_hf_generate": {
         name: round(r["tokens_per_s"] / hf, 3) for name, r in results.items()}}))
 
 

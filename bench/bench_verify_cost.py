@@ -1,0 +1,60 @@
+"""What verifying more tokens in one target pass costs: the default target's forward time for
+1..33 new tokens after a prompt (bf16, the lean Llama runner), as a ratio to one token.
+
+This is what decides between a chain of k drafts and a tree of many: a draft tree pays only
+where verifying its nodes costs little more than one step (GPUs), not where the cost grows
+with the tokens (CPUs).
+
+    python bench/bench_verify_cost.py [--context 120] [--repeats 15]
+
+Prints one line per width, then ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from specdistill.serve.llama_fast import LlamaRunner
+
+from specdistill.models import load_target
+
+WIDTHS = (1, 2, 3, 5, 9, 17, 33)
+
+
+@torch.no_grad()
+def median_ms(runner: LlamaRunner, state, context: int, width: int, repeats: int) -> float:
+    ids = torch.randint(0, runner.embed.shape[0], (1, width))
+    times = []
+    for attempt in range(repeats + 3):  # the first 3 warm up
+        started = time.perf_counter()
+        runner.forward(state, ids, None)
+        if attempt >= 3:
+            times.append(time.perf_counter() - started)
+        runner.rollback(state, [context])  # back to the prompt: every width verifies at the same place
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=120, help="prompt tokens before the verified ones")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    target, _ = load_target()
+    runner = LlamaRunner(target.to(torch.bfloat16).eval())
+    state = runner.start(1, args.context + max(WIDTHS))
+    with torch.no_grad():
+        runner.forward(state, torch.randint(0, runner.embed.shape[0], (1, args.context)), None)
+    costs = {}
+    for width in WIDTHS:
+        costs[width] = round(median_ms(runner, state, args.context, width, args.repeats), 1)
+        print(f"{width:>3} tokens: {costs[width]:6.1f} ms ({costs[width] / costs[1]:.2f} x one)", flush=True)
+    print(json.dumps({"context": args.context, "median_ms_by_tokens": costs,
+                      "ratio_to_one_token": {w: round(ms / costs[1], 2) for w, ms in costs.items()}}))
+
+
+if __name__ == "__main__":
+    main()
