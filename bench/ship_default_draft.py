@@ -20,8 +20,12 @@ from specdistill.models import load_target
 DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 
 
-def card(head: Path, bench: dict, training: dict, data_note: str) -> str:
-    eval_figures = next((h["eval"] for h in reversed(training["history"]) if "eval" in h), {})
+def card(head: Path, bench: dict, training: dict, data_note: str, training_note: str = "") -> str:
+    evals = [h for h in training["history"] if "eval" in h]
+    # best/ holds the draft of the best held-out α; final/ the last one
+    chosen = max(evals, key=lambda h: h["eval"]["alpha"]) if head.name == "best" and evals else \
+        (evals[-1] if evals else {"eval": {}})
+    eval_figures = chosen["eval"]
     rows = [("held-out α, teacher-forced (sampling)", eval_figures.get("alpha")),
             ("held-out α per draft position, teacher-forced", eval_figures.get("alpha_per_position", [])[:6]),
             ("predicted τ for k = 1..6, teacher-forced", eval_figures.get("predicted_tau", [])[:6]),
@@ -53,9 +57,10 @@ Training-time test over {config["ttt_steps"]} draft positions (position j weighs
 {config.get("ttt_decay", 1.0)}^(j - 1)), {config["divergence"]} at
 T = {config["temperature"]}, {training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens,
 lr {config["lr"]}, on `{config["data"]}`: {data_note} None of the held-out prompts it is measured on
-is among them. Exported from `{head}`. `specdistill train --preset default-draft`
-(`specdistill/presets/default-draft.yaml`) is the recipe: it makes the same kind of data itself
-(the target's answers to the built-in prompt sets) and trains the same head.
+is among them. {training_note}Exported from `{head}` (step {chosen.get("step", training["steps"])}).
+`specdistill train --preset default-draft` (`specdistill/presets/default-draft.yaml`) is the recipe:
+it makes the same kind of data itself (the target's answers to the built-in prompt sets) and trains
+the same head.
 
 ## Measured
 
@@ -88,6 +93,7 @@ def main():
     parser.add_argument("--bench", default="runs/default-draft/bench.log", help="output of specdistill bench")
     parser.add_argument("--data-note", default="the target's own answers to the project's prompts.",
                         help="one or two sentences on the training data, for the card")
+    parser.add_argument("--training-note", default="", help="a sentence on how the run went (resumes), for the card")
     args = parser.parse_args()
     head = Path(args.head)
     bench = json.loads(Path(args.bench).read_text().strip().splitlines()[-1])
@@ -96,7 +102,8 @@ def main():
     training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
                 "steps": history[-1]["step"]}
     target, _ = load_target()
-    out = package_head(head, DEST, target, card(head, bench, training, args.data_note))
+    out = package_head(head, DEST, target, card(head, bench, training, args.data_note,
+                                                    args.training_note + " " if args.training_note else ""))
     (out / "model.safetensors").chmod(0o644)
     print(json.dumps(json.loads((out / "checksum.json").read_text()) | {"out": str(out)}))
 
