@@ -105,6 +105,7 @@ class StageClock:
             minutes = (time.perf_counter() - started) / 60
             self.this_run += minutes
             self.minutes[name] = round(self.minutes.get(name, 0.0) + minutes, 2)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(self.minutes, indent=1))
 
 
