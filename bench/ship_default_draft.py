@@ -21,11 +21,11 @@ DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 
 
 def card(head: Path, bench: dict, training: dict, data_note: str, training_note: str = "") -> str:
-    evals = [h for h in training["history"] if "eval" in h]
+    evals = [h for h in training["history"] if "eval" in h] or [{"eval": {}}]
     # best/ holds the draft of the best held-out α; final/ the last one
-    chosen = max(evals, key=lambda h: h["eval"]["alpha"]) if head.name == "best" and evals else \
-        (evals[-1] if evals else {"eval": {}})
+    chosen = max(evals, key=lambda h: h["eval"].get("alpha", -1)) if head.name == "best" else evals[-1]
     eval_figures = chosen["eval"]
+    training_note = training_note + " " if training_note else ""
     rows = [("held-out α, teacher-forced (sampling)", eval_figures.get("alpha")),
             ("held-out α per draft position, teacher-forced", eval_figures.get("alpha_per_position", [])[:6]),
             ("predicted τ for k = 1..6, teacher-forced", eval_figures.get("predicted_tau", [])[:6]),
@@ -102,8 +102,7 @@ def main():
     training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
                 "steps": history[-1]["step"]}
     target, _ = load_target()
-    out = package_head(head, DEST, target, card(head, bench, training, args.data_note,
-                                                    args.training_note + " " if args.training_note else ""))
+    out = package_head(head, DEST, target, card(head, bench, training, args.data_note, args.training_note))
     (out / "model.safetensors").chmod(0o644)
     print(json.dumps(json.loads((out / "checksum.json").read_text()) | {"out": str(out)}))
 

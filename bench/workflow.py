@@ -263,7 +263,8 @@ def main():
                                 max_new_tokens=preset["max_new_tokens"], progress=False)
     for method, name in (("prompt-lookup", "prompt lookup (model-free)"), ("ngram", "n-gram (model-free)")):
         results[name] = measure(name, method, target, tokenizer, prompts, preset, heldout_rows)
-    for name, overrides in recipes(str(answers)).items():
+    drafts = recipes(str(answers))
+    for name, overrides in drafts.items():
         draft, histories[name] = make_draft(name, overrides, base, target, tokenizer, clock)
         final = runs / _slug(name) / "final" if overrides is not None else None
         results[name] = measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, final)
@@ -279,7 +280,7 @@ def main():
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "stage_minutes": clock.minutes,
     }
-    summary["from_scratch_minutes"] = from_scratch_minutes(summary, recipes(str(answers)), clock)
+    summary["from_scratch_minutes"] = from_scratch_minutes(summary, drafts, clock)
     headline = write_report(summary, Path(args.out))
     print(headline)
     print(json.dumps({"out": args.out, "minutes": summary["minutes"],
