@@ -21,7 +21,7 @@ from specdistill.serve.llama_fast import LlamaRunner
 
 from specdistill.models import load_target
 
-WIDTHS = (1, 2, 3, 5, 9, 17, 33)
+WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 17, 33)
 
 
 @torch.no_grad()

@@ -15,7 +15,9 @@ draft position and predicted τ for k = 1..8, then measured decoding (k = 4, gre
 T = 0.7): tokens/s and speedup over the target alone, measured over predicted.
 
 Steps whose results exist (trained drafts in --runs, the target's answers) are reused,
-so a rerun only measures. Writes results.json, report.md and PNG plots to --out.
+so a rerun only measures. Ctrl-C or SIGTERM stops it keeping every stage's work and
+minutes (a training run saves the step in flight), so the preset can run over several
+sittings. Writes results.json, report.md and PNG plots to --out.
 
     python bench/workflow.py --quick     # 80 steps per draft, ~30 min on 2 cores
     python bench/workflow.py             # the full preset: 400 steps per draft, 200k answer tokens
@@ -30,6 +32,7 @@ import contextlib
 import datetime
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -49,6 +52,7 @@ from specdistill.eagle import Eagle3Head  # noqa: E402
 from specdistill.eagle_io import is_head_dir, load_head  # noqa: E402
 from specdistill.eagle_train import head_acceptance  # noqa: E402
 from specdistill.eval import _acceptance_summary, measure_speculative, teacher_forced_acceptance  # noqa: E402
+from specdistill.graceful_stop import TrainingStopped  # noqa: E402
 from specdistill.models import load_draft_vocab, load_target, prune_draft  # noqa: E402
 from specdistill.options import read_config_file  # noqa: E402
 from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids  # noqa: E402
@@ -235,6 +239,15 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # SIGTERM as Ctrl-C: the stage in flight keeps its minutes (training installs its own handler).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        run(args)
+    except TrainingStopped as stopped:
+        sys.exit(f"workflow: {stopped.args[0].replace('run the same command', 'run the workflow')}")
+
+
+def run(args):
     if args.report_only:
         print(write_report(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out)))
         return

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from specdistill.graceful_stop import TrainingStopped
 from specdistill.options import build, defaults, leaf_fields, read_config_file
 from specdistill.train import TrainConfig
 
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"specdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:
+        print(f"specdistill {args.command}: {stopped}", file=sys.stderr)
+        return 130  # as a shell reports a run stopped by Ctrl-C
     if args.command in PRINTS_SUMMARY and os.environ.get("RANK", "0") == "0":  # one line, from the main process
         print(json.dumps(result))
     return 0

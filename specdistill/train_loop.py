@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from specdistill.checkpoints import save_checkpoint
 from specdistill.distill import distill_step
+from specdistill.graceful_stop import GracefulStop, TrainingStopped
 from specdistill.onpolicy import OnPolicyBatches
 from specdistill.train_eval import best_alpha, last_eval
 
@@ -34,12 +35,22 @@ class TrainLoop:
         self.evaluator, self.on_best = evaluator, on_best
 
     def run(self, start_step: int, history: list, progress: bool) -> int:
-        config, accelerator = self.config, self.accelerator
+        config = self.config
         checkpoint = Path(config.output_dir) / "checkpoint"
         deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
         bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
                    disable=not progress)
-        completed = start_step
+        with GracefulStop() as stop:
+            completed = self._steps(bar, start_step, history, deadline, stop)
+        bar.close()
+        if stop.requested:
+            raise TrainingStopped(completed, str(checkpoint))
+        return completed
+
+    def _steps(self, bar, completed: int, history: list, deadline: float, stop: GracefulStop) -> int:
+        """The steps until the last, the deadline or a stop signal; returns the steps completed."""
+        config, accelerator = self.config, self.accelerator
+        checkpoint = Path(config.output_dir) / "checkpoint"
         for step in bar:
             onpolicy = self.onpolicy.covers(step)
             loss, acceptance = self.step(step, onpolicy)
@@ -56,9 +67,12 @@ class TrainLoop:
                 accelerator.log({"train/loss": loss, "train/acceptance": acceptance,
                                  "train/lr": self.scheduler.get_last_lr()[0]}, step=completed)
             # Every process must agree to stop (a collective waits for all of them).
-            late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
-            done = completed >= config.steps or bool(accelerator.reduce(late, "sum") > 0)
-            if self.evaluator is not None and self.evaluator.due(completed, done):
+            flags = torch.tensor([time.monotonic() > deadline, stop.requested], dtype=torch.float,
+                                 device=accelerator.device)
+            late, stopping = (accelerator.reduce(flags, "sum") > 0).tolist()
+            stopping = stopping and completed < config.steps  # a signal on any process stops them all
+            done = completed >= config.steps or late or stopping
+            if self.evaluator is not None and self.evaluator.due(completed, done) and not stopping:
                 self.evaluate(history, completed)
                 bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}", **self._heldout(history))
             if completed % config.save_every == 0 or done:
@@ -67,8 +81,8 @@ class TrainLoop:
                     save_checkpoint(checkpoint, self.draft, self.tokenizer, self.optimizer, completed, history)
                 accelerator.wait_for_everyone()
             if done:
+                stop.requested = stopping
                 break
-        bar.close()
         return completed
 
     def evaluate(self, history: list, completed: int) -> None:

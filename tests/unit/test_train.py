@@ -1,11 +1,16 @@
 """The trainer on a tiny model pair: it learns, saves a loadable checkpoint, and resumes."""
 
+import os
+import signal
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from specdistill import train as train_module
+from specdistill import train_loop
 from specdistill.batches import Batch, TokenRows, pack_records
+from specdistill.graceful_stop import GracefulStop, TrainingStopped
 from specdistill.models import prune_draft, tiny_llama
 from specdistill.train import TrainConfig, train
 
@@ -58,6 +63,39 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, target_and_chunks, ki
     # Same batches, same optimizer state, same schedule: it ends where the uninterrupted run did.
     ids = torch.randint(0, 64, (1, 8))
     torch.testing.assert_close(resumed["draft"](ids).logits, full["draft"](ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_stop_signal_saves_the_step_in_flight_and_the_run_resumes_there(tmp_path, target_and_chunks, monkeypatch):
+    target, chunks = target_and_chunks
+    full = train(_config(tmp_path / "a", steps=20), target=target, data=chunks, progress=False)
+    real, calls = train_loop.distill_step, []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == 13:  # SIGTERM (as from a scheduler or `kill`) in the middle of step 13
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(train_loop, "distill_step", signalled)
+    with pytest.raises(TrainingStopped, match="stopped at step 13") as stopped:
+        train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    assert stopped.value.step == 13 and len(calls) == 13  # the step in flight finished, no more ran
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+    monkeypatch.setattr(train_loop, "distill_step", real)
+    resumed = train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 13  # not 10, the last periodic checkpoint
+    assert [h["step"] for h in resumed["history"]] == list(range(1, 21))
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(resumed["draft"](ids).logits, full["draft"](ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_second_stop_signal_stops_at_once():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, target_and_chunks):
