@@ -62,7 +62,7 @@ class EagleRunner:
         """Feed tokens [B, T]: the waiting target features go with a row's first tokens (the
         rest, padding, get zeros); without waiting features, T = 1 and the feature is the
         row's own last state. Logits over the target's vocabulary at ``keep`` (or all)."""
-        head, layer = self.head, self.head.layers[0]
+        head = self.head
         batch, width = input_ids.shape
         if any(len(p) for p in state.pending):
             feature = head.fc(torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in state.pending]))
@@ -76,21 +76,47 @@ class EagleRunner:
             _grow(state, max(state.lengths) + width)
         slots = torch.tensor(state.lengths, device=input_ids.device)[:, None] - 1 + torch.arange(
             width, device=input_ids.device)  # [B, T]
-        cos, sin = head.rotary(feature, slots)
-        q, k, v, residual = layer.qkv(head.embed(input_ids), feature, cos, sin)
-        index = slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
-        state.keys.scatter_(2, index, k)
-        state.values.scatter_(2, index, v)
-        span = int(slots.max()) + 1
-        mask = torch.arange(span, device=slots.device) <= slots[:, None, :, None]  # [B, 1, T, S]
-        out = layer.finish(layer.self_attn.attend(q, state.keys[:, :, :span], state.values[:, :, :span], mask),
-                           residual)
+        mask = torch.arange(int(slots.max()) + 1, device=slots.device) <= slots[:, None, :, None]  # [B, 1, T, S]
+        out = self._layer(state, input_ids, feature, slots, slots, mask)
         state.lengths = [n + width for n in state.lengths]
         if keep is None:
             state.last = out[:, -1]
             return head.full_logits(out)
         state.last = out[torch.arange(batch, device=out.device), torch.tensor(keep, device=out.device)]
         return head.full_logits(state.last)
+
+    def forward_tree(self, state: EagleState, input_ids: torch.Tensor, features: torch.Tensor, depth: int,
+                     start: int, ancestors: torch.Tensor) -> torch.Tensor:
+        """Feed one level of a draft tree after a proposal's first call: node i of row b
+        (``input_ids[b, i]``, at ``depth`` >= 1 below the row's last token) reads the head state
+        ``features[b, i]`` of its parent, sits at tree slot ``start + i`` and attends to the row's
+        verified slots and to the tree slots with ``ancestors[b, i]`` ([B, T, start + T], itself
+        included). Tree slots follow every row's slots (they are dropped by ``rollback``).
+        Returns the nodes' head states [B, T, H]."""
+        width = input_ids.shape[1]
+        base = max(state.lengths) - 1  # the first tree slot of every row
+        if base + start + width > state.keys.shape[2]:
+            _grow(state, base + start + width)
+        lengths = torch.tensor(state.lengths, device=input_ids.device)
+        positions = (lengths[:, None] - 2 + depth).expand(-1, width)
+        slots = (base + start + torch.arange(width, device=input_ids.device)).expand_as(positions)
+        prefix = torch.arange(base, device=input_ids.device) < lengths[:, None] - 1  # [B, base]
+        mask = torch.cat([prefix[:, None].expand(-1, width, -1), ancestors], dim=-1)[:, None]
+        return self._layer(state, input_ids, features.to(self.head.fc.weight.dtype), positions, slots, mask)
+
+    def _layer(self, state: EagleState, input_ids, feature, positions, slots, mask) -> torch.Tensor:
+        """The head's layer over tokens [B, T] with their features [B, T, H] at rotary
+        ``positions``, its keys written at cache ``slots`` [B, T], attending by ``mask``."""
+        head, layer = self.head, self.head.layers[0]
+        batch, width = input_ids.shape
+        cos, sin = head.rotary(feature, positions)
+        q, k, v, residual = layer.qkv(head.embed(input_ids), feature, cos, sin)
+        index = slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
+        state.keys.scatter_(2, index, k)
+        state.values.scatter_(2, index, v)
+        span = mask.shape[-1]
+        return layer.finish(layer.self_attn.attend(q, state.keys[:, :, :span], state.values[:, :, :span], mask),
+                            residual)
 
     def rollback(self, state: EagleState, lengths: list[int]) -> None:
         # Slots fed with the head's own states are dropped whatever was accepted: the accepted

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 import torch
 from specdistill.serve.eagle_runner import EagleRunner
+from specdistill.serve.llama_fast import LlamaRunner
 from specdistill.serve.model_free import ModelFreeDrafter
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
 from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
+from specdistill.serve.tree import TreeShape
 
 from specdistill.eagle import Eagle3Head, check_head
 from specdistill.models import check_compatible, vocab_size
@@ -72,11 +74,15 @@ class SpeculativeGenerator:
     from the target's own hidden states, which each verification hands it.
     ``draft_vocab`` (token ids, e.g. the most frequent ones from ``draft_vocab.json``
     beside a trained draft) lets the draft propose only those: its LM head shrinks to
-    them, which makes draft steps far cheaper for large vocabularies; still lossless."""
+    them, which makes draft steps far cheaper for large vocabularies; still lossless.
+    ``draft_tree`` (a ``TreeShape`` or ``"DEPTH,TOP_K,NODES"``, head drafts only) drafts a
+    tree of guesses and verifies it in one pass (``specdistill.serve.tree``): a higher τ for
+    a costlier verification, which pays where verifying more tokens costs little (GPUs).
+    Greedy rows use it; sampling rows keep the chain."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
-                 compile: bool = False, draft_vocab=None):
+                 compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -104,6 +110,10 @@ class SpeculativeGenerator:
         else:
             self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile,
                                                                              draft_vocab)
+        self.draft_tree = TreeShape.parse(draft_tree)
+        if self.draft_tree is not None and not (head and isinstance(self.target_runner, LlamaRunner)):
+            raise ValueError("draft_tree needs an EAGLE-3 head as the draft and a Llama-family target on the fast "
+                             "path (fast_path 'auto' or True)")
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)

@@ -119,6 +119,43 @@ class LlamaRunner:
         state.lengths = [n + width for n in state.lengths]
         return logits if captured is None else (logits, torch.cat([captured[i] for i in hidden_layers], dim=-1))
 
+    def forward_tree(self, state: FastState, input_ids: torch.Tensor, depths: torch.Tensor,
+                     ancestors: torch.Tensor, hidden_layers: list[int] | None = None):
+        """Verify a draft tree: node i of row b is ``input_ids[b, i]`` at position
+        ``lengths[b] + depths[b, i]`` and attends to the row's cache and to the nodes j with
+        ``ancestors[b, i, j]`` (itself included). Node 0 is the row's last token (depth 0).
+        Every row writes its nodes at the same cache slots from ``max(lengths)`` on; keep the
+        accepted path with ``keep_path``. Returns what ``forward`` returns with ``keep=None``."""
+        if any(layer.window for layer in self.layers):
+            raise ValueError("draft trees do not support sliding-window attention")
+        width, base = input_ids.shape[1], max(state.lengths)
+        if base + width > state.keys[0].shape[2]:
+            _grow(state, base + width)
+        start = torch.tensor(state.lengths, device=input_ids.device)
+        positions = start[:, None] + depths
+        prefix = torch.arange(base, device=input_ids.device) < start[:, None]  # [B, base]: the row's own cache
+        mask = torch.cat([prefix[:, None].expand(-1, width, -1), ancestors], dim=-1)[:, None]  # [B, 1, T, base + T]
+        captured = {} if hidden_layers else None
+        logits = self._forward(input_ids, positions, state.keys, state.values, base + width, None, base,
+                               hidden_layers, captured, mask)
+        state.lengths = [base + width] * len(state.lengths)
+        return logits if captured is None else (logits, torch.cat([captured[i] for i in hidden_layers], dim=-1))
+
+    def keep_path(self, state: FastState, base: int, paths: list[list[int]], lengths: list[int]) -> None:
+        """After ``forward_tree`` from slot ``base``: row b keeps the nodes ``paths[b]`` (node
+        indices, root first), moved to its slots ``lengths[b]`` on, and holds nothing past them."""
+        width = max(map(len, paths))
+        device = state.keys[0].device
+        # A row's short path is padded with copies of its last move, which write the same value twice.
+        source = torch.tensor([[base + i for i in p] + [base + p[-1]] * (width - len(p)) for p in paths], device=device)
+        target = torch.tensor([[n + j for j in range(len(p))] + [n + len(p) - 1] * (width - len(p))
+                               for p, n in zip(paths, lengths)], device=device)
+        shape = (len(paths), self.kv_heads, width, self.head_dim)
+        source, target = source[:, None, :, None].expand(shape), target[:, None, :, None].expand(shape)
+        for cache in (*state.keys, *state.values):
+            cache.scatter_(2, target, cache.gather(2, source))
+        state.lengths = [n + len(p) for p, n in zip(paths, lengths)]
+
     def rollback(self, state: FastState, lengths: list[int]) -> None:
         # Entries past a row's length are never read (the causal mask stops at the query's
         # position) and are overwritten by the next tokens fed to that row.
@@ -140,10 +177,10 @@ class LlamaRunner:
         state.lengths = state.lengths + other.lengths
 
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start,
-                       hidden_layers=None, captured=None):
+                       hidden_layers=None, captured=None, mask=None):
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary(x, positions)
-        masks = self._masks(positions, span)
+        masks = self._masks(positions, span) if mask is None else {None: mask}
         for index, (layer, layer_keys, layer_values) in enumerate(zip(self.layers, keys, values)):
             if hidden_layers and index in hidden_layers:
                 captured[index] = x

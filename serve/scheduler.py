@@ -31,6 +31,7 @@ from specdistill.serve import decode
 from specdistill.serve.sampling import SamplingParams
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
+from specdistill.serve.tree import accept_tree, draft_tree, verify_tree
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
@@ -152,6 +153,10 @@ class SpecEngine:
 
     def _decode(self) -> list[tuple[Request, list[int], str | None]]:
         rows, gen = self.running, self.gen
+        if gen.draft_tree is not None and self._tree_fits(rows):
+            results = self._decode_tree(rows)
+            if results is not None:
+                return results
         # One target call always yields one token of its own, so draft at most budget - 1;
         # and no row may be fed past the target's context, drafts included.
         k = gen.draft_length.next_k()
@@ -172,9 +177,44 @@ class SpecEngine:
         gen.draft_runner.rollback(self._draft_state, lengths)
         if layers:  # the features of the last token and the accepted drafts, for the next proposal
             gen.draft_runner.take_features(self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
+        return self._results(rows, [drafts[i, :n].tolist() + [token] for i, (n, token) in enumerate(accepted)])
+
+    def _tree_fits(self, rows: list[Request]) -> bool:
+        """Trees take greedy rows only, and every node must fit in the target's context."""
+        limit = self.gen.max_positions
+        depth = self.gen.draft_tree.depth
+        return all(r.params.greedy and (not limit or len(r.tokens) + depth <= limit) for r in rows)
+
+    def _decode_tree(self, rows: list[Request]) -> list[tuple[Request, list[int], str | None]] | None:
+        """One step with a draft tree (``serve/tree.py``); None when the head has nothing to draft from."""
+        gen = self.gen
+        tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
+                                                      self.device)
+        if tree is None:
+            return None
+        (logits, features), target_seconds, base = verify_tree(gen.target_runner, self._target_state, rows, tree,
+                                                               gen.draft_runner.feature_layers)
+        accepted = accept_tree(tree, logits, [r.max_new_tokens - r.new - 1 for r in rows])
+        self._account(rows, [(gen.draft_tree.depth, len(path)) for path, _ in accepted], draft_seconds, draft_calls,
+                      target_seconds)
+        paths = [[0] + path for path, _ in accepted]  # node indices, root (the last token) first
+        held = [len(r.tokens) - 1 for r in rows]  # the target's cache before the step: all but the last token
+        gen.target_runner.keep_path(self._target_state, base, paths, held)
+        gen.draft_runner.rollback(self._draft_state, [n + len(path) for n, path in zip(held, paths)])
+        width = max(map(len, paths))
+        index = torch.tensor([p + [p[-1]] * (width - len(p)) for p in paths], device=features.device)
+        path_features = features.gather(1, index[:, :, None].expand(-1, -1, features.shape[-1]))
+        gen.draft_runner.take_features(self._draft_state, path_features, list(map(len, paths)))
+        tokens = tree.tokens.tolist()
+        return self._results(rows, [[tokens[i][node - 1] for node in path] + [token]
+                                    for i, (path, token) in enumerate(accepted)])
+
+    @staticmethod
+    def _results(rows: list[Request], produced_by_row: list[list[int]]) -> list[tuple[Request, list[int], str | None]]:
+        """Each row's new tokens, cut at EOS, and why it finished (None: it goes on)."""
         results = []
-        for i, (request, (n, next_token)) in enumerate(zip(rows, accepted)):
-            done, produced = decode.cut_at_eos(drafts[i, :n].tolist() + [next_token], request.eos)
+        for request, produced in zip(rows, produced_by_row):
+            done, produced = decode.cut_at_eos(produced, request.eos)
             full = request.new + len(produced) >= request.max_new_tokens
             results.append((request, produced, "eos" if done else "length" if full else None))
         return results

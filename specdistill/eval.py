@@ -48,11 +48,13 @@ def measure_target(target, tokenizer, prompts: list[str], max_new_tokens: int = 
 
 def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_tokens: int = 5,
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
-                        progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None) -> dict:
+                        progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None,
+                        draft_tree=None) -> dict:
     """Speculative decoding over the prompts; merged raw counts and derived rates.
     ``draft=None`` measures the target alone on our engine."""
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
-                                     draft_confidence=draft_confidence, draft_vocab=draft_vocab)
+                                     draft_confidence=draft_confidence, draft_vocab=draft_vocab,
+                                     draft_tree=draft_tree)
     stats, outputs = SpecStats(), []
     for i, prompt in enumerate(tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress,
                                     leave=False)):

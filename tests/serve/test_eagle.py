@@ -95,3 +95,45 @@ def test_requests_joining_and_leaving_a_running_batch_stay_exact(target, head):
     for request in [first, *later]:
         expected = hf_greedy(target, torch.tensor([request.prompt]), request.max_new_tokens)
         assert request.tokens == expected[0].tolist()
+
+
+@pytest.mark.parametrize("shape", ["3,2,4", "4,3,12", "1,1,1", "5,4,40"])
+def test_draft_trees_keep_greedy_output_the_target_own(target, head, shape):
+    prompts = [torch.tensor([[2, 5, 3, 9]]), torch.tensor([[7, 1, 7, 1, 7, 4, 4]]), torch.tensor([[4]])]
+    gen = SpeculativeGenerator(target, head, draft_tree=shape)
+    outs = gen.generate_batch(prompts, max_new_tokens=20, eos_token_id=[])
+    for ids, out in zip(prompts, outs):
+        torch.testing.assert_close(out.sequences, hf_greedy(target, ids, 20))
+    # Paths of several nodes were accepted, so the moves into place (keep_path) were exercised.
+    assert max(len(o.stats.accept_length_hist) for o in outs) >= min(3, gen.draft_tree.depth + 1)
+
+
+def test_a_tree_accepts_more_per_step_than_its_chain(target, head):
+    prompt = torch.tensor([[7, 1, 7, 1, 7, 4, 4]])
+    chain = SpeculativeGenerator(target, head, num_draft_tokens=4).generate(prompt, 40, eos_token_id=[])
+    tree = SpeculativeGenerator(target, head, draft_tree="4,4,24").generate(prompt, 40, eos_token_id=[])
+    assert tree.sequences.tolist() == chain.sequences.tolist()
+    assert tree.stats.steps < chain.stats.steps
+
+
+def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_stay_exact(target, head):
+    gen = SpeculativeGenerator(target, head, draft_tree="3,3,9")
+    engine = gen.engine(max_batch_size=4)
+    greedy = engine.add(torch.tensor([3, 8, 1, 6]), max_new_tokens=16, eos_token_id=[])
+    engine.step()  # tree steps while every row is greedy
+    sampled = engine.add(torch.tensor([5, 2]), max_new_tokens=10, temperature=0.8, seed=0, eos_token_id=[])
+    while engine.has_work():
+        engine.step()
+    assert greedy.tokens == hf_greedy(target, torch.tensor([greedy.prompt]), 16)[0].tolist()
+    assert sampled.finish_reason == "length" and len(sampled.tokens) == 12
+
+
+def test_draft_trees_say_what_they_need(target, head):
+    with pytest.raises(ValueError, match="DEPTH,TOP_K,NODES"):
+        SpeculativeGenerator(target, head, draft_tree="deep")
+    with pytest.raises(ValueError, match="proposes 6 nodes"):
+        SpeculativeGenerator(target, head, draft_tree="2,2,7")
+    with pytest.raises(ValueError, match="needs an EAGLE-3 head"):
+        SpeculativeGenerator(target, target, draft_tree="2,2,4")
+    with pytest.raises(ValueError, match="needs an EAGLE-3 head"):
+        SpeculativeGenerator(target, head, draft_tree="2,2,4", fast_path=False)

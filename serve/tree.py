@@ -1,0 +1,174 @@
+"""Draft trees (EAGLE-2's dynamic trees) for a feature-conditioned draft head, greedy rows.
+
+A chain drafts one guess per position; at a per-position acceptance near 0.65 its τ stays
+under 1 / (1 - 0.65) ≈ 2.9 however long it is. A tree keeps several guesses:
+
+    draft   level by level, the ``top_k`` best nodes so far (by the draft's probability of
+            the whole path) each propose their ``top_k`` likeliest next tokens, ``depth``
+            levels deep, one batched head call per level
+    select  the ``nodes`` best of all proposed nodes by path probability (a child is never
+            likelier than its parent, so the selection holds every selected node's parents)
+    verify  the target scores the row's last token and every node in ONE forward, each node
+            attending only to its ancestors (``LlamaRunner.forward_tree``)
+    accept  from the root, follow the child whose token is the target's argmax; the argmax
+            where the walk stops is the next token. The output is the target's greedy one.
+
+The path's cache entries are then moved into place (``keep_path``) and its features go to
+the head, as after a chain. Sampling rows use the chain (their lossless rule is per draft).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+from specdistill.serve.decode import right_padded, timed
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    depth: int = 5  # levels below the last token (the most drafts one step can accept)
+    top_k: int = 3  # children per expanded node, and nodes expanded per level
+    nodes: int = 10  # nodes verified per step
+
+    def __post_init__(self):
+        if self.depth < 1 or self.top_k < 1 or self.nodes < 1:
+            raise ValueError(f"a draft tree needs depth, top_k and nodes >= 1, got {self}")
+        if self.nodes > self.candidates:
+            raise ValueError(f"a tree of depth {self.depth} and top_k {self.top_k} proposes {self.candidates} "
+                             f"nodes; nodes = {self.nodes} is more")
+
+    @property
+    def candidates(self) -> int:
+        return self.top_k + (self.depth - 1) * self.top_k ** 2
+
+    @classmethod
+    def parse(cls, spec: str | TreeShape | None) -> TreeShape | None:
+        """``"DEPTH,TOP_K,NODES"`` (e.g. ``"5,3,10"``); "" or None for no tree."""
+        if spec is None or isinstance(spec, TreeShape):
+            return spec
+        if not str(spec).strip():
+            return None
+        if not re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", str(spec)):
+            raise ValueError(f"a draft tree is DEPTH,TOP_K,NODES, e.g. 5,3,10; got {spec!r}")
+        return cls(*(int(part) for part in str(spec).split(",")))
+
+
+@dataclass
+class DraftTree:
+    """Per row, the selected nodes in an order that puts parents first; node 0 is the root
+    (the row's last token), so a node's index in the verification input is i + 1."""
+
+    tokens: torch.Tensor  # [B, N]
+    parents: torch.Tensor  # [B, N]: the parent's index in 0..N (0 = root)
+    depths: torch.Tensor  # [B, N]: 1 for the root's children
+    ancestors: torch.Tensor  # [B, N + 1, N + 1]: j is i or an ancestor of i (root included)
+
+
+def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, float, int]:
+    """The head's tree for each row (None when it has nothing to draft from), the seconds
+    spent and the number of head calls."""
+    pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
+    if not all(pending):
+        return None, 0.0, 0
+    inputs = right_padded(pending, max(map(len, pending)), device)
+    logits, seconds = timed(runner, state, inputs, [len(p) - 1 for p in pending])
+    runner.rollback(state, [len(row.tokens) for row in rows])  # the right-padding
+    head, k = runner.head, shape.top_k
+    scores, tokens = logits.float().log_softmax(-1).topk(k, dim=-1)  # level 1: the root's children
+    batch, fed = len(rows), torch.zeros(len(rows), 0, 0, dtype=torch.bool, device=device)
+    levels = [(tokens, scores, torch.full_like(tokens, -1))]  # (tokens, path log-prob, parent's candidate index)
+    frontier = torch.arange(k, device=device).expand(batch, k)  # candidate indices fed next
+    features, parent_slots = state.last[:, None].expand(-1, k, -1), torch.full((batch, k), -1, device=device)
+    for depth in range(1, shape.depth):
+        count = sum(level[0].shape[1] for level in levels)
+        all_tokens, all_scores = (torch.cat([level[i] for level in levels], 1) for i in (0, 1))
+        fed = _grow_ancestors(fed, parent_slots)
+        start = fed.shape[1] - k
+        out, elapsed = _clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
+                                fed[:, start:])
+        seconds += elapsed
+        child_scores, child_index = head.logits(out).float().log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
+        child_scores = (all_scores.gather(1, frontier)[:, :, None] + child_scores).flatten(1)
+        child_tokens = head.draft_ids[child_index].flatten(1)
+        parents = frontier[:, :, None].expand(-1, -1, k).flatten(1)
+        levels.append((child_tokens, child_scores, parents))
+        best = child_scores.topk(k, dim=-1).indices  # the next level's frontier, among these children
+        frontier = count + best
+        features = out.gather(1, (best // k)[:, :, None].expand(-1, -1, out.shape[-1]))
+        parent_slots = start + best // k
+    return _select(levels, shape.nodes), seconds, shape.depth
+
+
+def _clocked(call, *args):
+    """``call(*args)`` and the seconds it took (synchronized on CUDA)."""
+    began = time.perf_counter()
+    out = call(*args)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - began
+
+
+def _grow_ancestors(fed: torch.Tensor, parent_slots: torch.Tensor) -> torch.Tensor:
+    """The fed nodes' ancestor-or-self matrix [B, F, F] with a new level whose parents are
+    the fed nodes ``parent_slots`` [B, k] (-1: the root, which is not a tree slot)."""
+    batch, old, k = fed.shape[0], fed.shape[1], parent_slots.shape[1]
+    grown = torch.zeros(batch, old + k, old + k, dtype=torch.bool, device=fed.device)
+    grown[:, :old, :old] = fed
+    if old:
+        rows = torch.arange(batch, device=fed.device)[:, None]
+        inherited = fed[rows, parent_slots.clamp(min=0)] & (parent_slots >= 0)[:, :, None]  # [B, k, old]
+        grown[:, old:, :old] = inherited
+    grown[:, old:, old:] = torch.eye(k, dtype=torch.bool, device=fed.device)
+    return grown
+
+
+def _select(levels, nodes: int) -> DraftTree:
+    """The ``nodes`` likeliest candidates per row, in candidate order (parents first)."""
+    tokens, scores, parents = (torch.cat([level[i] for level in levels], 1) for i in range(3))
+    depths = torch.cat([torch.full_like(level[0], d + 1) for d, level in enumerate(levels)], 1)
+    # A stable sort keeps a parent ahead of a child of equal probability (lower candidate index).
+    chosen = scores.sort(dim=-1, descending=True, stable=True).indices[:, :nodes].sort(dim=-1).values
+    batch, device = tokens.shape[0], tokens.device
+    position = torch.zeros_like(tokens)  # candidate index -> node index (1..N), 0 where not chosen
+    position.scatter_(1, chosen, torch.arange(1, nodes + 1, device=device).expand(batch, -1))
+    chosen_parents = parents.gather(1, chosen)
+    node_parents = torch.where(chosen_parents < 0, 0, position.gather(1, chosen_parents.clamp(min=0)))
+    ancestors = torch.zeros(batch, nodes + 1, nodes + 1, dtype=torch.bool, device=device)
+    ancestors[:, 0, 0] = True
+    rows = torch.arange(batch, device=device)
+    for i in range(1, nodes + 1):
+        ancestors[:, i] = ancestors[rows, node_parents[:, i - 1]]
+        ancestors[:, i, i] = True
+    return DraftTree(tokens.gather(1, chosen), node_parents, depths.gather(1, chosen), ancestors)
+
+
+def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):
+    """The target's logits [B, N + 1, V] at the root and every node (with ``hidden_layers``:
+    and their features), the seconds of the one forward, and the first tree slot."""
+    last = torch.tensor([[row.tokens[-1]] for row in rows], device=tree.tokens.device)
+    depths = torch.cat([torch.zeros_like(last), tree.depths], dim=1)
+    base = max(state.lengths)
+    out, seconds = _clocked(runner.forward_tree, state, torch.cat([last, tree.tokens], 1), depths, tree.ancestors,
+                            hidden_layers)
+    return out, seconds, base
+
+
+def accept_tree(tree: DraftTree, target_logits: torch.Tensor, limits: list[int]) -> list[tuple[list[int], int]]:
+    """Per row, (the accepted path's node indices, root excluded, at most ``limits[b]`` long;
+    the next token): the walk from the root along the target's argmax."""
+    choice = target_logits.argmax(-1).tolist()  # [B][N + 1]
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    results = []
+    for b, limit in enumerate(limits):
+        children = {}
+        for i, parent in enumerate(parents[b], start=1):
+            children.setdefault((parent, tokens[b][i - 1]), i)
+        path, node = [], 0
+        while len(path) < limit and (child := children.get((node, choice[b][node]))) is not None:
+            path.append(child)
+            node = child
+        results.append((path, choice[b][node]))
+    return results
