@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from specdistill.serve.tree import TreeShape
 
 from specdistill.drafts import load_draft, resolve_draft
+from specdistill.eagle import Eagle3Head
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.options import option
 
@@ -29,6 +31,8 @@ class ServeConfig:
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
+    draft_tree: str = option("none", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
+                                     "(auto = 5,3,10); none = a chain of k, measured under load")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -43,6 +47,7 @@ class ServeConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         draft_length(self.num_draft_tokens)
+        TreeShape.parse(self.draft_tree)
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,10 +78,10 @@ def load_generator(config: ServeConfig):
     draft, vocab = None, None
     if config.draft != "none":
         draft, vocab = load_draft(config.draft, target, dtype, config.draft_vocab_size)
-    model = draft is not None and not isinstance(draft, str)
+    model, head = draft is not None and not isinstance(draft, str), isinstance(draft, Eagle3Head)
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
-                                     draft_vocab=vocab)
+                                     draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head))
     return generator, tokenizer, config.draft
 
 

@@ -45,14 +45,17 @@ class TreeShape:
         return self.top_k + (self.depth - 1) * self.top_k ** 2
 
     @classmethod
-    def parse(cls, spec: str | TreeShape | None) -> TreeShape | None:
-        """``"DEPTH,TOP_K,NODES"`` (e.g. ``"5,3,10"``); "" or None for no tree."""
+    def parse(cls, spec: str | TreeShape | None, head: bool = True) -> TreeShape | None:
+        """``"DEPTH,TOP_K,NODES"`` (e.g. ``"5,3,10"``); "", "none" or None for no tree (a chain);
+        "auto" for this default tree when the draft is a head (``head``), else a chain."""
         if spec is None or isinstance(spec, TreeShape):
             return spec
-        if not str(spec).strip():
+        if str(spec).strip() in ("", "none"):
             return None
+        if str(spec).strip() == "auto":
+            return cls() if head else None
         if not re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", str(spec)):
-            raise ValueError(f"a draft tree is DEPTH,TOP_K,NODES, e.g. 5,3,10; got {spec!r}")
+            raise ValueError(f"a draft tree is DEPTH,TOP_K,NODES (e.g. 5,3,10), auto or none; got {spec!r}")
         return cls(*(int(part) for part in str(spec).split(",")))
 
 

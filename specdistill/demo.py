@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from specdistill.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
+from specdistill.eagle import Eagle3Head
 from specdistill.eval import measure_speculative, measure_target, predicted_speedup, warm_up
 from specdistill.model_card import update_model_card
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_target, prune_draft
@@ -43,12 +44,12 @@ class MeasureConfig:
     draft_confidence: float = option(0.4, "stop drafting below this draft probability (HF assisted's default)")
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
-    draft_tree: str = option("", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
-                                 "(greedy rows; e.g. 5,3,10); empty = a chain of k")
+    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
+                                     "of k (greedy rows): auto = 5,3,10 for a head, none = a chain")
 
     def __post_init__(self):
         _decode_dtype(self.dtype)
-        TreeShape.parse(self.draft_tree)
+        TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
         if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
             raise ValueError(f"num_draft_tokens must be an integer >= 0 or auto, got {self.num_draft_tokens!r}")
 
@@ -81,9 +82,11 @@ class DemoConfig:
 
 def _measure(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
              draft_vocab=None, draft_tree=None) -> dict:
+    tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=draft_tree)
+                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree)
+    result["draft_tree"] = None if tree is None else f"{tree.depth},{tree.top_k},{tree.nodes}"
     result.pop("stats")
     return result
 
@@ -144,7 +147,7 @@ def _report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra: dic
         "predicted_speedup_over_our_target": round(predicted, 3),
         "measured_speedup_over_our_target": round(measured, 3),
         "num_draft_tokens": measure.num_draft_tokens,
-        "draft_tree": measure.draft_tree,
+        "draft_tree": after.get("draft_tree"),
         "draft_confidence": measure.draft_confidence,
         "decode_dtype": measure.dtype,
         "greedy_outputs_equal_target": {name: r["outputs"] == rows[baseline_name]["outputs"]
@@ -182,7 +185,7 @@ def run_demo(config: DemoConfig) -> dict:
         head, _ = load_draft(DEFAULT_DRAFT, target, dtype)
         warm_up(target, head, tokenizer)
         rows[shipped] = _measure(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
-                                 draft_tree=measure.draft_tree or None)
+                                 draft_tree=measure.draft_tree)
         print(f"shipped draft: {rows[shipped]['tokens_per_s']:.1f} tok/s, tau {rows[shipped]['tau']:.2f}; "
               "now a short distillation of a pruned draft of your own", flush=True)
     warm_up(target, draft.to(dtype), tokenizer)
@@ -237,12 +240,12 @@ def run_bench(config: BenchConfig) -> dict:
     k, max_new = measure.k, measure.max_new_tokens
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
     warm_up(target, draft, tokenizer)
-    name = f"speculative tree {measure.draft_tree}" if measure.draft_tree else f"speculative k={k}"
+    rows["target alone (our engine)"] = _measure(target, None, tokenizer, prompts, 0, max_new)
+    result = _measure(target, draft, tokenizer, prompts, k, max_new, measure.decode_temperature,
+                      draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
+    name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""
-    rows |= {"target alone (our engine)": _measure(target, None, tokenizer, prompts, 0, max_new),
-             name: _measure(target, draft, tokenizer, prompts, k, max_new, measure.decode_temperature,
-                            draft_confidence=measure.draft_confidence, draft_vocab=vocab,
-                            draft_tree=measure.draft_tree or None)}
+    rows[name] = result
     summary = _report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
                                             "draft": config.draft, "num_prompts": len(prompts)})
     if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package

@@ -6,6 +6,7 @@ import torch
 from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.eagle_runner import EagleRunner
+from specdistill.serve.tree import TreeShape
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from specdistill.eagle import Eagle3Head
@@ -126,6 +127,11 @@ def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_sta
         engine.step()
     assert greedy.tokens == hf_greedy(target, torch.tensor([greedy.prompt]), 16)[0].tolist()
     assert sampled.finish_reason == "length" and len(sampled.tokens) == 12
+
+
+def test_tree_specs():
+    assert TreeShape.parse("auto") == TreeShape(5, 3, 10) and TreeShape.parse("auto", head=False) is None
+    assert TreeShape.parse("none") is None and TreeShape.parse(" 4, 2 ,6") == TreeShape(4, 2, 6)
 
 
 def test_draft_trees_say_what_they_need(target, head):

@@ -24,6 +24,9 @@ def test_bad_config_fails_early_with_a_clear_message(capsys):
     assert "divergence must be one of fkl" in capsys.readouterr().err
     assert main(["bench", "--draft", "/no/such/draft"]) == 2
     assert "is not a model directory" in capsys.readouterr().err
+    for command in ("bench", "serve"):
+        assert main([command, "--draft-tree", "5,3"]) == 2
+        assert "DEPTH,TOP_K,NODES (e.g. 5,3,10), auto or none" in capsys.readouterr().err
 
 
 def _parse(config_cls, argv):
