@@ -1,0 +1,73 @@
+"""Draft trees against the chain, for the shipped head: τ and tokens/s of each, interleaved.
+
+Every configuration decodes the same held-out chat prompts (greedy, bf16, 64 new tokens) in
+one process, round after round, so a slow stretch of a shared machine hits them all alike.
+Each round also times HF ``generate`` (bf16) and the target alone on our engine.
+
+    python bench/bench_trees.py [--rounds 2] [--num-prompts 12] [--configs auto 5,3,10 4,3,8 ...]
+
+A config is ``auto`` (the cost-aware chain with the draft-confidence stop at 0.4, as served),
+``kN`` (a chain of N drafts, no stop) or a tree ``DEPTH,TOP_K,NODES``. Prints a line per run,
+then ONE JSON line with every run and each config's mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from specdistill.drafts import load_draft
+from specdistill.eval import measure_speculative, measure_target, warm_up
+from specdistill.models import load_target
+from specdistill.prompts import HELDOUT_PROMPTS
+
+CONFIGS = ("auto", "k6", "5,3,10", "4,3,8", "6,3,10", "5,2,8", "6,4,16")
+
+
+def decode(target, head, tokenizer, prompts, config: str, max_new_tokens: int) -> dict:
+    if config == "auto":
+        options = {"num_draft_tokens": "auto", "draft_confidence": 0.4}
+    elif config.startswith("k"):
+        options = {"num_draft_tokens": int(config[1:])}
+    else:
+        options = {"draft_tree": config}
+    result = measure_speculative(target, head, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=False,
+                                 **options)
+    return {"tokens_per_s": round(result["tokens_per_s"], 2), "tau": round(result["tau"], 3)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--num-prompts", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    args = parser.parse_args()
+    target, tokenizer = load_target()
+    target.to(torch.bfloat16).eval()
+    head, _ = load_draft("default", target, torch.bfloat16)
+    warm_up(target, head, tokenizer)
+    prompts = HELDOUT_PROMPTS[: args.num_prompts]
+    runs = {name: [] for name in ["hf generate", "alone", *args.configs]}
+    for round_index in range(args.rounds):
+        hf = measure_target(target, tokenizer, prompts, args.max_new_tokens)["tokens_per_s"]
+        runs["hf generate"].append({"tokens_per_s": round(hf, 2)})
+        alone = measure_speculative(target, None, tokenizer, prompts, num_draft_tokens=0,
+                                    max_new_tokens=args.max_new_tokens, progress=False)
+        runs["alone"].append({"tokens_per_s": round(alone["tokens_per_s"], 2), "tau": 1.0})
+        for config in args.configs:
+            runs[config].append(decode(target, head, tokenizer, prompts, config, args.max_new_tokens))
+            run = runs[config][-1]
+            print(f"round {round_index}: {config:>8}  tau {run['tau']:.2f}  {run['tokens_per_s']:6.1f} tok/s  "
+                  f"{run['tokens_per_s'] / hf:.2f}x HF generate ({hf:.1f})", flush=True)
+    means = {name: round(statistics.mean(r["tokens_per_s"] for r in rs), 2) for name, rs in runs.items()}
+    print(json.dumps({"num_prompts": len(prompts), "rounds": args.rounds, "mean_tokens_per_s": means,
+                      "mean_speedup_vs_hf_generate": {name: round(m / means["hf generate"], 3)
+                                                      for name, m in means.items()}, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
