@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from specdistill.layers import apply_rotary, rms_norm
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -214,7 +216,7 @@ class LlamaRunner:
         q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if common_start is not None:
             layer_keys[:, :, common_start: common_start + width] = k
             layer_values[:, :, common_start: common_start + width] = v
@@ -227,8 +229,7 @@ class LlamaRunner:
         return F.linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
 
     def _norm(self, x, weight):
-        # As LlamaRMSNorm: normalize in float32, cast back, then scale.
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return rms_norm(x, weight, self.eps)
 
 
 def _check_subset(ids, vocab_size: int) -> torch.Tensor:
@@ -253,12 +254,6 @@ def _grow(state: FastState, needed: int) -> None:
 
 def _pad_length(cache: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(cache, (0, 0, 0, width - cache.shape[2]))
-
-
-def _rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 def _window(config, index: int) -> int | None:

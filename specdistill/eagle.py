@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from specdistill.layers import apply_rotary, rms_norm
 from specdistill.models import ranked_token_ids, vocab_size
 
 
@@ -37,8 +38,7 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(size)), eps
 
     def forward(self, x):
-        # As LlamaRMSNorm: normalize in float32, cast back, then scale.
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class _Attention(nn.Module):
@@ -58,7 +58,7 @@ class _Attention(nn.Module):
         q = self.q_proj(x).view(batch, width, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def attend(self, q, keys, values, mask):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
@@ -215,12 +215,6 @@ def check_head(target, head: Eagle3Head) -> None:
     if max(head.layer_ids) >= config.num_hidden_layers:
         raise ValueError(f"the draft head reads hidden states {head.layer_ids}; this target has only "
                          f"{config.num_hidden_layers} layers")
-
-
-def _rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 def _check_draft_ids(ids: torch.Tensor, vocab: int) -> None:
