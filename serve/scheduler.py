@@ -265,8 +265,8 @@ class SpecEngine:
         if not batch:
             return
         gen = self.gen
-        # Room for the prompt, the budget and a few drafts past it (the runners grow if needed).
-        capacity = max(len(r.tokens) + r.max_new_tokens for r in batch) + 8
+        # Room for the prompt, the budget and the drafts past it (the runners grow if needed).
+        capacity = max(len(r.tokens) + r.max_new_tokens for r in batch) + self._lookahead()
         try:
             target_state = gen.target_runner.start(len(batch), capacity)
             draft_state = gen.draft_runner.start(len(batch), capacity)
@@ -291,6 +291,12 @@ class SpecEngine:
                 self.running, self._target_state, self._draft_state = [], None, None
                 return
         self.running += batch
+
+    def _lookahead(self) -> int:
+        """Cache slots a step may use past a row's budget: a chain's drafts, or a tree's nodes
+        (the target's) and its drafted levels (the head's)."""
+        tree = self.gen.draft_tree
+        return 8 if tree is None else max(8, tree.nodes + 1, (tree.depth - 1) * tree.top_k + 1)
 
     def _leave(self, leaving: list[Request], reason: str | None, out) -> None:
         if not leaving:
