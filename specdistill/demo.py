@@ -1,8 +1,8 @@
 """Entry points that measure drafts: ``specdistill demo`` and ``specdistill bench``.
 
 The demo is the README's main command. On held-out prompts it first measures the
-shipped default draft (an EAGLE-3 head) against the target alone (HF ``generate`` and
-our engine); then it prunes a draft from the target, measures it, distills it for a
+shipped default draft (an EAGLE-3 head, drafting a tree unless ``--draft-tree none``) against
+the target alone (HF ``generate`` and our engine); then it prunes a draft from the target, measures it, distills it for a
 CPU-sized budget, measures it again, saves it, and prints one table ending with one
 JSON line (its headline figures: the shipped draft's).
 """
@@ -184,8 +184,10 @@ def run_demo(config: DemoConfig) -> dict:
     if shipped:  # first what the package gives out of the box, then a distillation of one's own
         head, _ = load_draft(DEFAULT_DRAFT, target, dtype)
         warm_up(target, head, tokenizer)
-        rows[shipped] = _measure(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
-                                 draft_tree=measure.draft_tree)
+        result = _measure(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
+                          draft_tree=measure.draft_tree)
+        shipped = f"shipped draft, tree {result['draft_tree']}" if result["draft_tree"] else shipped
+        rows[shipped] = result
         print(f"shipped draft: {rows[shipped]['tokens_per_s']:.1f} tok/s, tau {rows[shipped]['tau']:.2f}; "
               "now a short distillation of a pruned draft of your own", flush=True)
     warm_up(target, draft.to(dtype), tokenizer)
