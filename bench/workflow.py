@@ -17,7 +17,8 @@ T = 0.7): tokens/s and speedup over the target alone, measured over predicted.
 Steps whose results exist (trained drafts in --runs, the target's answers) are reused,
 so a rerun only measures. Ctrl-C or SIGTERM stops it keeping every stage's work and
 minutes (a training run saves the step in flight), so the preset can run over several
-sittings. Writes results.json, report.md and PNG plots to --out.
+sittings; --train-only trains without measuring, for a measurement in one quiet sitting
+later. Writes results.json, report.md and PNG plots to --out.
 
     python bench/workflow.py --quick     # 80 steps per draft, ~30 min on 2 cores
     python bench/workflow.py             # the full preset: 400 steps per draft, 200k answer tokens
@@ -138,7 +139,8 @@ def make_draft(name: str, overrides: dict | None, base: TrainConfig, target, tok
 def from_scratch_minutes(summary: dict, recipes: dict, clock: StageClock) -> float | None:
     """The preset's runtime from nothing: every stage's recorded minutes plus this run's measuring
     (None while a stage ran before its time was kept)."""
-    stages = ["target answers"] + [f"training {name}" for name, overrides in recipes.items() if overrides is not None]
+    stages = ["target answers", "held-out answers"] + [f"training {name}" for name, overrides in recipes.items()
+                                                        if overrides is not None]
     if any(stage not in clock.minutes for stage in stages):
         return None
     measuring = summary["minutes"] - clock.this_run
@@ -231,6 +233,9 @@ def parse_args():
     parser.add_argument("--runs", default="runs/workflow", help="trained drafts and answers (reused by a rerun)")
     parser.add_argument("--out", default="", help="the report folder (default bench/results/<date>-<preset>)")
     parser.add_argument("--report-only", action="store_true", help="redraw the report from --out/results.json")
+    parser.add_argument("--train-only", action="store_true",
+                        help="make the answers and train every draft, measure nothing (a later run measures them "
+                             "all in one sitting, so their tokens/s compare)")
     args = parser.parse_args()
     args.preset = "quick" if args.quick else "full"
     args.out = args.out or f"bench/results/{datetime.date.today()}-{args.preset}"
@@ -266,9 +271,16 @@ def run(args):
     if sum(len(answer) for _, answer in load_records(answers)) < preset["answer_tokens"]:
         with clock.stage("target answers"):
             generate_answers(target, tokenizer, preset["answer_tokens"], cache=answers)
-    heldout = answer_prompts(target, tokenizer, HELDOUT_PROMPTS, runs / "eval_answers.jsonl")
+    with clock.stage("held-out answers"):  # cached after the first run: a rerun adds ~0
+        heldout = answer_prompts(target, tokenizer, HELDOUT_PROMPTS, runs / "eval_answers.jsonl")
     heldout_rows = record_rows(heldout, tokenizer.eos_token_id)
     prompts = HELDOUT_PROMPTS[: preset["decode_prompts"]]
+    if args.train_only:  # every draft trained now; a later run measures them all in one sitting
+        for name, overrides in recipes(str(answers)).items():
+            make_draft(name, overrides, base, target, tokenizer, clock)
+        print(f"workflow: every draft of the {args.preset} preset is trained ({runs}); run it again without "
+              "--train-only to measure them")
+        return
 
     results, histories = {}, {}
     baseline = measure_hf_baseline(target, tokenizer, prompts, preset["max_new_tokens"], torch.bfloat16)

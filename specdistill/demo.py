@@ -1,10 +1,11 @@
 """Entry points that measure drafts: ``specdistill demo`` and ``specdistill bench``.
 
 The demo is the README's main command. On held-out prompts it first measures the
-shipped default draft (an EAGLE-3 head, drafting a tree unless ``--draft-tree none``) against
-the target alone (HF ``generate`` and our engine); then it prunes a draft from the target, measures it, distills it for a
-CPU-sized budget, measures it again, saves it, and prints one table ending with one
-JSON line (its headline figures: the shipped draft's).
+shipped default draft (an EAGLE-3 head, drafting a tree unless ``--draft-tree none``)
+against the target alone (HF ``generate`` and our engine); then it prunes a draft from
+the target, measures it, distills it for a CPU-sized budget, measures it again, saves
+it, and prints one table ending with one JSON line (its headline figures: the shipped
+draft's).
 """
 
 from __future__ import annotations

@@ -40,11 +40,12 @@ def test_the_stage_clock_keeps_each_stage_across_reruns_and_gives_the_runtime_fr
 
     recipes = {"(a) pruned only": None, "(d) fkl": {}, "(g) head": {"draft_type": "eagle3"}}
     first = StageClock(tmp_path / "runs" / "stage_minutes.json")  # its folder is made on first use
-    with first.stage("target answers"):
-        time.sleep(0.01)
+    for stage in ("target answers", "held-out answers"):
+        with first.stage(stage):
+            time.sleep(0.01)
     with pytest.raises(RuntimeError), first.stage("training (d) fkl"):
         raise RuntimeError("a failing stage still counts the time it took")
-    assert set(first.minutes) == {"target answers", "training (d) fkl"}
+    assert set(first.minutes) == {"target answers", "held-out answers", "training (d) fkl"}
     assert from_scratch_minutes({"minutes": 2.0}, recipes, first) is None  # (g) has not trained yet
     rerun = StageClock(tmp_path / "runs" / "stage_minutes.json")  # reads what the first run kept
     assert rerun.minutes == first.minutes and rerun.this_run == 0
