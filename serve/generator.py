@@ -110,10 +110,12 @@ class SpeculativeGenerator:
         else:
             self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile,
                                                                              draft_vocab)
-        self.draft_tree = TreeShape.parse(draft_tree)
+        self.draft_tree = TreeShape.parse(draft_tree, head=head)
         if self.draft_tree is not None and not (head and isinstance(self.target_runner, LlamaRunner)):
             raise ValueError("draft_tree needs an EAGLE-3 head as the draft and a Llama-family target on the fast "
                              "path (fast_path 'auto' or True)")
+        if self.draft_tree is not None and self.target_runner.sliding_window:
+            raise ValueError("draft trees do not support sliding-window attention; use a chain (draft_tree=None)")
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)

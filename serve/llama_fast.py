@@ -95,6 +95,11 @@ class LlamaRunner:
         self.rotary = model.model.rotary_emb
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
+    @property
+    def sliding_window(self) -> bool:
+        """Whether any layer attends through a sliding window (draft trees do not support it)."""
+        return any(layer.window for layer in self.layers)
+
     def start(self, batch_size: int, max_length: int) -> FastState:
         shape = (batch_size, self.kv_heads, max_length, self.head_dim)
         device, dtype = self.embed.device, self.embed.dtype
@@ -128,7 +133,7 @@ class LlamaRunner:
         ``ancestors[b, i, j]`` (itself included). Node 0 is the row's last token (depth 0).
         Every row writes its nodes at the same cache slots from ``max(lengths)`` on; keep the
         accepted path with ``keep_path``. Returns what ``forward`` returns with ``keep=None``."""
-        if any(layer.window for layer in self.layers):
+        if self.sliding_window:
             raise ValueError("draft trees do not support sliding-window attention")
         width, base = input_ids.shape[1], max(state.lengths)
         if base + width > state.keys[0].shape[2]:

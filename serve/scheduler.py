@@ -194,13 +194,16 @@ class SpecEngine:
             return None
         (logits, features), target_seconds, base = verify_tree(gen.target_runner, self._target_state, rows, tree,
                                                                gen.draft_runner.feature_layers)
-        accepted = accept_tree(tree, logits, [r.max_new_tokens - r.new - 1 for r in rows])
-        self._account(rows, [(gen.draft_tree.depth, len(path)) for path, _ in accepted], draft_seconds, draft_calls,
-                      target_seconds)
+        limits = [r.max_new_tokens - r.new - 1 for r in rows]
+        accepted = accept_tree(tree, logits, limits)
+        longest = min(gen.draft_tree.depth, gen.draft_tree.nodes)  # the longest path a step can accept
+        self._account(rows, [(min(longest, limit), len(path)) for limit, (path, _) in zip(limits, accepted)],
+                      draft_seconds, draft_calls, target_seconds)
         paths = [[0] + path for path, _ in accepted]  # node indices, root (the last token) first
-        held = [len(r.tokens) - 1 for r in rows]  # the target's cache before the step: all but the last token
-        gen.target_runner.keep_path(self._target_state, base, paths, held)
-        gen.draft_runner.rollback(self._draft_state, [n + len(path) for n, path in zip(held, paths)])
+        # The target held all but each row's last token; it now holds the root and the path after them.
+        gen.target_runner.keep_path(self._target_state, base, paths, [len(r.tokens) - 1 for r in rows])
+        gen.draft_runner.rollback(self._draft_state, [len(r.tokens) + len(path) for r, (path, _) in
+                                                      zip(rows, accepted)])
         width = max(map(len, paths))
         index = torch.tensor([p + [p[-1]] * (width - len(p)) for p in paths], device=features.device)
         path_features = features.gather(1, index[:, :, None].expand(-1, -1, features.shape[-1]))

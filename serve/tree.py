@@ -3,9 +3,9 @@
 A chain drafts one guess per position; at a per-position acceptance near 0.65 its τ stays
 under 1 / (1 - 0.65) ≈ 2.9 however long it is. A tree keeps several guesses:
 
-    draft   level by level, the ``top_k`` best nodes so far (by the draft's probability of
-            the whole path) each propose their ``top_k`` likeliest next tokens, ``depth``
-            levels deep, one batched head call per level
+    draft   level by level, the ``top_k`` likeliest nodes of the newest level (by the draft's
+            probability of the whole path) each propose their ``top_k`` likeliest next tokens,
+            ``depth`` levels deep, one batched head call per level
     select  the ``nodes`` best of all proposed nodes by path probability (a child is never
             likelier than its parent, so the selection holds every selected node's parents)
     verify  the target scores the row's last token and every node in ONE forward, each node
@@ -29,7 +29,7 @@ from specdistill.serve.decode import right_padded, timed
 
 @dataclass(frozen=True)
 class TreeShape:
-    depth: int = 5  # levels below the last token (the most drafts one step can accept)
+    depth: int = 5  # levels below the last token (a step accepts at most min(depth, nodes) drafts)
     top_k: int = 3  # children per expanded node, and nodes expanded per level
     nodes: int = 10  # nodes verified per step
 
@@ -106,10 +106,14 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
 
 
 def _clocked(call, *args):
-    """``call(*args)`` and the seconds it took (synchronized on CUDA)."""
+    """``call(*args)`` and the seconds it took (synchronized on CUDA before and after, so
+    work queued earlier is not counted)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.synchronize()
     began = time.perf_counter()
     out = call(*args)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - began
 
@@ -153,7 +157,7 @@ def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):
     and their features), the seconds of the one forward, and the first tree slot."""
     last = torch.tensor([[row.tokens[-1]] for row in rows], device=tree.tokens.device)
     depths = torch.cat([torch.zeros_like(last), tree.depths], dim=1)
-    base = max(state.lengths)
+    base = max(state.lengths)  # where forward_tree writes the nodes of every row
     out, seconds = _clocked(runner.forward_tree, state, torch.cat([last, tree.tokens], 1), depths, tree.ancestors,
                             hidden_layers)
     return out, seconds, base

@@ -129,6 +129,18 @@ def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_sta
     assert sampled.finish_reason == "length" and len(sampled.tokens) == 12
 
 
+def test_a_tree_path_stops_at_eos_and_counts_only_what_a_step_could_accept(target, head):
+    prompt = torch.tensor([[7, 1, 7, 1, 7, 4, 4]])
+    full = hf_greedy(target, prompt, 20)[0, prompt.shape[1]:].tolist()
+    eos = full[5]  # a token the target produces: output stops after its first appearance
+    gen = SpeculativeGenerator(target, head, draft_tree="4,3,12")
+    out = gen.generate(prompt, max_new_tokens=20, eos_token_id=[eos])
+    assert out.sequences[0, prompt.shape[1]:].tolist() == full[: full.index(eos) + 1]
+    assert out.finish_reason == "eos"
+    last = gen.generate(prompt, max_new_tokens=1, eos_token_id=[])  # no room for a draft: none counted
+    assert last.stats.proposed == 0 and last.stats.new_tokens == 1
+
+
 def test_tree_specs():
     assert TreeShape.parse("auto") == TreeShape(5, 3, 10) and TreeShape.parse("auto", head=False) is None
     assert TreeShape.parse("none") is None and TreeShape.parse(" 4, 2 ,6") == TreeShape(4, 2, 6)
@@ -143,3 +155,8 @@ def test_draft_trees_say_what_they_need(target, head):
         SpeculativeGenerator(target, target, draft_tree="2,2,4")
     with pytest.raises(ValueError, match="needs an EAGLE-3 head"):
         SpeculativeGenerator(target, head, draft_tree="2,2,4", fast_path=False)
+    assert SpeculativeGenerator(target, target, draft_tree="auto").draft_tree is None  # auto: a chain for an LM
+    windowed = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
+    windowed.config.sliding_window, windowed.config.model_type = 5, "mistral"
+    with pytest.raises(ValueError, match="sliding-window"):
+        SpeculativeGenerator(windowed, head, draft_tree="2,2,4")
