@@ -44,6 +44,7 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from specdistill.serve.model_free import ModelFreeDrafter  # noqa: E402
+from specdistill.serve.tree import TreeShape  # noqa: E402
 from workflow_report import write_report  # noqa: E402
 
 from specdistill.batches import record_rows  # noqa: E402
@@ -68,6 +69,7 @@ K = 4  # drafts per step in the measured decoding
 # Every drafter is measured as it would be served: drafting stops below this draft probability
 # (HF assisted's default), and a trained draft drafts only its 8192 most frequent training tokens.
 DRAFT_CONFIDENCE, DRAFT_VOCAB = 0.4, 8192
+TREE = "{0.depth},{0.top_k},{0.nodes}".format(TreeShape())  # a head is also measured drafting this tree
 
 
 def recipes(answers: str) -> dict[str, dict]:
@@ -218,6 +220,10 @@ def measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, draft
                                   max_new_tokens=preset["max_new_tokens"], temperature=temperature, progress=False,
                                   draft_confidence=confidence, draft_vocab=vocab)
         decoded[label] = {key: run[key] for key in ("alpha", "tau", "tokens_per_s", "draft_step_seconds", "mean_k")}
+    if head:  # a head also drafts trees (greedy): how the shipped head is served by bench and demo
+        run = measure_speculative(target, decoder, tokenizer, prompts, max_new_tokens=preset["max_new_tokens"],
+                                  progress=False, draft_tree=TreeShape())
+        decoded["greedy_tree"] = {"tree": TREE, **{key: run[key] for key in ("alpha", "tau", "tokens_per_s")}}
     hf = None
     if name != "n-gram (model-free)" and not head:  # HF has no n-gram drafter and no EAGLE heads
         hf = hf_assisted(target, decoder, tokenizer, prompts, preset["max_new_tokens"])["tokens_per_s"]

@@ -68,6 +68,13 @@ def markdown(summary: dict, table: list[dict]) -> str:
                      f"{assisted} |")
     for name, why in summary.get("pending", {}).items():
         lines.append(f"| {name} | pending ({why}) | | | | | | | | | | |")
+    alone = summary["target_alone_tokens_per_s"]
+    for name, r in summary["drafts"].items():
+        if "greedy_tree" in r["decoded"]:
+            tree = r["decoded"]["greedy_tree"]
+            lines += ["", f"{name} drafting a tree {tree['tree']} instead (greedy; `--draft-tree`): "
+                          f"τ {tree['tau']:.2f}, {tree['tokens_per_s']:.1f} tok/s, "
+                          f"{tree['tokens_per_s'] / alone:.2f}× the target alone."]
     lines += ["", "α: teacher-forced acceptance on the target's greedy answers (greedy: argmax agreement; T=1: "
               "Σ min(p, q)). τ, tok/s and speedup: measured decoding, greedy, over the target alone on our engine. "
               "predicted: τ(k=4) chained from the teacher-forced α, over (k c + 1) with the measured cost ratio c.",

@@ -26,9 +26,13 @@ def test_the_report_predicts_tau_over_cost_and_writes_tables_and_plots(tmp_path)
     summary = {"preset": "test", "training_tokens_per_draft": 10, "answer_tokens": 5, "k": 4, "draft_confidence": 0.4,
                "draft_vocab": 8192, "decode_prompts": 1, "max_new_tokens": 4, "heldout_prompts": 2,
                "hf_generate_tokens_per_s": {"fp32": 10.0, "bf16": 20.0}, "target_alone_tokens_per_s": 25.0,
-               "target_step_seconds": 0.04, "drafts": {"n-gram": _result(0.2, 26.0), "(d) fkl": _result(0.5, 30.0)},
-               "histories": {"(d) fkl": history}, "pending": {"(g) head": "issue 11"}, "minutes": 0.1}
+               "target_step_seconds": 0.04, "drafts": {"n-gram": _result(0.2, 26.0), "(d) fkl": _result(0.5, 30.0),
+                                                       "(g) head": _result(0.6, 40.0)},
+               "histories": {"(d) fkl": history}, "pending": {"(h) later": "not run"}, "minutes": 0.1}
+    summary["drafts"]["(g) head"]["decoded"]["greedy_tree"] = {"tree": "5,3,10", "alpha": 0.7, "tau": 3.4,
+                                                              "tokens_per_s": 50.0}
     headline = write_report(summary, tmp_path)
+    assert "(g) head drafting a tree 5,3,10 instead (greedy; `--draft-tree`): τ 3.40, 50.0 tok/s, 2.00×" in headline
     assert "| (d) fkl | 0.500 |" in headline and "30.0 | 1.20× | 1.50× |" in headline and "pending" in headline
     for name in ("results.json", "report.md", "acceptance_by_position.png", "speedup_vs_k.png",
                  "training_curves.png", "tokens_per_s.png"):
