@@ -69,7 +69,7 @@ K = 4  # drafts per step in the measured decoding
 # Every drafter is measured as it would be served: drafting stops below this draft probability
 # (HF assisted's default), and a trained draft drafts only its 8192 most frequent training tokens.
 DRAFT_CONFIDENCE, DRAFT_VOCAB = 0.4, 8192
-TREE = "{0.depth},{0.top_k},{0.nodes}".format(TreeShape())  # a head is also measured drafting this tree
+TREE = TreeShape()  # a head is also measured drafting this tree
 
 
 def recipes(answers: str) -> dict[str, dict]:
@@ -222,8 +222,8 @@ def measure(name, draft, target, tokenizer, prompts, preset, heldout_rows, draft
         decoded[label] = {key: run[key] for key in ("alpha", "tau", "tokens_per_s", "draft_step_seconds", "mean_k")}
     if head:  # a head also drafts trees (greedy): how the shipped head is served by bench and demo
         run = measure_speculative(target, decoder, tokenizer, prompts, max_new_tokens=preset["max_new_tokens"],
-                                  progress=False, draft_tree=TreeShape())
-        decoded["greedy_tree"] = {"tree": TREE, **{key: run[key] for key in ("alpha", "tau", "tokens_per_s")}}
+                                  progress=False, draft_tree=TREE)
+        decoded["greedy_tree"] = {"tree": str(TREE), **{key: run[key] for key in ("alpha", "tau", "tokens_per_s")}}
     hf = None
     if name != "n-gram (model-free)" and not head:  # HF has no n-gram drafter and no EAGLE heads
         hf = hf_assisted(target, decoder, tokenizer, prompts, preset["max_new_tokens"])["tokens_per_s"]

@@ -24,14 +24,21 @@ from specdistill.serve.sampling import accept_greedy, accept_sampled, warp_rows
 def timed(runner, state, input_ids, keep, hidden_layers=None):
     """A runner's forward and the seconds it took (synchronized on CUDA). ``hidden_layers``
     is only passed when asked for, so runners without it keep working."""
-    if input_ids.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
     extra = {"hidden_layers": hidden_layers} if hidden_layers else {}
-    logits = runner.forward(state, input_ids, keep, **extra)
-    if input_ids.is_cuda:
+    return clocked(runner.forward, state, input_ids, keep, **extra)
+
+
+def clocked(call, *args, **kwargs):
+    """``call(...)`` and the seconds it took (synchronized on CUDA before and after, so work
+    queued earlier is not counted)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
         torch.cuda.synchronize()
-    return logits, time.perf_counter() - start
+    began = time.perf_counter()
+    out = call(*args, **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - began
 
 
 def prefill(target, target_state, draft, draft_state, rows, device) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve.llama_fast import _pad_length
+from specdistill.serve.llama_fast import _pad_length, tree_mask
 
 
 @dataclass
@@ -100,8 +100,7 @@ class EagleRunner:
         lengths = torch.tensor(state.lengths, device=input_ids.device)
         positions = (lengths[:, None] - 2 + depth).expand(-1, width)
         slots = (base + start + torch.arange(width, device=input_ids.device)).expand_as(positions)
-        prefix = torch.arange(base, device=input_ids.device) < lengths[:, None] - 1  # [B, base]
-        mask = torch.cat([prefix[:, None].expand(-1, width, -1), ancestors], dim=-1)[:, None]
+        mask = tree_mask(lengths - 1, base, ancestors)
         return self._layer(state, input_ids, features.to(self.head.fc.weight.dtype), positions, slots, mask)
 
     def _layer(self, state: EagleState, input_ids, feature, positions, slots, mask) -> torch.Tensor:

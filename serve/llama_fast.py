@@ -140,8 +140,7 @@ class LlamaRunner:
             _grow(state, base + width)
         start = torch.tensor(state.lengths, device=input_ids.device)
         positions = start[:, None] + depths
-        prefix = torch.arange(base, device=input_ids.device) < start[:, None]  # [B, base]: the row's own cache
-        mask = torch.cat([prefix[:, None].expand(-1, width, -1), ancestors], dim=-1)[:, None]  # [B, 1, T, base + T]
+        mask = tree_mask(start, base, ancestors)
         captured = {} if hidden_layers else None
         logits = self._forward(input_ids, positions, state.keys, state.values, base + width, None, base,
                                hidden_layers, captured, mask)
@@ -235,6 +234,14 @@ class LlamaRunner:
 
     def _norm(self, x, weight):
         return rms_norm(x, weight, self.eps)
+
+
+def tree_mask(own: torch.Tensor, base: int, ancestors: torch.Tensor) -> torch.Tensor:
+    """The attention mask [B, 1, T, base + S] of tree nodes written from cache slot ``base``:
+    row b sees its own first ``own[b]`` slots and the tree slots ``ancestors`` [B, T, S] marks
+    (a shorter row's slots between its end and ``base`` stay hidden)."""
+    prefix = torch.arange(base, device=ancestors.device) < own[:, None]  # [B, base]
+    return torch.cat([prefix[:, None].expand(-1, ancestors.shape[1], -1), ancestors], dim=-1)[:, None]
 
 
 def _check_subset(ids, vocab_size: int) -> torch.Tensor:

@@ -20,11 +20,10 @@ the head, as after a chain. Sampling rows use the chain (their lossless rule is 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 import torch
-from specdistill.serve.decode import right_padded, timed
+from specdistill.serve.decode import clocked, right_padded, timed
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class TreeShape:
         if self.nodes > self.candidates:
             raise ValueError(f"a tree of depth {self.depth} and top_k {self.top_k} proposes {self.candidates} "
                              f"nodes; nodes = {self.nodes} is more")
+
+    def __str__(self) -> str:
+        return f"{self.depth},{self.top_k},{self.nodes}"  # what ``parse`` reads
 
     @property
     def candidates(self) -> int:
@@ -90,7 +92,7 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
         all_tokens, all_scores = (torch.cat([level[i] for level in levels], 1) for i in (0, 1))
         fed = _grow_ancestors(fed, parent_slots)
         start = fed.shape[1] - k
-        out, elapsed = _clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
+        out, elapsed = clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
                                 fed[:, start:])
         seconds += elapsed
         child_scores, child_index = head.logits(out).float().log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
@@ -103,19 +105,6 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
         features = out.gather(1, (best // k)[:, :, None].expand(-1, -1, out.shape[-1]))
         parent_slots = start + best // k
     return _select(levels, shape.nodes), seconds, shape.depth
-
-
-def _clocked(call, *args):
-    """``call(*args)`` and the seconds it took (synchronized on CUDA before and after, so
-    work queued earlier is not counted)."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if cuda:
-        torch.cuda.synchronize()
-    began = time.perf_counter()
-    out = call(*args)
-    if cuda:
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - began
 
 
 def _grow_ancestors(fed: torch.Tensor, parent_slots: torch.Tensor) -> torch.Tensor:
@@ -158,7 +147,7 @@ def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):
     last = torch.tensor([[row.tokens[-1]] for row in rows], device=tree.tokens.device)
     depths = torch.cat([torch.zeros_like(last), tree.depths], dim=1)
     base = max(state.lengths)  # where forward_tree writes the nodes of every row
-    out, seconds = _clocked(runner.forward_tree, state, torch.cat([last, tree.tokens], 1), depths, tree.ancestors,
+    out, seconds = clocked(runner.forward_tree, state, torch.cat([last, tree.tokens], 1), depths, tree.ancestors,
                             hidden_layers)
     return out, seconds, base
 

@@ -87,7 +87,7 @@ def _measure(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
                                  draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree)
-    result["draft_tree"] = None if tree is None else f"{tree.depth},{tree.top_k},{tree.nodes}"
+    result["draft_tree"] = None if tree is None else str(tree)
     result.pop("stats")
     return result
 

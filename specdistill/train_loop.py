@@ -41,16 +41,17 @@ class TrainLoop:
         bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
                    disable=not progress)
         with GracefulStop() as stop:
-            completed = self._steps(bar, start_step, history, deadline, stop)
+            completed, stopped = self._steps(bar, start_step, history, deadline, stop, checkpoint)
         bar.close()
-        if stop.requested:
+        if stopped:
             raise TrainingStopped(completed, str(checkpoint))
         return completed
 
-    def _steps(self, bar, completed: int, history: list, deadline: float, stop: GracefulStop) -> int:
-        """The steps until the last, the deadline or a stop signal; returns the steps completed."""
+    def _steps(self, bar, completed: int, history: list, deadline: float, stop: GracefulStop,
+               checkpoint: Path) -> tuple[int, bool]:
+        """The steps until the last, the deadline or a stop signal: (steps completed, whether a
+        signal stopped them short of the last)."""
         config, accelerator = self.config, self.accelerator
-        checkpoint = Path(config.output_dir) / "checkpoint"
         for step in bar:
             onpolicy = self.onpolicy.covers(step)
             loss, acceptance = self.step(step, onpolicy)
@@ -81,9 +82,8 @@ class TrainLoop:
                     save_checkpoint(checkpoint, self.draft, self.tokenizer, self.optimizer, completed, history)
                 accelerator.wait_for_everyone()
             if done:
-                stop.requested = stopping
-                break
-        return completed
+                return completed, stopping
+        return completed, False
 
     def evaluate(self, history: list, completed: int) -> None:
         """Held-out figures into the step's history entry and the trackers; a new best α is exported."""
