@@ -93,7 +93,7 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
         fed = _grow_ancestors(fed, parent_slots)
         start = fed.shape[1] - k
         out, elapsed = clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
-                                fed[:, start:])
+                               fed[:, start:])
         seconds += elapsed
         child_scores, child_index = head.logits(out).float().log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
         child_scores = (all_scores.gather(1, frontier)[:, :, None] + child_scores).flatten(1)
@@ -148,7 +148,7 @@ def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):
     depths = torch.cat([torch.zeros_like(last), tree.depths], dim=1)
     base = max(state.lengths)  # where forward_tree writes the nodes of every row
     out, seconds = clocked(runner.forward_tree, state, torch.cat([last, tree.tokens], 1), depths, tree.ancestors,
-                            hidden_layers)
+                           hidden_layers)
     return out, seconds, base
 
 
