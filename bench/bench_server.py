@@ -6,6 +6,7 @@ one request at a time. Each configuration is a real `specdistill serve` process 
 
     python bench/bench_server.py                         # default target, runs/demo/final as the draft
     python bench/bench_server.py --quick                 # concurrency 1 and 4, few requests: a smoke run
+    python bench/bench_server.py --draft default --draft-tree 5,3,10   # the shipped head drafting trees
 
 Prints a table, then ONE JSON line.
 """
@@ -31,18 +32,20 @@ from specdistill.prompts import HELDOUT_PROMPTS
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--draft", default="runs/demo/final", help="the draft of the speculative server")
+    parser.add_argument("--draft", default="runs/demo/final",
+                        help="the draft of the speculative server (a directory, or default: the shipped head)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests = concurrency x this (>= 8)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--num-draft-tokens", default="auto")
+    parser.add_argument("--draft-tree", default="none", help="DEPTH,TOP_K,NODES: a head drafts trees (serve's flag)")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.concurrency, args.requests_per_client, args.max_tokens = "1,4", 1, 32
-    if not (Path(args.draft) / "config.json").exists():
+    if args.draft != "default" and not (Path(args.draft) / "config.json").exists():
         sys.exit(f"no draft at {args.draft}: run `specdistill demo` first, or pass --draft DIR")
     return args
 
@@ -61,6 +64,7 @@ class Server:
         self.command = [sys.executable, "-m", "specdistill.cli", "serve", "--port", str(self.port),
                         "--target", args.target, "--draft", draft, "--dtype", args.dtype,
                         "--num-draft-tokens", args.num_draft_tokens, "--max-batch-size", str(max_batch_size),
+                        "--draft-tree", args.draft_tree if draft != "none" else "none",
                         "--max-queue", "256"]
         self.url = f"http://127.0.0.1:{self.port}"
 

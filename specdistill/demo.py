@@ -131,11 +131,15 @@ def _report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra: dic
     # c against the target step of the same engine; with the confidence stop fewer than k
     # drafts are proposed, so predict with the mean k used.
     cost_ratio = after["draft_step_seconds"] * alone["tokens_per_s"]
-    predicted = predicted_speedup(after["alpha"], after["mean_k"], cost_ratio)
+    # A chain's k + 1 tokens verify in about one target step; a tree's nodes cost more, so a
+    # tree's verification is priced as measured (v: its forward over the target's one-token one).
+    verify_ratio = after["verify_seconds"] / alone["verify_seconds"] if after.get("draft_tree") else 1.0
+    predicted = predicted_speedup(after["alpha"], after["mean_k"], cost_ratio, verify_ratio)
     measured = after["tokens_per_s"] / alone["tokens_per_s"]
     print(f"\nper-position acceptance ({main}): {after['per_position_acceptance']}")
-    print(f"cost ratio c = {cost_ratio:.3f}, mean k = {after['mean_k']:.2f}; over the target alone on our engine: "
-          f"predicted {predicted:.2f}x from alpha, k and c, measured {measured:.2f}x")
+    print(f"cost ratio c = {cost_ratio:.3f}, verification v = {verify_ratio:.2f}, mean k = {after['mean_k']:.2f}; "
+          f"over the target alone on our engine: predicted {predicted:.2f}x from alpha, k, c and v, "
+          f"measured {measured:.2f}x")
     summary = {
         "alpha": after["alpha"], "tau": after["tau"], "tokens_per_s": round(after["tokens_per_s"], 2),
         "hf_generate_tokens_per_s": round(base, 2), "hf_generate_baseline": baseline_name,
@@ -145,6 +149,7 @@ def _report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra: dic
         "main_row": main,
         "per_position_acceptance": after["per_position_acceptance"],
         "cost_ratio": round(cost_ratio, 3),
+        "verify_ratio": round(verify_ratio, 3),
         "predicted_speedup_over_our_target": round(predicted, 3),
         "measured_speedup_over_our_target": round(measured, 3),
         "num_draft_tokens": measure.num_draft_tokens,
