@@ -10,6 +10,7 @@ def test_speedup_formula():
     assert expected_tokens_per_call(0.0, 4) == 1
     assert predicted_speedup(0.5, 2, 0.1) == pytest.approx(1.75 / 1.2)
     assert predicted_speedup(0.9, 0, 0.3) == 1.0
+    assert predicted_speedup(0.5, 2, 0.1, verify_ratio=1.3) == pytest.approx(1.75 / 1.5)  # a tree's dearer pass
 
 
 def test_prompt_files_are_jsonl_or_one_per_line(tmp_path):
