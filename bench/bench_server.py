@@ -6,7 +6,7 @@ one request at a time. Each configuration is a real `specdistill serve` process 
 
     python bench/bench_server.py                         # default target, runs/demo/final as the draft
     python bench/bench_server.py --quick                 # concurrency 1 and 4, few requests: a smoke run
-    python bench/bench_server.py --draft default --draft-tree 5,3,10   # the shipped head drafting trees
+    python bench/bench_server.py --draft default --draft-tree-max-batch 16   # the shipped head, trees at every batch
 
 Prints a table, then ONE JSON line.
 """
@@ -39,7 +39,8 @@ def parse_args():
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--num-draft-tokens", default="auto")
-    parser.add_argument("--draft-tree", default="none", help="DEPTH,TOP_K,NODES: a head drafts trees (serve's flag)")
+    parser.add_argument("--draft-tree", default="auto", help="serve's flag: DEPTH,TOP_K,NODES, auto or none (a chain)")
+    parser.add_argument("--draft-tree-max-batch", default="4", help="serve's flag: larger batches draft a chain")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -65,6 +66,7 @@ class Server:
                         "--target", args.target, "--draft", draft, "--dtype", args.dtype,
                         "--num-draft-tokens", args.num_draft_tokens, "--max-batch-size", str(max_batch_size),
                         "--draft-tree", args.draft_tree if draft != "none" else "none",
+                        "--draft-tree-max-batch", args.draft_tree_max_batch,
                         "--max-queue", "256"]
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -31,8 +31,10 @@ class ServeConfig:
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
-    draft_tree: str = option("none", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
-                                     "(auto = 5,3,10); none = a chain of k, measured under load")
+    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
+                                     "(auto = 5,3,10 for a head, a chain for other drafts); none = a chain of k")
+    draft_tree_max_batch: int = option(4, "batches of more rows draft a chain (their verification is "
+                                          "compute-bound: on 2 CPU cores trees win at 1-4 rows, chains at 16)")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -48,7 +50,7 @@ class ServeConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         draft_length(self.num_draft_tokens)
         TreeShape.parse(self.draft_tree)
-        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
+        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes", "draft_tree_max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout <= 0:
@@ -81,7 +83,8 @@ def load_generator(config: ServeConfig):
     model, head = draft is not None and not isinstance(draft, str), isinstance(draft, Eagle3Head)
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
-                                     draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head))
+                                     draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head),
+                                     draft_tree_max_batch=config.draft_tree_max_batch)
     return generator, tokenizer, config.draft
 
 

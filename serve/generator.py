@@ -78,11 +78,14 @@ class SpeculativeGenerator:
     ``draft_tree`` (a ``TreeShape`` or ``"DEPTH,TOP_K,NODES"``, head drafts only) drafts a
     tree of guesses and verifies it in one pass (``specdistill.serve.tree``): a higher τ for
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
-    Greedy rows use it; sampling rows keep the chain."""
+    Greedy rows use it; sampling rows keep the chain. ``draft_tree_max_batch`` caps the rows
+    of a tree step: a larger batch drafts a chain, since its rows x nodes tokens make the
+    verification compute-bound (on 2 CPU cores trees win at 1 and 4 rows, chains at 16)."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
-                 compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None):
+                 compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None,
+                 draft_tree_max_batch: int | None = None):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -116,6 +119,9 @@ class SpeculativeGenerator:
                              "path (fast_path 'auto' or True)")
         if self.draft_tree is not None and self.target_runner.sliding_window:
             raise ValueError("draft trees do not support sliding-window attention; use a chain (draft_tree=None)")
+        if draft_tree_max_batch is not None and draft_tree_max_batch < 1:
+            raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
+        self.draft_tree_max_batch = draft_tree_max_batch
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)

@@ -180,10 +180,12 @@ class SpecEngine:
         return self._results(rows, [drafts[i, :n].tolist() + [token] for i, (n, token) in enumerate(accepted)])
 
     def _tree_fits(self, rows: list[Request]) -> bool:
-        """Trees take greedy rows only, and every node must fit in the target's context."""
-        limit = self.gen.max_positions
+        """Trees take greedy rows only, up to ``draft_tree_max_batch`` of them, and every node
+        must fit in the target's context."""
+        limit, cap = self.gen.max_positions, self.gen.draft_tree_max_batch
         depth = self.gen.draft_tree.depth
-        return all(r.params.greedy and (not limit or len(r.tokens) + depth <= limit) for r in rows)
+        return (cap is None or len(rows) <= cap) and \
+            all(r.params.greedy and (not limit or len(r.tokens) + depth <= limit) for r in rows)
 
     def _decode_tree(self, rows: list[Request]) -> list[tuple[Request, list[int], str | None]] | None:
         """One step with a draft tree (``serve/tree.py``); None when the head has nothing to draft from."""

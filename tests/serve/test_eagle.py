@@ -129,6 +129,24 @@ def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_sta
     assert sampled.finish_reason == "length" and len(sampled.tokens) == 12
 
 
+def test_batches_past_the_tree_cap_draft_a_chain_and_stay_exact(target, head):
+    prompts = [[2, 5, 3, 9], [7, 1, 7, 1, 7, 4, 4], [4, 6]]
+    capped = SpeculativeGenerator(target, head, num_draft_tokens=5, draft_tree="4,4,24", draft_tree_max_batch=2)
+    engine = capped.engine(max_batch_size=4)
+    rows = [engine.add(torch.tensor(p), max_new_tokens=30, eos_token_id=[]) for p in prompts]
+    engine.step()  # three rows, over the cap of two: each drafts the chain of 5 (a tree step counts 4)
+    assert [r.stats.proposed for r in rows] == [5, 5, 5]
+    while engine.has_work():
+        engine.step()
+    for row in rows:
+        assert row.tokens == hf_greedy(target, torch.tensor([row.prompt]), 30)[0].tolist()
+    one, chain = (gen.generate(torch.tensor([prompts[1]]), 30, eos_token_id=[]) for gen in
+                  (capped, SpeculativeGenerator(target, head, num_draft_tokens=5)))
+    assert one.stats.steps < chain.stats.steps  # one row, under the cap: a tree
+    with pytest.raises(ValueError, match="draft_tree_max_batch"):
+        SpeculativeGenerator(target, head, draft_tree="auto", draft_tree_max_batch=0)
+
+
 def test_a_tree_path_stops_at_eos_and_counts_only_what_a_step_could_accept(target, head):
     prompt = torch.tensor([[7, 1, 7, 1, 7, 4, 4]])
     full = hf_greedy(target, prompt, 20)[0, prompt.shape[1]:].tolist()
