@@ -40,7 +40,7 @@ def parse_args():
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--num-draft-tokens", default="auto")
     parser.add_argument("--draft-tree", default="auto", help="serve's flag: DEPTH,TOP_K,NODES, auto or none (a chain)")
-    parser.add_argument("--draft-tree-max-batch", default="4", help="serve's flag: larger batches draft a chain")
+    parser.add_argument("--draft-tree-max-batch", default="2", help="serve's flag: larger batches draft a chain")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

@@ -33,8 +33,9 @@ class ServeConfig:
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
                                      "(auto = 5,3,10 for a head, a chain for other drafts); none = a chain of k")
-    draft_tree_max_batch: int = option(4, "batches of more rows draft a chain (their verification is "
-                                          "compute-bound: on 2 CPU cores trees win at 1-4 rows, chains at 16)")
+    draft_tree_max_batch: int = option(2, "batches of more rows draft a chain (their verification is "
+                                          "compute-bound: on 2 CPU cores trees win at 1-2 rows, chains from 4; "
+                                          "bench/bench_trees.py --batch-sizes measures it)")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")

@@ -80,7 +80,7 @@ class SpeculativeGenerator:
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
     Greedy rows use it; sampling rows keep the chain. ``draft_tree_max_batch`` caps the rows
     of a tree step: a larger batch drafts a chain, since its rows x nodes tokens make the
-    verification compute-bound (on 2 CPU cores trees win at 1 and 4 rows, chains at 16)."""
+    verification compute-bound (on 2 CPU cores trees win at 1-2 rows, chains from 4)."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
