@@ -4,9 +4,10 @@ one request at a time. Each configuration is a real `specdistill serve` process 
 127.0.0.1; the load comes from this process with the official `openai` client
 (streamed chat requests over the held-out prompts, greedy).
 
-    python bench/bench_server.py                         # default target, runs/demo/final as the draft
+    python bench/bench_server.py                         # serve's defaults: the default target, the shipped head
     python bench/bench_server.py --quick                 # concurrency 1 and 4, few requests: a smoke run
-    python bench/bench_server.py --draft default --draft-tree-max-batch 16   # the shipped head, trees at every batch
+    python bench/bench_server.py --draft runs/demo/final # the draft `make demo` distils
+    python bench/bench_server.py --draft-tree-max-batch 16   # the shipped head drafting trees at every batch size
 
 Prints a table, then ONE JSON line.
 """
@@ -32,7 +33,7 @@ from specdistill.prompts import HELDOUT_PROMPTS
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--draft", default="runs/demo/final",
+    parser.add_argument("--draft", default="default",
                         help="the draft of the speculative server (a directory, or default: the shipped head)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests = concurrency x this (>= 8)")
@@ -47,7 +48,8 @@ def parse_args():
     if args.quick:
         args.concurrency, args.requests_per_client, args.max_tokens = "1,4", 1, 32
     if args.draft != "default" and not (Path(args.draft) / "config.json").exists():
-        sys.exit(f"no draft at {args.draft}: run `specdistill demo` first, or pass --draft DIR")
+        sys.exit(f"no draft at {args.draft}: run `specdistill demo` first for runs/demo/final, or pass --draft "
+                 "DIR or default")
     return args
 
 
