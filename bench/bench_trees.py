@@ -19,13 +19,14 @@ then ONE JSON line with every run and each config's mean.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
 import time
 
 import torch
-from specdistill.serve import SpeculativeGenerator
+from specdistill.serve import SpecStats, SpeculativeGenerator
 
 from specdistill.drafts import load_draft
 from specdistill.eval import measure_speculative, measure_target, warm_up
@@ -58,17 +59,16 @@ def decode_batched(target, head, tokenizer, config: str, batch: int, count: int,
     outputs = generator.generate_batch(prompts, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                        max_batch_size=batch)
     seconds = time.perf_counter() - began
-    new_tokens = sum(o.stats.new_tokens for o in outputs)
-    steps = sum(o.stats.steps for o in outputs)
-    return {"tokens_per_s": round(new_tokens / seconds, 2), "tau": round(new_tokens / max(steps, 1), 3)}
+    stats = functools.reduce(SpecStats.merge, (o.stats for o in outputs))  # τ as the engine defines it
+    return {"tokens_per_s": round(stats.new_tokens / seconds, 2), "tau": round(stats.tau, 3)}
 
 
 def batched_rounds(target, head, tokenizer, args) -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     runs = {(b, c): [] for b in sizes for c in ["alone", *args.configs]}
     for round_index, batch in itertools.product(range(args.rounds), sizes):
+        count = max(args.num_prompts, 2 * batch)
         for config in ["alone", *args.configs]:
-            count = max(args.num_prompts, 2 * batch)
             runs[batch, config].append(decode_batched(target, head, tokenizer, config, batch, count,
                                                       args.max_new_tokens))
             run, alone = runs[batch, config][-1], runs[batch, "alone"][-1]
