@@ -20,14 +20,14 @@ if ! "$PY" -c "import torch, triton, sys; sys.exit(0 if torch.cuda.is_available(
     exit 2
 fi
 
-# specdistill.kernels lives in kernels/ (setuptools package-dir); mirror that layout with symlinks
+# specdistill.kernels lives in kernels/src/ (setuptools package-dir); mirror that layout with symlinks
 # instead of installing the package.
 if ! "$PY" -c "import specdistill.kernels, specdistill.losses" 2>/dev/null; then
     SHADOW=$(mktemp -d)/path
     mkdir -p "$SHADOW/specdistill"
     for entry in "$ROOT"/specdistill/*; do ln -s "$entry" "$SHADOW/specdistill/"; done
-    ln -s "$ROOT/kernels" "$SHADOW/specdistill/kernels"
-    ln -s "$ROOT/serve" "$SHADOW/specdistill/serve"
+    ln -s "$ROOT/kernels/src" "$SHADOW/specdistill/kernels"
+    ln -s "$ROOT/serve/src" "$SHADOW/specdistill/serve"
     export PYTHONPATH="$SHADOW${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

@@ -18,7 +18,7 @@ from specdistill.eagle_io import is_head_dir, load_head, save_head
 from specdistill.models import load_draft_vocab, load_model
 
 DEFAULT_DRAFT = "default"
-MODEL_FREE = ("prompt-lookup", "ngram")  # serve/model_free.py's methods (this layer does not import the engine)
+MODEL_FREE = ("prompt-lookup", "ngram")  # serve/src/model_free.py's methods (this layer does not import the engine)
 
 
 def shipped_draft_dir() -> Path:

@@ -6,7 +6,7 @@
     leave    cancelled rows leave the batch at once
     admit    waiting requests (as many as fit) are prefilled together in caches of
              their own, which are then appended to the running batch's caches
-    decode   one speculative step for every running row (``serve/decode.py``);
+    decode   one speculative step for every running row (``serve/src/decode.py``);
              each row drafts, verifies and accepts with its own sampling parameters,
              budget, EOS ids, stop strings and random generator
     finish   rows that hit EOS, a stop string or their budget leave the batch
@@ -188,7 +188,7 @@ class SpecEngine:
             all(r.params.greedy and (not limit or len(r.tokens) + depth <= limit) for r in rows)
 
     def _decode_tree(self, rows: list[Request]) -> list[tuple[Request, list[int], str | None]] | None:
-        """One step with a draft tree (``serve/tree.py``); None when the head has nothing to draft from."""
+        """One step with a draft tree (``serve/src/tree.py``); None when the head has nothing to draft from."""
         gen = self.gen
         tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
                                                       self.device)
