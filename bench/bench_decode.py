@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from specdistill.serve import SpecStats, SpeculativeGenerator
 
-from specdistill.eval import expected_tokens_per_call, predicted_speedup
+from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids
+from specdistill.measure import expected_tokens_per_call, predicted_speedup
 from specdistill.models import load_draft_vocab, load_model, load_target, prune_draft
-from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 
 DEFAULT_DRAFT = Path("runs/demo/final")
 MODES = {"greedy": 0.0, "t0.7": 0.7}

@@ -166,6 +166,7 @@ def sweep(a) -> list[dict]:
     from dataclasses import replace
 
     from specdistill.kernels.fused_divergence import launch_backward, launch_forward, make_config
+    from specdistill.kernels.loss_args import LossOptions
 
     x = make_inputs("div/fused", a, "cuda")
     s, t = x["s"].detach(), x["t"]
@@ -173,8 +174,8 @@ def sweep(a) -> list[dict]:
     out = torch.empty_like(s)
     rows = []
     for block, warps in ((2048, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16), (8192, 32)):
-        cfg = replace(make_config(a.divergence, a.temperature, 0.5, 1.0, -100, False, a.vocab, block),
-                      num_warps=warps)
+        options = LossOptions(divergence=a.divergence, temperature=a.temperature)
+        cfg = replace(make_config(options, False, a.vocab, block), num_warps=warps)
 
         def fwd_bwd(cfg=cfg):
             _, _, stats = launch_forward(s, t, None, cfg)

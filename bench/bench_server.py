@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from specdistill.prompts import HELDOUT_PROMPTS
+from specdistill.data.prompts import HELDOUT_PROMPTS
 
 
 def parse_args():

@@ -32,15 +32,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from specdistill.batches import TokenRows
-from specdistill.data import split_files, stdlib_files, token_chunks
-from specdistill.distill import Student, autocast
+from specdistill.data.batches import TokenRows
+from specdistill.data.corpora import split_files, stdlib_files, token_chunks
 from specdistill.losses import compute_linear_distill_loss, compute_sparse_distill_loss
 from specdistill.models import decoder_and_head, load_target, prune_draft
-from specdistill.onpolicy import OnPolicyBatches
-from specdistill.teacher_cache import CachedRows, teacher_topk
-from specdistill.train import TrainConfig, _lr_factor, trainable_parameters
-from specdistill.train_loop import TrainLoop
+from specdistill.training.config import TrainConfig
+from specdistill.training.loop import TrainLoop
+from specdistill.training.onpolicy import OnPolicyBatches
+from specdistill.training.step import Student, autocast
+from specdistill.training.teacher_cache import CachedRows, teacher_topk
+from specdistill.training.trainer import _lr_factor, trainable_parameters
 
 
 def parse_args(argv=None):

@@ -28,10 +28,10 @@ import time
 import torch
 from specdistill.serve import SpecStats, SpeculativeGenerator
 
-from specdistill.drafts import load_draft
-from specdistill.eval import measure_speculative, measure_target, warm_up
+from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids
+from specdistill.measure import measure_speculative, measure_target, warm_up
 from specdistill.models import load_target
-from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
+from specdistill.models.drafts import load_draft
 
 CONFIGS = ("auto", "k6", "5,3,10", "4,3,8", "6,3,10", "5,2,8", "6,4,16")
 

@@ -26,10 +26,10 @@ import torch
 
 
 def make(head_dir: Path) -> None:
-    from specdistill.eagle import Eagle3Head
-    from specdistill.eagle_io import is_head_dir, load_head, save_head
-    from specdistill.eagle_train import target_pass
     from specdistill.models import load_target
+    from specdistill.models.eagle3 import Eagle3Head, save_head
+    from specdistill.models.eagle3_io import is_head_dir, load_head
+    from specdistill.training.eagle3_head import target_pass
 
     target, tokenizer = load_target()
     if is_head_dir(head_dir):

@@ -34,16 +34,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from workflow import head_recipe, load_trained  # noqa: E402
 
-from specdistill.batches import record_rows  # noqa: E402
-from specdistill.demo import measure_hf_baseline  # noqa: E402
-from specdistill.eagle import Eagle3Head  # noqa: E402
-from specdistill.eagle_train import head_acceptance  # noqa: E402
-from specdistill.eval import measure_speculative, teacher_forced_acceptance  # noqa: E402
-from specdistill.jsonl import append_rows, read_rows  # noqa: E402
+from specdistill.bench import measure_hf_baseline  # noqa: E402
+from specdistill.data.batches import record_rows  # noqa: E402
+from specdistill.data.jsonl import append_rows, read_rows  # noqa: E402
+from specdistill.data.prompts import HELDOUT_PROMPTS  # noqa: E402
+from specdistill.measure import measure_speculative, teacher_forced_acceptance  # noqa: E402
 from specdistill.models import load_draft_vocab, load_target  # noqa: E402
-from specdistill.prompts import HELDOUT_PROMPTS  # noqa: E402
-from specdistill.target_data import answer_prompts  # noqa: E402
-from specdistill.train import TrainConfig, train  # noqa: E402
+from specdistill.models.eagle3 import Eagle3Head  # noqa: E402
+from specdistill.teacher.target_answers import answer_prompts  # noqa: E402
+from specdistill.training.config import TrainConfig
+from specdistill.training.eagle3_head import head_acceptance  # noqa: E402
+from specdistill.training.trainer import train  # noqa: E402
 
 K, CONFIDENCE, LM_DRAFT_VOCAB = 4, 0.4, 8192
 HEAD = head_recipe()  # the shipped preset's (specdistill/presets/default-draft.yaml) but for its data and length

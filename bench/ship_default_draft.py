@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from specdistill.drafts import package_head
 from specdistill.models import load_target
+from specdistill.models.drafts import package_head
 
 DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 

@@ -48,19 +48,20 @@ from specdistill.serve.model_free import ModelFreeDrafter  # noqa: E402
 from specdistill.serve.tree import TreeShape  # noqa: E402
 from workflow_report import write_report  # noqa: E402
 
-from specdistill.batches import record_rows  # noqa: E402
+from specdistill.bench import measure_hf_baseline  # noqa: E402
 from specdistill.cli import PRESETS as TRAIN_PRESETS  # noqa: E402
-from specdistill.demo import measure_hf_baseline  # noqa: E402
-from specdistill.eagle import Eagle3Head  # noqa: E402
-from specdistill.eagle_io import is_head_dir, load_head  # noqa: E402
-from specdistill.eagle_train import head_acceptance  # noqa: E402
-from specdistill.eval import _acceptance_summary, measure_speculative, teacher_forced_acceptance  # noqa: E402
-from specdistill.graceful_stop import TrainingStopped  # noqa: E402
+from specdistill.data.batches import record_rows  # noqa: E402
+from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids  # noqa: E402
+from specdistill.measure import _acceptance_summary, measure_speculative, teacher_forced_acceptance  # noqa: E402
 from specdistill.models import load_draft_vocab, load_target, prune_draft  # noqa: E402
+from specdistill.models.eagle3 import Eagle3Head  # noqa: E402
+from specdistill.models.eagle3_io import is_head_dir, load_head  # noqa: E402
 from specdistill.options import read_config_file  # noqa: E402
-from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids  # noqa: E402
-from specdistill.target_data import answer_prompts, generate_answers, load_records  # noqa: E402
-from specdistill.train import TrainConfig, train  # noqa: E402
+from specdistill.teacher.target_answers import answer_prompts, generate_answers, load_records  # noqa: E402
+from specdistill.training.config import TrainConfig
+from specdistill.training.eagle3_head import head_acceptance  # noqa: E402
+from specdistill.training.graceful_stop import TrainingStopped  # noqa: E402
+from specdistill.training.trainer import train  # noqa: E402
 
 PRESETS = {  # steps per draft (x batch 4 x 256 tokens), target-answer tokens, decode prompts, new tokens per prompt
     "quick": {"steps": 80, "answer_tokens": 40000, "decode_prompts": 6, "max_new_tokens": 48},

@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from specdistill.graceful_stop import TrainingStopped
 from specdistill.options import build, defaults, leaf_fields, read_config_file
-from specdistill.train import TrainConfig
+from specdistill.training.config import TrainConfig
+from specdistill.training.graceful_stop import TrainingStopped
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
@@ -64,14 +64,17 @@ PRINTS_SUMMARY = ("train", "cache-teacher", "generate-data", "make-prompts")  # 
 
 def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
-    from specdistill.demo import BenchConfig, DemoConfig, run_bench, run_demo
-    from specdistill.generate_data import GenerateConfig, run_generate_data
-    from specdistill.make_prompts import MakePromptsConfig, run_make_prompts
-    from specdistill.serve.config import ServeConfig, run_serve
-    from specdistill.teacher_cache import CacheConfig, run_cache_teacher
+    from specdistill.bench import BenchConfig, run_bench
+    from specdistill.demo import DemoConfig, run_demo
+    from specdistill.serve.config import ServeConfig
+    from specdistill.serve.server import run_serve
+    from specdistill.teacher.generate import run_generate_data
+    from specdistill.teacher.generate_config import GenerateConfig
+    from specdistill.teacher.make_prompts import MakePromptsConfig, run_make_prompts
+    from specdistill.training.teacher_cache import CacheConfig, run_cache_teacher
 
     def run_train(config: TrainConfig) -> dict:
-        from specdistill.train import train
+        from specdistill.training.trainer import train
 
         result = train(config)
         result.pop("draft")

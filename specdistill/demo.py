@@ -1,11 +1,9 @@
-"""Entry points that measure drafts: ``specdistill demo`` and ``specdistill bench``.
+"""``specdistill demo``, the README's main command.
 
-The demo is the README's main command. On held-out prompts it first measures the
-shipped default draft (an EAGLE-3 head, drafting a tree unless ``--draft-tree none``)
-against the target alone (HF ``generate`` and our engine); then it prunes a draft from
-the target, measures it, distills it for a CPU-sized budget, measures it again, saves
-it, and prints one table ending with one JSON line (its headline figures: the shipped
-draft's).
+On held-out prompts it first measures the shipped default draft (an EAGLE-3 head, drafting a tree
+unless ``--draft-tree none``) against the target alone (HF ``generate`` and our engine); then it
+prunes a draft from the target, measures it, distills it for a CPU-sized budget, measures it again,
+saves it, and prints one table ending with one JSON line (its headline figures: the shipped draft's).
 """
 
 from __future__ import annotations
@@ -14,62 +12,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from specdistill.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
-from specdistill.eagle import Eagle3Head
-from specdistill.eval import measure_speculative, measure_target, predicted_speedup, warm_up
-from specdistill.model_card import update_model_card
+from specdistill.bench import (
+    MeasureConfig,
+    decode_dtype,
+    measure_hf_baseline,
+    measure_prompts,
+    measure_row,
+    print_report,
+)
+from specdistill.measure import warm_up
 from specdistill.models import DEFAULT_TARGET, load_draft_vocab, load_target, prune_draft
-from specdistill.options import nested, option
-from specdistill.prompts import HELDOUT_PROMPTS, read_prompts
-from specdistill.serve.tree import TreeShape
-from specdistill.train import TrainConfig, train, training_rows
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@dataclass
-class MeasureConfig:
-    """How a draft is measured against its target (part of the demo's and bench's flags)."""
-
-    num_draft_tokens: str = option("4", "drafts per step: an int k, or auto (the engine picks k from measured "
-                                        "acceptance and step costs)")
-    max_new_tokens: int = option(64, "tokens generated per prompt")
-    prompts: str = option("", "a prompt file: JSONL with a 'prompt' per line, or text with one prompt per line; "
-                              "default: the project's held-out chat prompts")
-    num_prompts: int = option(12, "prompts used (the first N)")
-    decode_temperature: float = option(0.0, "sampling temperature while decoding (0 = greedy)")
-    dtype: str = option("bf16", "fp32 or bf16, for both models while decoding (bf16 verifies k tokens at ~1 "
-                                "step's cost)")
-    draft_confidence: float = option(0.4, "stop drafting below this draft probability (HF assisted's default)")
-    draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
-                                         "draft_vocab.json)")
-    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
-                                     "of k (greedy rows): auto = 5,3,10 for a head, none = a chain")
-
-    def __post_init__(self):
-        _decode_dtype(self.dtype)
-        TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
-        if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
-            raise ValueError(f"num_draft_tokens must be an integer >= 0 or auto, got {self.num_draft_tokens!r}")
-
-    @property
-    def k(self) -> int | str:
-        """``num_draft_tokens`` as the generator takes it."""
-        return "auto" if self.num_draft_tokens == "auto" else int(self.num_draft_tokens)
-        if self.num_prompts < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_prompts and max_new_tokens must be >= 1")
-
-
-@dataclass
-class BenchConfig:
-    """Measure a saved draft against its target."""
-
-    draft: str = option("default", "default (the shipped EAGLE-3 head), a draft directory (causal LM or EAGLE-3 "
-                                   "head), or a model-free drafter: prompt-lookup, ngram")
-    target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
-    measure: MeasureConfig = nested(MeasureConfig)
+from specdistill.models.drafts import DEFAULT_DRAFT, load_draft
+from specdistill.options import nested
+from specdistill.training.config import TrainConfig
+from specdistill.training.model_card import update_model_card
+from specdistill.training.trainer import train, training_rows
 
 
 @dataclass
@@ -81,100 +38,12 @@ class DemoConfig:
     measure: MeasureConfig = nested(MeasureConfig, num_prompts=8)
 
 
-def _measure(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
-             draft_vocab=None, draft_tree=None) -> dict:
-    tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
-    result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
-                                 max_new_tokens=max_new_tokens, temperature=temperature,
-                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree)
-    result["draft_tree"] = None if tree is None else str(tree)
-    result.pop("stats")
-    return result
-
-
-def _decode_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
-def _row(name: str, result: dict, baseline: float) -> str:
-    alpha = f"{result['alpha']:.3f}" if "alpha" in result and result.get("mean_k") else "-"
-    tau = f"{result['tau']:.2f}" if "tau" in result and result.get("mean_k") else "-"
-    rate = result["tokens_per_s"]
-    return f"{name:<34}{alpha:>8}{tau:>8}{rate:>10.2f}{rate / baseline:>9.2f}x"
-
-
-def measure_hf_baseline(target, tokenizer, prompts, max_new_tokens: int, dtype: torch.dtype) -> dict[str, dict]:
-    """HF ``generate`` with the target alone in fp32 and in bf16 (on some CPUs plain
-    decoding is faster in fp32: a speedup is only honest against the faster of the
-    two); the target is left in ``dtype``."""
-    rows = {}
-    for name in ("fp32", "bf16"):
-        target.to(DTYPES[name])
-        warm_up(target, None, tokenizer)
-        rows[f"target alone (HF generate, {name})"] = measure_target(target, tokenizer, prompts, max_new_tokens)
-    target.to(dtype)
-    return rows
-
-
-def _report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra: dict) -> dict:
-    """The table (speedups over the faster HF generate row), the prediction for the
-    ``main`` row, and one JSON line."""
-    hf = {name: r for name, r in rows.items() if name.startswith("target alone (HF generate")}
-    baseline_name = max(hf, key=lambda name: hf[name]["tokens_per_s"])
-    base = rows[baseline_name]["tokens_per_s"]
-    print(f"\n{'':<34}{'alpha':>8}{'tau':>8}{'tok/s':>10}{'speedup':>10}")
-    for name, result in rows.items():
-        print(_row(name, result, base))
-    alone, after = rows["target alone (our engine)"], rows[main]
-    # c against the target step of the same engine; with the confidence stop fewer than k
-    # drafts are proposed, so predict with the mean k used.
-    cost_ratio = after["draft_step_seconds"] * alone["tokens_per_s"]
-    # A chain's k + 1 tokens verify in about one target step; a tree's nodes cost more, so a
-    # tree's verification is priced as measured (v: its forward over the target's one-token one).
-    verify_ratio = after["verify_seconds"] / alone["verify_seconds"] if after.get("draft_tree") else 1.0
-    predicted = predicted_speedup(after["alpha"], after["mean_k"], cost_ratio, verify_ratio)
-    measured = after["tokens_per_s"] / alone["tokens_per_s"]
-    print(f"\nper-position acceptance ({main}): {after['per_position_acceptance']}")
-    print(f"cost ratio c = {cost_ratio:.3f}, verification v = {verify_ratio:.2f}, mean k = {after['mean_k']:.2f}; "
-          f"over the target alone on our engine: predicted {predicted:.2f}x from alpha, k, c and v, "
-          f"measured {measured:.2f}x")
-    summary = {
-        "alpha": after["alpha"], "tau": after["tau"], "tokens_per_s": round(after["tokens_per_s"], 2),
-        "hf_generate_tokens_per_s": round(base, 2), "hf_generate_baseline": baseline_name,
-        "speedup_vs_hf_generate": round(after["tokens_per_s"] / base, 3),
-        "rows": {name: {key: r[key] for key in ("alpha", "tau", "tokens_per_s", "mean_k") if key in r}
-                 | {"speedup": round(r["tokens_per_s"] / base, 3)} for name, r in rows.items()},
-        "main_row": main,
-        "per_position_acceptance": after["per_position_acceptance"],
-        "cost_ratio": round(cost_ratio, 3),
-        "verify_ratio": round(verify_ratio, 3),
-        "predicted_speedup_over_our_target": round(predicted, 3),
-        "measured_speedup_over_our_target": round(measured, 3),
-        "num_draft_tokens": measure.num_draft_tokens,
-        "draft_tree": after.get("draft_tree"),
-        "draft_confidence": measure.draft_confidence,
-        "decode_dtype": measure.dtype,
-        "greedy_outputs_equal_target": {name: r["outputs"] == rows[baseline_name]["outputs"]
-                                        for name, r in rows.items() if "outputs" in r},
-        **extra,
-    }
-    print(json.dumps(summary))
-    return summary
-
-
-def measure_prompts(measure: MeasureConfig) -> list[str]:
-    prompts = read_prompts(measure.prompts) if measure.prompts else HELDOUT_PROMPTS
-    return prompts[: measure.num_prompts]
-
-
 SHIPPED_ROW = "shipped draft (EAGLE-3 head)"
 
 
 def run_demo(config: DemoConfig) -> dict:
     train_config, measure = config.train, config.measure
-    dtype = _decode_dtype(measure.dtype)
+    dtype = decode_dtype(measure.dtype)
     print(f"loading target {train_config.target} ...", flush=True)
     target, tokenizer = load_target(train_config.target)
     prompts = measure_prompts(measure)
@@ -185,40 +54,40 @@ def run_demo(config: DemoConfig) -> dict:
 
     k, max_new, confidence = measure.k, measure.max_new_tokens, measure.draft_confidence
     rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
-    rows["target alone (our engine)"] = _measure(target, None, tokenizer, prompts, 0, max_new)
+    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, prompts, 0, max_new)
     shipped = SHIPPED_ROW if train_config.target == DEFAULT_TARGET else None
     if shipped:  # first what the package gives out of the box, then a distillation of one's own
         head, _ = load_draft(DEFAULT_DRAFT, target, dtype)
         warm_up(target, head, tokenizer)
-        result = _measure(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
+        result = measure_row(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
                           draft_tree=measure.draft_tree)
         shipped = f"shipped draft, tree {result['draft_tree']}" if result["draft_tree"] else shipped
         rows[shipped] = result
         print(f"shipped draft: {rows[shipped]['tokens_per_s']:.1f} tok/s, tau {rows[shipped]['tau']:.2f}; "
               "now a short distillation of a pruned draft of your own", flush=True)
     warm_up(target, draft.to(dtype), tokenizer)
-    rows["pruned draft, before"] = _measure(target, draft, tokenizer, prompts, k, max_new,
+    rows["pruned draft, before"] = measure_row(target, draft, tokenizer, prompts, k, max_new,
                                             draft_confidence=confidence)
 
     result = _distill(train_config, target, tokenizer, dtype)
     draft = result["draft"].to(dtype)
-    rows["distilled draft, after"] = _measure(target, draft, tokenizer, prompts, k, max_new,
+    rows["distilled draft, after"] = measure_row(target, draft, tokenizer, prompts, k, max_new,
                                               draft_confidence=confidence)
     # The cost-aware policy picks k per step from measured acceptance and step costs.
-    rows["distilled, auto k"] = _measure(target, draft, tokenizer, prompts, "auto", max_new,
+    rows["distilled, auto k"] = measure_row(target, draft, tokenizer, prompts, "auto", max_new,
                                          draft_confidence=confidence)
     distilled = "distilled draft, after"
     vocab = load_draft_vocab(result["draft_dir"], measure.draft_vocab_size) if measure.draft_vocab_size else None
     if vocab is not None:
         distilled = f"distilled, draft vocab {len(vocab)}"
-        rows[distilled] = _measure(target, draft, tokenizer, prompts, k, max_new, draft_confidence=confidence,
+        rows[distilled] = measure_row(target, draft, tokenizer, prompts, k, max_new, draft_confidence=confidence,
                               draft_vocab=vocab)
     if result["resumed_from_step"]:
         print(f"(resumed an earlier run in {train_config.output_dir} at step {result['resumed_from_step']})")
     print(f"\ndistilled draft saved to {result['draft_dir']} after {result['steps']} steps")
     extra = {"train_steps": result["steps"], "train_expected_acceptance": result["history"][-1]["acceptance"],
              "draft_dir": result["draft_dir"], "data": train_config.data, "distilled_row": distilled}
-    summary = _report(rows, shipped or distilled, measure, extra)
+    summary = print_report(rows, shipped or distilled, measure, extra)
     (Path(train_config.output_dir) / "demo_result.json").write_text(json.dumps(summary, indent=2))
     mine = summary["rows"][distilled]
     update_model_card(Path(result["draft_dir"]), {
@@ -236,26 +105,3 @@ def _distill(train_config: TrainConfig, target, tokenizer, dtype) -> dict:
     result = train(train_config, target=target, tokenizer=tokenizer, data=rows)
     target.to(dtype)
     return result
-
-
-def run_bench(config: BenchConfig) -> dict:
-    measure = config.measure
-    dtype = _decode_dtype(measure.dtype)
-    where = resolve_draft(config.draft)  # a bad name fails before any model loads
-    prompts = measure_prompts(measure)
-    target, tokenizer = load_target(config.target)
-    draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
-    k, max_new = measure.k, measure.max_new_tokens
-    rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
-    warm_up(target, draft, tokenizer)
-    rows["target alone (our engine)"] = _measure(target, None, tokenizer, prompts, 0, max_new)
-    result = _measure(target, draft, tokenizer, prompts, k, max_new, measure.decode_temperature,
-                      draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
-    name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
-    name += f", draft vocab {len(vocab)}" if vocab is not None else ""
-    rows[name] = result
-    summary = _report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
-                                            "draft": config.draft, "num_prompts": len(prompts)})
-    if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
-        update_model_card(where, summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
-    return summary

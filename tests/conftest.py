@@ -32,7 +32,7 @@ def killed_after(monkeypatch):
     after n distillation steps; the real step is back once the block ends."""
     import contextlib
 
-    from specdistill import train_loop
+    from specdistill.training import loop as train_loop
 
     @contextlib.contextmanager
     def kill(steps: int):

@@ -20,13 +20,14 @@ from accelerate import Accelerator
 from specdistill.serve.llama_fast import LlamaRunner
 from specdistill.serve.runners import HFRunner
 
-from specdistill.batches import TokenRows
-from specdistill.distill import Student
+from specdistill.data.batches import TokenRows
 from specdistill.losses import compute_linear_distill_loss, distill_loss
 from specdistill.models import load_target, prune_draft
-from specdistill.onpolicy import OnPolicyBatches
-from specdistill.train import TrainConfig, trainable_parameters
-from specdistill.train_loop import TrainLoop
+from specdistill.training.config import TrainConfig
+from specdistill.training.loop import TrainLoop
+from specdistill.training.onpolicy import OnPolicyBatches
+from specdistill.training.step import Student
+from specdistill.training.trainer import trainable_parameters
 
 ROWS = 256  # positions in the loss benchmarks
 

@@ -158,3 +158,25 @@ def _zero_row(g_row, V, BLOCK: tl.constexpr):
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32), mask=cols < V)
+
+
+@triton.jit
+def _bwd_row_start(labels_ptr, stats_ptr, scale_ptr, g_row, row, V, ignore_index,
+                   HAS_LABELS: tl.constexpr, BLOCK: tl.constexpr):
+    """What every backward kernel reads first for its row: the label (-1 without labels), whether the row
+    is ignored (its gradient row is then zeroed here and the kernel returns), the four fp32 stats its
+    forward kept, and the row's scale (upstream gradient times d(reduction)/d(row loss))."""
+    label = -1
+    skip = False
+    if HAS_LABELS:
+        label = tl.load(labels_ptr + row).to(tl.int32)
+        skip = label == ignore_index
+        if skip:
+            _zero_row(g_row, V, BLOCK)
+    stat0 = tl.load(stats_ptr + row * 4 + 0)
+    stat1 = tl.load(stats_ptr + row * 4 + 1)
+    stat2 = tl.load(stats_ptr + row * 4 + 2)
+    stat3 = tl.load(stats_ptr + row * 4 + 3)
+    scale = tl.load(scale_ptr + row)
+    return label, skip, stat0, stat1, stat2, stat3, scale
+

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from specdistill.kernels._args import (
+from specdistill.kernels._math import _bwd_row_start, _dz, _online_lse, _row_terms, is_interpreted
+from specdistill.kernels.loss_args import (
     DIV_CODE,
     KERNEL_DTYPES,
-    check_args,
+    LossOptions,
     check_ce_labels,
     kernel_divergence,
     reduce_rows,
     row_scale,
 )
-from specdistill.kernels._math import _dz, _online_lse, _row_terms, _zero_row, is_interpreted
 
 
 @triton.jit
@@ -122,16 +122,10 @@ def _bwd_kernel(
     s_row = s_ptr + row * stride_s
     t_row = t_ptr + row * stride_t
     g_row = grad_ptr + row * stride_g
-    if HAS_LABELS:
-        label = tl.load(labels_ptr + row)
-        if label == ignore_index:
-            _zero_row(g_row, V, BLOCK)
-            return
-    lse_s = tl.load(stats_ptr + row * 4 + 0)
-    lse_t = tl.load(stats_ptr + row * 4 + 1)
-    aux = tl.load(stats_ptr + row * 4 + 2)
-    lse_r = tl.load(stats_ptr + row * 4 + 3)
-    scale = tl.load(scale_ptr + row)
+    label, skip, lse_s, lse_t, aux, lse_r, scale = _bwd_row_start(
+        labels_ptr, stats_ptr, scale_ptr, g_row, row, V, ignore_index, HAS_LABELS, BLOCK)
+    if skip:
+        return
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         s = tl.load(s_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
@@ -166,14 +160,14 @@ class _Config:
         return 0.0, 0.0
 
 
-def make_config(divergence, temperature, beta, alpha, ignore_index, has_labels, vocab, block_size=None):
+def make_config(opts: LossOptions, has_labels: bool, vocab: int, block_size: int | None = None):
     block = block_size or min(4096, triton.next_power_of_2(vocab))
     # 16 warps at 4096 columns: one 16-byte load per thread per bf16 tensor, and (ptxas, sm_90)
     # 64 registers for the heaviest forward, so two programs fit per SM. Not yet tuned on a GPU.
     warps = 16 if block >= 4096 else 8 if block >= 2048 else 4
     return _Config(
-        DIV_CODE[kernel_divergence(divergence, beta)], float(temperature), float(beta), float(alpha),
-        int(ignore_index), has_labels, block, warps,
+        DIV_CODE[kernel_divergence(opts.divergence, opts.beta)], float(opts.temperature), float(opts.beta),
+        float(opts.alpha), int(opts.ignore_index), has_labels, block, warps,
     )
 
 
@@ -261,15 +255,9 @@ def fused_distill_loss(
     student_logits: torch.Tensor,  # [..., V] fp32 / bf16 / fp16
     teacher_logits: torch.Tensor,  # [..., V]
     *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     return_acceptance: bool = False,
     block_size: int | None = None,
+    **options,
 ):
     """Fused twin of ``specdistill.losses.distill_loss`` (same arguments and result).
 
@@ -277,22 +265,20 @@ def fused_distill_loss(
     (shape ``[...]``, 0 at masked positions, no gradient), computed in the same pass.
     The teacher gets no gradient. ``block_size`` (a power of two) overrides the
     column block, for tests and tuning."""
-    check_args(
-        student_logits.shape, teacher_logits.shape, divergence, temperature, beta, labels, alpha, reduction
-    )
+    opts = LossOptions(**options)
+    opts.check(student_logits.shape, teacher_logits.shape)
     for name, x in (("student", student_logits), ("teacher", teacher_logits)):
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"{name} logits are {x.dtype}; the kernel takes fp32, bf16 or fp16")
-    check_device(student_logits, teacher_logits, labels)
+    check_device(student_logits, teacher_logits, opts.labels)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
     s = student_logits.reshape(-1, vocab)
     t = teacher_logits.detach().reshape(-1, vocab)
     s = s if s.stride(-1) == 1 else s.contiguous()
     t = t if t.stride(-1) == 1 else t.contiguous()
-    flat = None if labels is None else labels.reshape(-1).contiguous()
-    mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if flat is None else flat != ignore_index
-    check_ce_labels(flat, mask, vocab, alpha)
-    cfg = make_config(divergence, temperature, beta, alpha, ignore_index, flat is not None, vocab, block_size)
-    loss, acc = FusedDistillLoss.apply(s, t, flat, mask, cfg, reduction, shape)
+    flat, mask = opts.flat_labels(s.shape[0], s.device)
+    check_ce_labels(flat, mask, vocab, opts.alpha)
+    cfg = make_config(opts, flat is not None, vocab, block_size)
+    loss, acc = FusedDistillLoss.apply(s, t, flat, mask, cfg, opts.reduction, shape)
     return (loss, acc) if return_acceptance else loss

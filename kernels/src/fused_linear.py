@@ -22,15 +22,15 @@ chunks (as Liger-Kernel does), so in bf16 it carries one rounding per chunk.
 from __future__ import annotations
 
 import torch
-from specdistill.kernels._args import (
+from specdistill.kernels.fused_divergence import check_device, launch_backward, launch_forward, make_config
+from specdistill.kernels.linear_grad import ChunkedLinearLoss
+from specdistill.kernels.loss_args import (
     KERNEL_DTYPES,
-    check_args,
+    LossOptions,
     check_ce_labels,
     default_chunk_rows,
     linear_logits_shapes,
 )
-from specdistill.kernels._linear_grad import ChunkedLinearLoss
-from specdistill.kernels.fused_divergence import check_device, launch_backward, launch_forward, make_config
 
 # One chunk of logits holds about this many numbers (128 MiB in bf16): enough rows to
 # fill a GPU with one program per row, a small fraction of [N, V] at training sizes.
@@ -79,44 +79,38 @@ def fused_linear_distill_loss(
     *,
     teacher_hidden: torch.Tensor | None = None,  # [..., H_t]
     teacher_weight: torch.Tensor | None = None,  # [V, H_t]
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     chunk_size: int | None = None,
     return_acceptance: bool = False,
     block_size: int | None = None,
+    **options,
 ):
     """``fused_distill_loss(student_hidden @ student_weight.T, teacher, ...)`` without the [N, V]
     student logits (see the module doc); same keyword arguments and result."""
     s_shape, t_shape = linear_logits_shapes(
         student_hidden, student_weight, teacher_logits, teacher_hidden, teacher_weight
     )
-    check_args(s_shape, t_shape, divergence, temperature, beta, labels, alpha, reduction)
+    opts = LossOptions(**options)
+    opts.check(s_shape, t_shape)
     if student_weight.dtype != student_hidden.dtype or student_hidden.dtype not in KERNEL_DTYPES:
         raise TypeError(
             f"hidden states ({student_hidden.dtype}) and head ({student_weight.dtype}) must share one of "
             "fp32, bf16, fp16"
         )
-    check_device(student_hidden, student_weight, teacher_logits, teacher_hidden, teacher_weight, labels)
+    check_device(student_hidden, student_weight, teacher_logits, teacher_hidden, teacher_weight, opts.labels)
     vocab, width = student_weight.shape
     h = student_hidden.reshape(-1, width).contiguous()
     if teacher_logits is not None:
         teacher = (teacher_logits.detach().reshape(-1, vocab).contiguous(),)
     else:
         teacher = (teacher_hidden.detach().reshape(-1, teacher_weight.shape[1]), teacher_weight.detach())
-    flat = None if labels is None else labels.reshape(-1).contiguous()
-    mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device) if flat is None else flat != ignore_index
-    check_ce_labels(flat, mask, vocab, alpha)
-    cfg = make_config(divergence, temperature, beta, alpha, ignore_index, flat is not None, vocab, block_size)
+    flat, mask = opts.flat_labels(h.shape[0], h.device)
+    check_ce_labels(flat, mask, vocab, opts.alpha)
+    cfg = make_config(opts, flat is not None, vocab, block_size)
     chunk = chunk_size or default_chunk_rows(h.shape[0], vocab, CHUNK_ELEMENTS)
     def loop(h, w, teacher, labels, mask, scale, need_h, need_w, want_acc):
         return _chunk_loop(h, w, teacher, labels, cfg, chunk, scale, need_h, need_w)  # acceptance comes free
 
     loss, acc = ChunkedLinearLoss.apply(
-        h, student_weight, teacher, flat, mask, loop, reduction, s_shape[:-1], torch.is_grad_enabled(), True
+        h, student_weight, teacher, flat, mask, loop, opts.reduction, s_shape[:-1], torch.is_grad_enabled(), True
     )
     return (loss, acc) if return_acceptance else loss

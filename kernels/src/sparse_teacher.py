@@ -32,18 +32,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from specdistill.kernels._args import (
+from specdistill.kernels._math import _bwd_row_start, _online_lse, _q_dd_dq, _row_terms
+from specdistill.kernels.fused_divergence import check_device, make_config
+from specdistill.kernels.loss_args import (
     KERNEL_DTYPES,
     SPARSE_MAX_K,
     TAIL_EPS,
-    check_args,
+    LossOptions,
     check_ce_labels,
     check_sparse_teacher,
     reduce_rows,
     row_scale,
 )
-from specdistill.kernels._math import _online_lse, _q_dd_dq, _row_terms, _zero_row
-from specdistill.kernels.fused_divergence import check_device, make_config
 
 
 @triton.jit
@@ -138,16 +138,10 @@ def _sparse_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * stride_s
     g_row = grad_ptr + row * stride_g
-    if HAS_LABELS:
-        label = tl.load(labels_ptr + row)
-        if label == ignore_index:
-            _zero_row(g_row, V, BLOCK)
-            return
-    lse_s = tl.load(stats_ptr + row * 4 + 0)
-    g_bar = tl.load(stats_ptr + row * 4 + 1)
-    g_tail = tl.load(stats_ptr + row * 4 + 2)
-    lse_r = tl.load(stats_ptr + row * 4 + 3)
-    scale = tl.load(scale_ptr + row)
+    label, skip, lse_s, g_bar, g_tail, lse_r, scale = _bwd_row_start(
+        labels_ptr, stats_ptr, scale_ptr, g_row, row, V, ignore_index, HAS_LABELS, BLOCK)
+    if skip:
+        return
     # Every column as if it were in the tail: q_j (dD/dQ_t - g_bar).
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -221,35 +215,27 @@ def fused_sparse_distill_loss(
     teacher_topk_logprobs: torch.Tensor,  # [..., K] log_softmax(teacher_logits / T) at the top-k
     teacher_topk_indices: torch.Tensor,  # [..., K] their token ids, distinct per row
     *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     return_acceptance: bool = False,
     block_size: int | None = None,
+    **options,
 ):
     """Fused twin of ``specdistill.losses.sparse_distill_loss`` (see the module doc)."""
-    check_args(
-        student_logits.shape, student_logits.shape, divergence, temperature, beta, labels, alpha, reduction
-    )
+    opts = LossOptions(**options)
+    opts.check(student_logits.shape, student_logits.shape)
     check_sparse_teacher(student_logits, teacher_topk_logprobs, teacher_topk_indices)
     if teacher_topk_indices.shape[-1] > SPARSE_MAX_K:
         raise ValueError(f"the sparse kernel takes K <= {SPARSE_MAX_K}; for a fuller teacher use the dense loss")
     if student_logits.dtype not in KERNEL_DTYPES:
         raise TypeError(f"student logits are {student_logits.dtype}; the kernel takes fp32, bf16 or fp16")
-    check_device(student_logits, teacher_topk_logprobs, teacher_topk_indices, labels)
+    check_device(student_logits, teacher_topk_logprobs, teacher_topk_indices, opts.labels)
     shape = student_logits.shape[:-1]
     vocab, k = student_logits.shape[-1], teacher_topk_indices.shape[-1]
     s = student_logits.reshape(-1, vocab)
     s = s if s.stride(-1) == 1 else s.contiguous()
     lp = teacher_topk_logprobs.detach().reshape(-1, k).float().contiguous()
     idx = teacher_topk_indices.reshape(-1, k).contiguous()
-    flat = None if labels is None else labels.reshape(-1).contiguous()
-    mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if flat is None else flat != ignore_index
-    check_ce_labels(flat, mask, vocab, alpha)
-    cfg = make_config(divergence, temperature, beta, alpha, ignore_index, flat is not None, vocab, block_size)
-    loss, acc = FusedSparseDistillLoss.apply(s, lp, idx, flat, mask, cfg, reduction, shape)
+    flat, mask = opts.flat_labels(s.shape[0], s.device)
+    check_ce_labels(flat, mask, vocab, opts.alpha)
+    cfg = make_config(opts, flat is not None, vocab, block_size)
+    loss, acc = FusedSparseDistillLoss.apply(s, lp, idx, flat, mask, cfg, opts.reduction, shape)
     return (loss, acc) if return_acceptance else loss

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from specdistill.serve.generator import SpeculativeGenerator
 from specdistill.serve.tree import TreeShape
 
-from specdistill.drafts import load_draft, resolve_draft
-from specdistill.eagle import Eagle3Head
 from specdistill.models import DEFAULT_TARGET, load_target
+from specdistill.models.drafts import load_draft, resolve_draft
+from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import option
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ def draft_length(spec: str) -> int | str:
 
 def load_generator(config: ServeConfig):
     """The ``SpeculativeGenerator`` the server runs, its tokenizer, and the draft's name."""
-    from specdistill.serve.generator import SpeculativeGenerator
-
     dtype = DTYPES[config.dtype]
     if config.draft != "none":
         resolve_draft(config.draft)  # a bad name fails before the target loads
@@ -87,34 +86,3 @@ def load_generator(config: ServeConfig):
                                      draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head),
                                      draft_tree_max_batch=config.draft_tree_max_batch)
     return generator, tokenizer, config.draft
-
-
-def run_serve(config: ServeConfig) -> dict:
-    """Load the models and serve until interrupted. The engine steps in this (the main)
-    thread, where the models were loaded and PyTorch runs fastest; uvicorn's event loop
-    runs in a thread of its own."""
-    import signal
-    import threading
-
-    import uvicorn
-    from specdistill.serve.async_engine import AsyncEngine
-    from specdistill.serve.server import build_app
-
-    generator, tokenizer, drafter = load_generator(config)
-    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, config.served_name(), start_engine=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
-    http = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
-    print(f"specdistill serve: {config.served_name()} with draft {drafter} "
-          f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM shuts down as Ctrl-C does
-    http.start()
-    try:
-        engine.run_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        engine.close()
-        server.should_exit = True
-        http.join(timeout=30)
-    return {}

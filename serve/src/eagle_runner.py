@@ -1,4 +1,4 @@
-"""The runner of a feature-conditioned draft (an EAGLE-3-style head, ``specdistill.eagle``).
+"""The runner of a feature-conditioned draft (an EAGLE-3-style head, ``specdistill.models.eagle3``).
 
 The head's slot s reads the target's features at position s and token s + 1, so it can
 only run where the target has been. The target's own passes (prefill and each verification)

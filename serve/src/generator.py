@@ -33,8 +33,8 @@ from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.tree import TreeShape
 
-from specdistill.eagle import Eagle3Head, check_head
 from specdistill.models import check_compatible, vocab_size
+from specdistill.models.eagle3 import Eagle3Head, check_head
 
 __all__ = ["GenerationOutput", "SpeculativeGenerator", "StreamChunk"]
 
@@ -70,7 +70,7 @@ class SpeculativeGenerator:
     ``compile=True`` wraps the lean runner in ``torch.compile``. ``draft=None`` decodes
     with the target alone on the same engine (a baseline, or to generate data fast);
     ``draft="prompt-lookup"`` or ``"ngram"`` drafts without a model
-    (``specdistill.serve.model_free``); an ``Eagle3Head`` (``specdistill.eagle``) drafts
+    (``specdistill.serve.model_free``); an ``Eagle3Head`` (``specdistill.models.eagle3``) drafts
     from the target's own hidden states, which each verification hands it.
     ``draft_vocab`` (token ids, e.g. the most frequent ones from ``draft_vocab.json``
     beside a trained draft) lets the draft propose only those: its LM head shrinks to
@@ -131,44 +131,27 @@ class SpeculativeGenerator:
         thread), call ``step`` in a loop. See ``specdistill.serve.AsyncEngine`` for asyncio."""
         return SpecEngine(self, max_batch_size)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,  # [1, L] or [L]
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_id: int | list[int] | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-    ) -> GenerationOutput:
-        """The whole generation. ``stop`` strings end it when they appear in the text
-        (needs a tokenizer); ``text`` is then cut before the stop string while
-        ``sequences`` keeps the tokens up to the one that completed it."""
-        return self.generate_batch([input_ids], max_new_tokens, temperature, top_p, top_k, eos_token_id, seed,
-                                   stop)[0]
+    # Each call takes the request parameters of ``SpecEngine.make_request``, typed and checked there once:
+    # temperature, top_p, top_k (as ``SamplingParams``), eos_token_id, seed and stop.
 
-    def generate_batch(
-        self,
-        prompts: list[torch.Tensor],  # each [1, L] or [L], of any lengths
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_id: int | list[int] | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-        max_batch_size: int | None = None,
-    ) -> list[GenerationOutput]:
-        """Several prompts decoded together. Each row accepts its own number of drafts
-        per step and leaves the batch when it finishes; greedy rows equal their
-        single-prompt output. Row i is seeded with ``seed + i``. With ``max_batch_size``
-        smaller than the number of prompts, the rest join as rows finish."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 128, **params) -> GenerationOutput:
+        """The whole generation of one prompt ([1, L] or [L]). ``stop`` strings end it when they appear
+        in the text (needs a tokenizer); ``text`` is then cut before the stop string while ``sequences``
+        keeps the tokens up to the one that completed it."""
+        return self.generate_batch([input_ids], max_new_tokens, **params)[0]
+
+    def generate_batch(self, prompts: list[torch.Tensor], max_new_tokens: int = 128, max_batch_size: int | None = None,
+                       **params) -> list[GenerationOutput]:
+        """Several prompts (each [1, L] or [L], of any lengths) decoded together. Each row accepts its own
+        number of drafts per step and leaves the batch when it finishes; greedy rows equal their
+        single-prompt output. Row i is seeded with ``seed + i``. With ``max_batch_size`` smaller than
+        the number of prompts, the rest join as rows finish."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise ValueError("prompts must be a non-empty list of token id tensors")
         engine = self.engine(max_batch_size or len(prompts))
-        requests = [engine.add(ids, max_new_tokens, temperature, top_p, top_k, eos_token_id,
-                               None if seed is None else seed + i, stop) for i, ids in enumerate(prompts)]
+        seed = params.pop("seed", None)
+        requests = [engine.add(ids, max_new_tokens, seed=None if seed is None else seed + i, **params)
+                    for i, ids in enumerate(prompts)]
         texts = {id(request): [] for request in requests}
         while engine.has_work():
             for request, chunk in engine.step():
@@ -176,22 +159,11 @@ class SpeculativeGenerator:
                 texts[id(request)].append(chunk.text)
         return [self._output(request, texts[id(request)]) for request in requests]
 
-    def stream(
-        self,
-        input_ids: torch.Tensor,  # [1, L] or [L]
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_id: int | list[int] | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-    ) -> Iterator[StreamChunk]:
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int = 128, **params) -> Iterator[StreamChunk]:
         """An iterator of ``StreamChunk``, one per decode step. Arguments are checked
         now, so a bad request fails before the first chunk."""
         engine = self.engine(1)
-        request = engine.add(input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, stop)
-        return _chunks(engine, request)
+        return _chunks(engine, engine.add(input_ids, max_new_tokens, **params))
 
     async def astream(self, input_ids: torch.Tensor, **kwargs) -> AsyncIterator[StreamChunk]:
         """``stream`` for asyncio code: each step runs in a worker thread

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from specdistill.layers import apply_rotary, rms_norm
+from specdistill.models.layers import apply_rotary, rms_norm
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 

@@ -16,14 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import threading
 import time
+from dataclasses import dataclass
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from specdistill.serve.async_engine import AsyncEngine, EngineError, QueueFull
-from specdistill.serve.config import ServeConfig
+from specdistill.serve.config import ServeConfig, load_generator
 from specdistill.serve.metrics import ServerMetrics
+from specdistill.serve.middleware import BodyLimit, Guard
 from specdistill.serve.protocol import (
     FINISH_REASONS,
     APIError,
@@ -43,7 +48,23 @@ from specdistill.serve.protocol import (
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from specdistill.prompts import chat_ids
+from specdistill.data.prompts import chat_ids
+
+
+@dataclass
+class ServerState:
+    """What the route handlers share (``app.state.server``)."""
+
+    engine: AsyncEngine
+    tokenizer: object
+    config: ServeConfig
+    model_name: str
+    metrics: ServerMetrics
+    start_engine: bool  # the app starts the engine in a thread of its own, else the caller steps it
+
+    @property
+    def context(self) -> int | None:
+        return self.engine.engine.gen.max_positions
 
 
 def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: str,
@@ -51,137 +72,160 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     """The FastAPI app over an ``AsyncEngine``, which it starts in a thread of its own
     with the app (``start_engine``), or which the caller steps (``run_forever``)."""
     metrics = ServerMetrics(engine, model_name)
-    context = engine.engine.gen.max_positions
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        if start_engine:
-            engine.start()
-        yield
-        if start_engine:
-            engine.close()
-
-    app = FastAPI(title="specdistill", lifespan=lifespan)
-    # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).
-    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(_Guard, api_key=config.api_key, metrics=metrics)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request, err: RequestValidationError):
-        message, param = validation_message(err.errors())
-        return error_response(400, message, param=param)
-
-    @app.exception_handler(APIError)
-    async def api_error(_request, err: APIError):
-        return err.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request, err: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(err.status_code)
-        return error_response(err.status_code, str(err.detail), param=None, code=code)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting}
-
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": now(),
-                                            "owned_by": "specdistill", "max_model_len": context}]}
-
-    def encode(body, prompt) -> list[int]:
-        if isinstance(prompt, list):
-            return prompt
-        if isinstance(body, ChatCompletionRequest):
-            if not getattr(tokenizer, "chat_template", None):
-                raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions")
-            return chat_ids(tokenizer, [m.as_template_input() for m in body.messages])
-        return tokenizer(prompt)["input_ids"]
-
-    def check(body) -> None:
-        if body.model != model_name:
-            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
-                           param="model", code="model_not_found")
-        if field := body.unsupported():
-            raise APIError(400, f"{field} is not supported by this server", param=field)
-        budget = body.budget() if isinstance(body, ChatCompletionRequest) else body.max_tokens
-        if budget is not None and budget > config.max_tokens_limit:
-            raise APIError(400, f"max_tokens is {budget}, above this server's limit of {config.max_tokens_limit}",
-                           param="max_tokens")
-
-    def submit(body, prompt_ids: list[int], index: int):
-        budget = body.budget() if isinstance(body, ChatCompletionRequest) else body.max_tokens
-        room = context - len(prompt_ids) if context else config.max_tokens_limit
-        if room < 1:
-            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, which fills the model's context of "
-                                f"{context}; shorten it", param="messages" if hasattr(body, "messages") else "prompt")
-        if budget is not None and budget > room:
-            raise APIError(400, f"the prompt ({len(prompt_ids)} tokens) + max_tokens ({budget}) exceeds the "
-                                f"model's context of {context} tokens; lower max_tokens", param="max_tokens")
-        seed = None if body.seed is None else body.seed + index
-        try:
-            return engine.submit(prompt_ids, max_new_tokens=budget or min(room, config.max_tokens_limit),
-                                 temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=seed,
-                                 stop=body.stop)
-        except QueueFull as err:
-            raise APIError(429, f"the server is busy ({err}); retry later", type="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": str(config.retry_after)}) from err
-        except ValueError as err:
-            raise APIError(400, str(err)) from err
-
-    def start(body) -> tuple[list[Choice], int]:
-        check(body)
-        prompts = [encode(body, p) for p in (body.prompts() if isinstance(body, CompletionRequest) else [None])]
-        choices: list[Choice] = []
-        try:
-            for prompt_ids in prompts:
-                for _ in range(body.n):
-                    choices.append(Choice(len(choices), submit(body, prompt_ids, len(choices)), len(prompt_ids)))
-        except APIError:
-            _cancel_all(engine, choices)
-            raise
-        metrics.prompt_tokens.inc(sum(map(len, prompts)))
-        return choices, sum(map(len, prompts))
-
-    async def respond(raw: Request, body):
-        arrival = time.perf_counter()
-        choices, prompt_tokens = start(body)
-        chat = isinstance(body, ChatCompletionRequest)
-        kind = "chatcmpl" if chat else "cmpl"
-        ident, created = new_id(kind), now()
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream_events(engine, metrics, choices, arrival, config.request_timeout, chat, ident, created,
-                                    model_name, prompt_tokens, include_usage)
-            # Runs after the stream, also when the client left before it began: no row outlives it.
-            cleanup = BackgroundTask(_cancel_all, engine, choices)
-            return StreamingResponse(events, media_type="text/event-stream", background=cleanup)
-        try:
-            await asyncio.wait_for(_collect_all(engine, metrics, raw, choices, arrival), config.request_timeout)
-        except TimeoutError as err:
-            raise APIError(408, f"the request took longer than {config.request_timeout} s; lower max_tokens or "
-                                "retry", type="timeout_error", code="request_timeout") from err
-        except EngineError as err:
-            raise APIError(500, str(err), type="server_error") from err
-        finally:
-            _cancel_all(engine, choices)
-        build = chat_response if chat else completion_response
-        return JSONResponse(build(ident, created, model_name, choices, usage(prompt_tokens, choices)))
-
-    @app.post("/v1/completions")
-    async def completions(raw: Request, body: CompletionRequest):
-        return await respond(raw, body)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(raw: Request, body: ChatCompletionRequest):
-        return await respond(raw, body)
-
+    app = FastAPI(title="specdistill", lifespan=_lifespan)
+    app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine)
     app.state.metrics = metrics
+    # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Guard, api_key=config.api_key, metrics=metrics)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    state: ServerState = app.state.server
+    if state.start_engine:
+        state.engine.start()
+    yield
+    if state.start_engine:
+        state.engine.close()
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+async def invalid_request(_request: Request, err: RequestValidationError):
+    message, param = validation_message(err.errors())
+    return error_response(400, message, param=param)
+
+
+async def api_error(_request: Request, err: APIError):
+    return err.response()
+
+
+async def http_error(_request: Request, err: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(err.status_code)
+    return error_response(err.status_code, str(err.detail), param=None, code=code)
+
+
+async def health(request: Request):
+    engine = _state(request).engine
+    return {"status": "ok", "running": engine.num_running, "waiting": engine.num_waiting}
+
+
+async def prometheus(request: Request):
+    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def list_models(request: Request):
+    state = _state(request)
+    return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
+                                        "owned_by": "specdistill", "max_model_len": state.context}]}
+
+
+async def completions(raw: Request, body: CompletionRequest):
+    return await _respond(_state(raw), raw, body)
+
+
+async def chat_completions(raw: Request, body: ChatCompletionRequest):
+    return await _respond(_state(raw), raw, body)
+
+
+def _encode(state: ServerState, body, prompt) -> list[int]:
+    if isinstance(prompt, list):
+        return prompt
+    if isinstance(body, ChatCompletionRequest):
+        if not getattr(state.tokenizer, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions")
+        return chat_ids(state.tokenizer, [m.as_template_input() for m in body.messages])
+    return state.tokenizer(prompt)["input_ids"]
+
+
+def _budget(body) -> int | None:
+    return body.budget() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+
+
+def _check(state: ServerState, body) -> None:
+    if body.model != state.model_name:
+        raise APIError(404, f"the model {body.model!r} does not exist; this server serves {state.model_name!r}",
+                       param="model", code="model_not_found")
+    if field := body.unsupported():
+        raise APIError(400, f"{field} is not supported by this server", param=field)
+    budget, limit = _budget(body), state.config.max_tokens_limit
+    if budget is not None and budget > limit:
+        raise APIError(400, f"max_tokens is {budget}, above this server's limit of {limit}", param="max_tokens")
+
+
+def _submit(state: ServerState, body, prompt_ids: list[int], index: int):
+    budget, context, config = _budget(body), state.context, state.config
+    room = context - len(prompt_ids) if context else config.max_tokens_limit
+    if room < 1:
+        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, which fills the model's context of "
+                            f"{context}; shorten it", param="messages" if hasattr(body, "messages") else "prompt")
+    if budget is not None and budget > room:
+        raise APIError(400, f"the prompt ({len(prompt_ids)} tokens) + max_tokens ({budget}) exceeds the "
+                            f"model's context of {context} tokens; lower max_tokens", param="max_tokens")
+    seed = None if body.seed is None else body.seed + index
+    try:
+        return state.engine.submit(prompt_ids, max_new_tokens=budget or min(room, config.max_tokens_limit),
+                                   temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=seed,
+                                   stop=body.stop)
+    except QueueFull as err:
+        raise APIError(429, f"the server is busy ({err}); retry later", type="rate_limit_error",
+                       code="queue_full", headers={"Retry-After": str(config.retry_after)}) from err
+    except ValueError as err:
+        raise APIError(400, str(err)) from err
+
+
+def _start(state: ServerState, body) -> tuple[list[Choice], int]:
+    """One engine request per prompt and per ``n``; on a bad one, none is left running."""
+    _check(state, body)
+    prompts = [_encode(state, body, p) for p in (body.prompts() if isinstance(body, CompletionRequest) else [None])]
+    choices: list[Choice] = []
+    try:
+        for prompt_ids in prompts:
+            for _ in range(body.n):
+                choices.append(Choice(len(choices), _submit(state, body, prompt_ids, len(choices)), len(prompt_ids)))
+    except APIError:
+        _cancel_all(state.engine, choices)
+        raise
+    state.metrics.prompt_tokens.inc(sum(map(len, prompts)))
+    return choices, sum(map(len, prompts))
+
+
+async def _respond(state: ServerState, raw: Request, body):
+    arrival = time.perf_counter()
+    choices, prompt_tokens = _start(state, body)
+    engine, metrics, timeout, model = state.engine, state.metrics, state.config.request_timeout, state.model_name
+    chat = isinstance(body, ChatCompletionRequest)
+    ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream_events(engine, metrics, choices, arrival, timeout, chat, ident, created, model,
+                                prompt_tokens, include_usage)
+        # Runs after the stream, also when the client left before it began: no row outlives it.
+        cleanup = BackgroundTask(_cancel_all, engine, choices)
+        return StreamingResponse(events, media_type="text/event-stream", background=cleanup)
+    try:
+        await asyncio.wait_for(_collect_all(engine, metrics, raw, choices, arrival), timeout)
+    except TimeoutError as err:
+        raise APIError(408, f"the request took longer than {timeout} s; lower max_tokens or retry",
+                       type="timeout_error", code="request_timeout") from err
+    except EngineError as err:
+        raise APIError(500, str(err), type="server_error") from err
+    finally:
+        _cancel_all(engine, choices)
+    build = chat_response if chat else completion_response
+    return JSONResponse(build(ident, created, model, choices, usage(prompt_tokens, choices)))
 
 
 def _cancel_all(engine: AsyncEngine, choices: list[Choice]) -> None:
@@ -286,53 +330,25 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-class _BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, declared or streamed."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = error_response(413, f"the request body is over {self.limit} bytes",
-                                      code="request_too_large")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # FastAPI passes HTTPException through while it reads the body
-                raise StarletteHTTPException(413, f"the request body is over {self.limit} bytes")
-            return message
-
-        return await self.app(scope, counted, send)
-
-
-class _Guard:
-    """``--api-key`` on /v1, and error counts by status for /metrics."""
-
-    def __init__(self, app, api_key: str, metrics: ServerMetrics):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.api_key and scope["path"].startswith("/v1"):
-            given = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-            if given != f"Bearer {self.api_key}":
-                self.metrics.error(401)
-                response = error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                          code="invalid_api_key")
-                return await response(scope, receive, send)
-
-        async def counted(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                self.metrics.error(message["status"])
-            await send(message)
-
-        return await self.app(scope, receive, counted)
+def run_serve(config: ServeConfig) -> dict:
+    """Load the models and serve until interrupted. The engine steps in this (the main)
+    thread, where the models were loaded and PyTorch runs fastest; uvicorn's event loop
+    runs in a thread of its own."""
+    generator, tokenizer, drafter = load_generator(config)
+    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
+    app = build_app(engine, tokenizer, config, config.served_name(), start_engine=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
+    http = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
+    print(f"specdistill serve: {config.served_name()} with draft {drafter} "
+          f"(k={config.num_draft_tokens}) on http://{config.host}:{config.port}/v1", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM shuts down as Ctrl-C does
+    http.start()
+    try:
+        engine.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+        server.should_exit = True
+        http.join(timeout=30)
+    return {}

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from specdistill.kernels._args import default_chunk_rows, linear_logits_shapes
-from specdistill.kernels._linear_grad import ChunkedLinearLoss
-from specdistill.losses.reference import check_loss_args, distill_loss, expected_acceptance
+from specdistill.kernels.linear_grad import ChunkedLinearLoss
+from specdistill.kernels.loss_args import LossOptions, default_chunk_rows, linear_logits_shapes
+from specdistill.losses.reference import distill_loss, expected_acceptance
 
 # About 32 MiB of fp32 logits per chunk (170 rows at V = 49152); the reference's autograd keeps
 # several such buffers. Small chunks also stay warm in cache: on a 2-core CPU this path measured
@@ -76,15 +76,9 @@ def chunked_linear_distill_loss(
     *,
     teacher_hidden: torch.Tensor | None = None,  # [..., H_t]
     teacher_weight: torch.Tensor | None = None,  # [V, H_t]
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     chunk_size: int | None = None,
     return_acceptance: bool = False,
+    **options,
 ):
     """``distill_loss(student_hidden @ student_weight.T, teacher, ...)`` chunk by chunk (see module doc).
 
@@ -97,28 +91,24 @@ def chunked_linear_distill_loss(
         raise TypeError(
             f"hidden states ({student_hidden.dtype}) and head ({student_weight.dtype}) differ in dtype"
         )
-    # check_loss_args reads only .shape from the logits, so shape-only stand-ins suffice.
-    check_loss_args(
-        torch.empty(s_shape, device="meta"), torch.empty(t_shape, device="meta"),
-        divergence, temperature, beta, labels, alpha, reduction,
-    )
+    o = LossOptions(**options)
+    o.check(s_shape, t_shape)
     vocab, width = student_weight.shape
     h = student_hidden.reshape(-1, width)
     if teacher_logits is not None:
         teacher = (teacher_logits.detach().reshape(-1, vocab),)
     else:
         teacher = (teacher_hidden.detach().reshape(-1, teacher_weight.shape[1]), teacher_weight.detach())
-    flat = None if labels is None else labels.reshape(-1)
-    mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device) if flat is None else flat != ignore_index
-    opts = dict(
-        divergence=divergence, temperature=temperature, beta=beta, alpha=alpha, ignore_index=ignore_index
-    )
+    flat, mask = o.flat_labels(h.shape[0], h.device)
+    # What each chunk's eager loss takes: the options but the labels and reduction, which the loop sets.
+    opts = dict(divergence=o.divergence, temperature=o.temperature, beta=o.beta, alpha=o.alpha,
+                ignore_index=o.ignore_index)
     chunk = chunk_size or default_chunk_rows(h.shape[0], vocab, CHUNK_ELEMENTS)
     def loop(h, w, teacher, labels, mask, scale, need_h, need_w, want_acc):
         return _chunk_loop(h, w, teacher, labels, mask, opts, chunk, scale, need_h, need_w, want_acc)
 
     loss, acc = ChunkedLinearLoss.apply(
-        h, student_weight, teacher, flat, mask, loop, reduction, s_shape[:-1], torch.is_grad_enabled(),
+        h, student_weight, teacher, flat, mask, loop, o.reduction, s_shape[:-1], torch.is_grad_enabled(),
         return_acceptance,
     )
     return (loss, acc) if return_acceptance else loss

@@ -18,9 +18,9 @@ import logging
 import torch
 
 from specdistill.kernels import triton_available
-from specdistill.kernels._args import KERNEL_DTYPES, SPARSE_MAX_K
+from specdistill.kernels.loss_args import KERNEL_DTYPES, SPARSE_MAX_K, LossOptions
 from specdistill.losses.chunked import chunked_linear_distill_loss
-from specdistill.losses.reference import check_loss_args, distill_loss, expected_acceptance
+from specdistill.losses.reference import distill_loss, expected_acceptance
 from specdistill.losses.sparse import sparse_distill_loss, sparse_expected_acceptance
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ def _use_triton(impl: str, student: torch.Tensor, others: tuple, gap: str | None
     return False
 
 
-def _with_acceptance(loss, acc, labels, ignore_index, return_acceptance):
+def _with_acceptance(loss, acc, o: LossOptions, return_acceptance: bool):
     if not return_acceptance:
         return loss
-    if labels is not None:
-        acc = torch.where(labels != ignore_index, acc, torch.zeros_like(acc))
+    if o.labels is not None:
+        acc = torch.where(o.labels != o.ignore_index, acc, torch.zeros_like(acc))
     return loss, acc
 
 
@@ -75,27 +75,21 @@ def compute_distill_loss(
     student_logits: torch.Tensor,  # [..., V]
     teacher_logits: torch.Tensor,  # [..., V]
     *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     impl: str = "auto",
     return_acceptance: bool = False,
+    **options,
 ):
-    """``distill_loss`` through the fused kernel or the eager reference (see module doc)."""
-    check_loss_args(student_logits, teacher_logits, divergence, temperature, beta, labels, alpha, reduction)
-    kw = dict(divergence=divergence, temperature=temperature, beta=beta, labels=labels, alpha=alpha,
-              ignore_index=ignore_index, reduction=reduction)
+    """``distill_loss`` through the fused kernel or the eager reference (see module doc); ``options``
+    are ``LossOptions``."""
+    o = LossOptions(**options)
+    o.check(student_logits.shape, teacher_logits.shape)
     if _use_triton(impl, student_logits, (teacher_logits,)):
         from specdistill.kernels import fused_distill_loss
 
-        return fused_distill_loss(student_logits, teacher_logits, return_acceptance=return_acceptance, **kw)
-    loss = distill_loss(student_logits, teacher_logits, **kw)
-    acc = expected_acceptance(student_logits, teacher_logits, temperature) if return_acceptance else None
-    return _with_acceptance(loss, acc, labels, ignore_index, return_acceptance)
+        return fused_distill_loss(student_logits, teacher_logits, return_acceptance=return_acceptance, **options)
+    loss = distill_loss(student_logits, teacher_logits, **options)
+    acc = expected_acceptance(student_logits, teacher_logits, o.temperature) if return_acceptance else None
+    return _with_acceptance(loss, acc, o, return_acceptance)
 
 
 def compute_linear_distill_loss(
@@ -105,22 +99,15 @@ def compute_linear_distill_loss(
     *,
     teacher_hidden: torch.Tensor | None = None,  # [..., H_t]
     teacher_weight: torch.Tensor | None = None,  # [V, H_t]
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     chunk_size: int | None = None,
     impl: str = "auto",
     return_acceptance: bool = False,
+    **options,
 ):
     """``distill_loss(student_hidden @ student_weight.T, teacher, ...)`` without materializing the
     student logits: the chunked Triton path on CUDA, the chunked eager path elsewhere."""
-    kw = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, divergence=divergence,
-              temperature=temperature, beta=beta, labels=labels, alpha=alpha, ignore_index=ignore_index,
-              reduction=reduction, chunk_size=chunk_size, return_acceptance=return_acceptance)
+    kw = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, chunk_size=chunk_size,
+              return_acceptance=return_acceptance, **options)
     teacher = teacher_logits if teacher_logits is not None else teacher_hidden
     if _use_triton(impl, student_hidden, (teacher, student_weight, teacher_weight)):
         from specdistill.kernels import fused_linear_distill_loss
@@ -134,19 +121,13 @@ def compute_sparse_distill_loss(
     teacher_topk_logprobs: torch.Tensor,  # [..., K] log_softmax(teacher_logits / T) at its top-k
     teacher_topk_indices: torch.Tensor,  # [..., K] their token ids
     *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
     impl: str = "auto",
     return_acceptance: bool = False,
+    **options,
 ):
-    """``sparse_distill_loss`` (top-k + tail teacher) through the kernel or the eager twin."""
-    kw = dict(divergence=divergence, temperature=temperature, beta=beta, labels=labels, alpha=alpha,
-              ignore_index=ignore_index, reduction=reduction)
+    """``sparse_distill_loss`` (top-k + tail teacher) through the kernel or the eager twin; ``options``
+    are ``LossOptions``."""
+    o = LossOptions(**options)
     k = teacher_topk_indices.shape[-1]
     too_wide = f"K = {k} > {SPARSE_MAX_K} top-k entries" if k > SPARSE_MAX_K else None
     if _use_triton(impl, student_logits, (teacher_topk_logprobs,), too_wide):
@@ -154,12 +135,12 @@ def compute_sparse_distill_loss(
 
         return fused_sparse_distill_loss(
             student_logits, teacher_topk_logprobs, teacher_topk_indices,
-            return_acceptance=return_acceptance, **kw,
+            return_acceptance=return_acceptance, **options,
         )
-    loss = sparse_distill_loss(student_logits, teacher_topk_logprobs, teacher_topk_indices, **kw)
+    loss = sparse_distill_loss(student_logits, teacher_topk_logprobs, teacher_topk_indices, **options)
     acc = None
     if return_acceptance:
         acc = sparse_expected_acceptance(
-            student_logits, teacher_topk_logprobs, teacher_topk_indices, temperature
+            student_logits, teacher_topk_logprobs, teacher_topk_indices, o.temperature
         )
-    return _with_acceptance(loss, acc, labels, ignore_index, return_acceptance)
+    return _with_acceptance(loss, acc, o, return_acceptance)

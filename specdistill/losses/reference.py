@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from specdistill.kernels._args import DIVERGENCES, check_args, reduce_rows
+from specdistill.kernels.loss_args import DIVERGENCES, LossOptions, reduce_rows
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -79,52 +79,32 @@ def divergence_per_row(
     raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
 
 
-def check_loss_args(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    divergence: str,
-    temperature: float,
-    beta: float,
-    labels: torch.Tensor | None,
-    alpha: float,
-    reduction: str,
-) -> None:
-    """Validate arguments shared by the reference and the fused implementations
-    (one set of rules and messages, in ``specdistill.kernels._args``)."""
-    check_args(student_logits.shape, teacher_logits.shape, divergence, temperature, beta, labels, alpha, reduction)
-
-
 def distill_loss(
     student_logits: torch.Tensor,  # [..., V]
     teacher_logits: torch.Tensor,  # [..., V]
-    *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...], already aligned with the logits
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
+    **options,
 ) -> torch.Tensor:
-    """Distillation loss ``alpha * T^2 * D(p_T, q_T) + (1 - alpha) * CE`` (see module doc)."""
-    check_loss_args(student_logits, teacher_logits, divergence, temperature, beta, labels, alpha, reduction)
+    """Distillation loss ``alpha * T^2 * D(p_T, q_T) + (1 - alpha) * CE`` (see module doc); ``options``
+    are ``LossOptions``: divergence, temperature, beta, labels, alpha, ignore_index, reduction."""
+    o = LossOptions(**options)
+    o.check(student_logits.shape, teacher_logits.shape)
     shape = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
     s = _as_float(student_logits).reshape(-1, vocab)
     t = _as_float(teacher_logits).reshape(-1, vocab).to(s.dtype)
-    flat_labels = None if labels is None else labels.reshape(-1)
-    mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-    if flat_labels is not None:
-        mask = flat_labels != ignore_index
+    flat_labels, mask = o.flat_labels(s.shape[0], s.device)
+    log_q = F.log_softmax(s / o.temperature, dim=-1)
+    log_p = F.log_softmax(t / o.temperature, dim=-1)
+    per_row = o.temperature**2 * divergence_per_row(log_p, log_q, o.divergence, o.beta)
+    return reduce_rows(with_cross_entropy(per_row, s, flat_labels, mask, o.alpha), mask, o.reduction, shape)
 
-    log_q = F.log_softmax(s / temperature, dim=-1)
-    log_p = F.log_softmax(t / temperature, dim=-1)
-    per_row = temperature**2 * divergence_per_row(log_p, log_q, divergence, beta)
-    if alpha < 1:
-        safe_labels = torch.where(mask, flat_labels, torch.zeros_like(flat_labels))
-        ce = F.cross_entropy(s, safe_labels, reduction="none")
-        per_row = alpha * per_row + (1 - alpha) * ce
-    return reduce_rows(per_row, mask, reduction, shape)
+
+def with_cross_entropy(per_row: torch.Tensor, s: torch.Tensor, flat_labels, mask, alpha: float) -> torch.Tensor:
+    """``alpha * soft + (1 - alpha) * CE(s, labels)`` per row (the soft term alone when alpha is 1)."""
+    if alpha == 1:
+        return per_row
+    safe_labels = torch.where(mask, flat_labels, torch.zeros_like(flat_labels))
+    return alpha * per_row + (1 - alpha) * F.cross_entropy(s, safe_labels, reduction="none")
 
 
 @torch.no_grad()

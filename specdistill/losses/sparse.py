@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from specdistill.kernels._args import TAIL_EPS, check_sparse_teacher, reduce_rows
-from specdistill.losses.reference import _as_float, check_loss_args, divergence_per_row
+from specdistill.kernels.loss_args import TAIL_EPS, LossOptions, check_sparse_teacher, reduce_rows
+from specdistill.losses.reference import _as_float, divergence_per_row, with_cross_entropy
 
 
 def sparse_teacher_buckets(
@@ -36,34 +36,21 @@ def sparse_distill_loss(
     student_logits: torch.Tensor,  # [..., V]
     teacher_topk_logprobs: torch.Tensor,  # [..., K]
     teacher_topk_indices: torch.Tensor,  # [..., K], distinct per row
-    *,
-    divergence: str = "fkl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    labels: torch.Tensor | None = None,  # [...]
-    alpha: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
+    **options,
 ) -> torch.Tensor:
     """``alpha * T^2 * D(P, Q) + (1 - alpha) * CE`` over top-k + tail buckets (see module doc)."""
-    check_loss_args(student_logits, student_logits, divergence, temperature, beta, labels, alpha, reduction)
+    o = LossOptions(**options)
+    o.check(student_logits.shape, student_logits.shape)
     check_sparse_teacher(student_logits, teacher_topk_logprobs, teacher_topk_indices)
     shape = student_logits.shape[:-1]
     vocab, k = student_logits.shape[-1], teacher_topk_indices.shape[-1]
     s = _as_float(student_logits).reshape(-1, vocab)
     lp = _as_float(teacher_topk_logprobs).reshape(-1, k).to(s.dtype)
     idx = teacher_topk_indices.reshape(-1, k).long()
-    flat_labels = None if labels is None else labels.reshape(-1)
-    mask = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-    if flat_labels is not None:
-        mask = flat_labels != ignore_index
-
-    log_p_b, log_q_b = sparse_teacher_buckets(F.log_softmax(s / temperature, dim=-1), lp, idx)
-    per_row = temperature**2 * divergence_per_row(log_p_b, log_q_b, divergence, beta)
-    if alpha < 1:
-        safe_labels = torch.where(mask, flat_labels, torch.zeros_like(flat_labels))
-        per_row = alpha * per_row + (1 - alpha) * F.cross_entropy(s, safe_labels, reduction="none")
-    return reduce_rows(per_row, mask, reduction, shape)
+    flat_labels, mask = o.flat_labels(s.shape[0], s.device)
+    log_p_b, log_q_b = sparse_teacher_buckets(F.log_softmax(s / o.temperature, dim=-1), lp, idx)
+    per_row = o.temperature**2 * divergence_per_row(log_p_b, log_q_b, o.divergence, o.beta)
+    return reduce_rows(with_cross_entropy(per_row, s, flat_labels, mask, o.alpha), mask, o.reduction, shape)
 
 
 @torch.no_grad()

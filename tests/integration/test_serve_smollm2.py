@@ -4,8 +4,8 @@ import pytest
 import torch
 from specdistill.serve import SpeculativeGenerator
 
+from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 from specdistill.models import load_target, prune_draft
-from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 
 pytestmark = pytest.mark.slow
 N = 24

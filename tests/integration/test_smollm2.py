@@ -4,9 +4,9 @@ import pytest
 import torch
 from specdistill.serve import SpeculativeGenerator
 
+from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 from specdistill.losses import distill_loss
 from specdistill.models import load_target, prune_draft
-from specdistill.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,10 @@ def test_distillation_loss_on_real_logits_is_finite_and_decreases(smollm2):
 
 
 def test_the_shipped_head_fine_tunes_from_draft_default(smollm2, tmp_path):
-    from specdistill.drafts import load_draft
-    from specdistill.eagle_io import load_head
-    from specdistill.train import TrainConfig, train
+    from specdistill.models.drafts import load_draft
+    from specdistill.models.eagle3_io import load_head
+    from specdistill.training.config import TrainConfig
+    from specdistill.training.trainer import train
 
     target, tokenizer, _ = smollm2
     rows = []

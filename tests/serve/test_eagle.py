@@ -9,9 +9,9 @@ from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.tree import TreeShape
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
-from specdistill.eagle import Eagle3Head
-from specdistill.eagle_io import load_head, save_head
 from specdistill.models import tiny_llama
+from specdistill.models.eagle3 import Eagle3Head, save_head
+from specdistill.models.eagle3_io import load_head
 
 
 @pytest.fixture(scope="module")

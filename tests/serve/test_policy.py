@@ -6,7 +6,7 @@ import pytest
 import torch
 from specdistill.serve import CostAwareDraftLength, FixedDraftLength, HeuristicDraftLength, SpeculativeGenerator
 
-from specdistill.eval import predicted_speedup
+from specdistill.measure import predicted_speedup
 
 
 def _feed(policy, alpha, draft_seconds, verify_seconds, steps=400, ks=(2, 4, 8), seed=0):

@@ -5,10 +5,11 @@ import json
 import pytest
 from specdistill.serve.config import ServeConfig
 
+from specdistill.bench import BenchConfig, MeasureConfig
 from specdistill.cli import add_config_flags, main, parse_config
-from specdistill.demo import BenchConfig, DemoConfig, MeasureConfig
+from specdistill.demo import DemoConfig
 from specdistill.options import build, leaf_fields
-from specdistill.train import TrainConfig
+from specdistill.training.config import TrainConfig
 
 
 def test_flags_come_from_the_dataclass_with_help(capsys):

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from specdistill.drafts import load_draft, resolve_draft, sha256, shipped_draft_dir
-from specdistill.eagle import Eagle3Head
-from specdistill.eagle_io import save_head
 from specdistill.models import prune_draft, save_draft_vocab, tiny_llama
+from specdistill.models.drafts import load_draft, resolve_draft, sha256, shipped_draft_dir
+from specdistill.models.eagle3 import Eagle3Head, save_head
 
 
 def test_model_free_names_and_bad_paths():

@@ -5,7 +5,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from specdistill.models import draft_from_config, tiny_llama
-from specdistill.train import TrainConfig, train
+from specdistill.training.config import TrainConfig
+from specdistill.training.trainer import train
 
 
 def _setup(tmp_path):

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from specdistill.batches import pack_records
+from specdistill.data.batches import pack_records
 from specdistill.models import prune_draft, tiny_llama
-from specdistill.onpolicy import OnPolicyBatches
-from specdistill.train import TrainConfig, train
+from specdistill.training.config import TrainConfig
+from specdistill.training.onpolicy import OnPolicyBatches
+from specdistill.training.trainer import train
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from specdistill import train as train_module
 from specdistill.models import tiny_llama
-from specdistill.teacher_cache import CacheConfig, load_cache, run_cache_teacher
-from specdistill.train import TrainConfig, train
+from specdistill.training import trainer as train_module
+from specdistill.training.config import TrainConfig
+from specdistill.training.teacher_cache import CacheConfig, load_cache, run_cache_teacher
+from specdistill.training.trainer import train
 
 TEXT = "def add(a, b):\n    return a + b\n\nwhile true: print(a)\n" * 60
 

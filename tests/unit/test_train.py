@@ -7,12 +7,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from specdistill import train as train_module
-from specdistill import train_loop
-from specdistill.batches import Batch, TokenRows, pack_records
-from specdistill.graceful_stop import GracefulStop, TrainingStopped
+from specdistill.data.batches import Batch, TokenRows, pack_records
 from specdistill.models import prune_draft, tiny_llama
-from specdistill.train import TrainConfig, train
+from specdistill.training import loop as train_loop
+from specdistill.training import trainer as train_module
+from specdistill.training.config import TrainConfig
+from specdistill.training.graceful_stop import GracefulStop, TrainingStopped
+from specdistill.training.step import distill_step
+from specdistill.training.trainer import train
 
 
 @pytest.fixture()
@@ -138,7 +140,7 @@ def test_prompt_tokens_never_count(tmp_path, target_and_chunks):
     rows = pack_records([([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17])], seq_len=8, pad_id=0)
     batch = Batch(rows.input_ids, rows.loss_mask)
     config = _config(tmp_path, bf16=False)
-    loss, acceptance, count = train_module.distill_step(target, draft, batch, config, torch.device("cpu"))
+    loss, acceptance, count = distill_step(target, draft, batch, config, torch.device("cpu"))
     assert count == 7  # 3 + 4 answer tokens
     with torch.no_grad():
         per_position = compute_distill_loss(draft(batch.input_ids).logits, target(batch.input_ids).logits,
@@ -156,7 +158,7 @@ def test_fused_linear_step_matches_the_logits_step(tmp_path, target_and_chunks, 
     for fused in (True, False):
         config = _config(tmp_path, fused_linear=fused, alpha=alpha, divergence="jsd", temperature=2.0)
         draft.zero_grad()
-        loss, acceptance, _ = train_module.distill_step(target, draft, TokenRows.from_chunks(chunks[:3]).batch(
+        loss, acceptance, _ = distill_step(target, draft, TokenRows.from_chunks(chunks[:3]).batch(
             0, 3, seed=0), config, torch.device("cpu"))
         loss.backward()
         grads.append((loss.detach(), acceptance, draft.model.layers[0].mlp.up_proj.weight.grad.clone()))

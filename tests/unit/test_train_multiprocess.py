@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from specdistill.models import prune_draft, tiny_llama
-from specdistill.train import TrainConfig, train
+from specdistill.training.config import TrainConfig
+from specdistill.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,177 @@
+"""``specdistill bench``: measure a draft against its target on held-out prompts, against HF
+``generate`` (the faster of fp32 and bf16) and our engine with no draft, in one table ending with
+one JSON line. ``MeasureConfig`` and the report are shared with ``specdistill demo``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specdistill.data.prompts import HELDOUT_PROMPTS, read_prompts
+from specdistill.measure import measure_speculative, measure_target, predicted_speedup, warm_up
+from specdistill.models import DEFAULT_TARGET, load_target
+from specdistill.models.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
+from specdistill.models.eagle3 import Eagle3Head
+from specdistill.options import nested, option
+from specdistill.serve.tree import TreeShape
+from specdistill.training.model_card import update_model_card
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class MeasureConfig:
+    """How a draft is measured against its target (part of the demo's and bench's flags)."""
+
+    num_draft_tokens: str = option("4", "drafts per step: an int k, or auto (the engine picks k from measured "
+                                        "acceptance and step costs)")
+    max_new_tokens: int = option(64, "tokens generated per prompt")
+    prompts: str = option("", "a prompt file: JSONL with a 'prompt' per line, or text with one prompt per line; "
+                              "default: the project's held-out chat prompts")
+    num_prompts: int = option(12, "prompts used (the first N)")
+    decode_temperature: float = option(0.0, "sampling temperature while decoding (0 = greedy)")
+    dtype: str = option("bf16", "fp32 or bf16, for both models while decoding (bf16 verifies k tokens at ~1 "
+                                "step's cost)")
+    draft_confidence: float = option(0.4, "stop drafting below this draft probability (HF assisted's default)")
+    draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
+                                         "draft_vocab.json)")
+    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
+                                     "of k (greedy rows): auto = 5,3,10 for a head, none = a chain")
+
+    def __post_init__(self):
+        decode_dtype(self.dtype)
+        TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
+        if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
+            raise ValueError(f"num_draft_tokens must be an integer >= 0 or auto, got {self.num_draft_tokens!r}")
+
+    @property
+    def k(self) -> int | str:
+        """``num_draft_tokens`` as the generator takes it."""
+        return "auto" if self.num_draft_tokens == "auto" else int(self.num_draft_tokens)
+        if self.num_prompts < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_prompts and max_new_tokens must be >= 1")
+
+
+@dataclass
+class BenchConfig:
+    """Measure a saved draft against its target."""
+
+    draft: str = option("default", "default (the shipped EAGLE-3 head), a draft directory (causal LM or EAGLE-3 "
+                                   "head), or a model-free drafter: prompt-lookup, ngram")
+    target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
+    measure: MeasureConfig = nested(MeasureConfig)
+
+
+def measure_row(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
+             draft_vocab=None, draft_tree=None) -> dict:
+    tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
+    result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree)
+    result["draft_tree"] = None if tree is None else str(tree)
+    result.pop("stats")
+    return result
+
+
+def decode_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _row(name: str, result: dict, baseline: float) -> str:
+    alpha = f"{result['alpha']:.3f}" if "alpha" in result and result.get("mean_k") else "-"
+    tau = f"{result['tau']:.2f}" if "tau" in result and result.get("mean_k") else "-"
+    rate = result["tokens_per_s"]
+    return f"{name:<34}{alpha:>8}{tau:>8}{rate:>10.2f}{rate / baseline:>9.2f}x"
+
+
+def measure_hf_baseline(target, tokenizer, prompts, max_new_tokens: int, dtype: torch.dtype) -> dict[str, dict]:
+    """HF ``generate`` with the target alone in fp32 and in bf16 (on some CPUs plain
+    decoding is faster in fp32: a speedup is only honest against the faster of the
+    two); the target is left in ``dtype``."""
+    rows = {}
+    for name in ("fp32", "bf16"):
+        target.to(DTYPES[name])
+        warm_up(target, None, tokenizer)
+        rows[f"target alone (HF generate, {name})"] = measure_target(target, tokenizer, prompts, max_new_tokens)
+    target.to(dtype)
+    return rows
+
+
+def print_report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra: dict) -> dict:
+    """The table (speedups over the faster HF generate row), the prediction for the
+    ``main`` row, and one JSON line."""
+    hf = {name: r for name, r in rows.items() if name.startswith("target alone (HF generate")}
+    baseline_name = max(hf, key=lambda name: hf[name]["tokens_per_s"])
+    base = rows[baseline_name]["tokens_per_s"]
+    print(f"\n{'':<34}{'alpha':>8}{'tau':>8}{'tok/s':>10}{'speedup':>10}")
+    for name, result in rows.items():
+        print(_row(name, result, base))
+    alone, after = rows["target alone (our engine)"], rows[main]
+    # c against the target step of the same engine; with the confidence stop fewer than k
+    # drafts are proposed, so predict with the mean k used.
+    cost_ratio = after["draft_step_seconds"] * alone["tokens_per_s"]
+    # A chain's k + 1 tokens verify in about one target step; a tree's nodes cost more, so a
+    # tree's verification is priced as measured (v: its forward over the target's one-token one).
+    verify_ratio = after["verify_seconds"] / alone["verify_seconds"] if after.get("draft_tree") else 1.0
+    predicted = predicted_speedup(after["alpha"], after["mean_k"], cost_ratio, verify_ratio)
+    measured = after["tokens_per_s"] / alone["tokens_per_s"]
+    print(f"\nper-position acceptance ({main}): {after['per_position_acceptance']}")
+    print(f"cost ratio c = {cost_ratio:.3f}, verification v = {verify_ratio:.2f}, mean k = {after['mean_k']:.2f}; "
+          f"over the target alone on our engine: predicted {predicted:.2f}x from alpha, k, c and v, "
+          f"measured {measured:.2f}x")
+    summary = {
+        "alpha": after["alpha"], "tau": after["tau"], "tokens_per_s": round(after["tokens_per_s"], 2),
+        "hf_generate_tokens_per_s": round(base, 2), "hf_generate_baseline": baseline_name,
+        "speedup_vs_hf_generate": round(after["tokens_per_s"] / base, 3),
+        "rows": {name: {key: r[key] for key in ("alpha", "tau", "tokens_per_s", "mean_k") if key in r}
+                 | {"speedup": round(r["tokens_per_s"] / base, 3)} for name, r in rows.items()},
+        "main_row": main,
+        "per_position_acceptance": after["per_position_acceptance"],
+        "cost_ratio": round(cost_ratio, 3),
+        "verify_ratio": round(verify_ratio, 3),
+        "predicted_speedup_over_our_target": round(predicted, 3),
+        "measured_speedup_over_our_target": round(measured, 3),
+        "num_draft_tokens": measure.num_draft_tokens,
+        "draft_tree": after.get("draft_tree"),
+        "draft_confidence": measure.draft_confidence,
+        "decode_dtype": measure.dtype,
+        "greedy_outputs_equal_target": {name: r["outputs"] == rows[baseline_name]["outputs"]
+                                        for name, r in rows.items() if "outputs" in r},
+        **extra,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def measure_prompts(measure: MeasureConfig) -> list[str]:
+    prompts = read_prompts(measure.prompts) if measure.prompts else HELDOUT_PROMPTS
+    return prompts[: measure.num_prompts]
+
+
+def run_bench(config: BenchConfig) -> dict:
+    measure = config.measure
+    dtype = decode_dtype(measure.dtype)
+    where = resolve_draft(config.draft)  # a bad name fails before any model loads
+    prompts = measure_prompts(measure)
+    target, tokenizer = load_target(config.target)
+    draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
+    k, max_new = measure.k, measure.max_new_tokens
+    rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
+    warm_up(target, draft, tokenizer)
+    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, prompts, 0, max_new)
+    result = measure_row(target, draft, tokenizer, prompts, k, max_new, measure.decode_temperature,
+                      draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
+    name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
+    name += f", draft vocab {len(vocab)}" if vocab is not None else ""
+    rows[name] = result
+    summary = print_report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
+                                            "draft": config.draft, "num_prompts": len(prompts)})
+    if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
+        update_model_card(where, summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
+    return summary

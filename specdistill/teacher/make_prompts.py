@@ -1,0 +1,54 @@
+"""``specdistill make-prompts``: instruction prompts from local text (``--source DIR`` or
+``stdlib``, see ``specdistill.data.prompt_mining``) or written by the target itself (``--source target``),
+written as JSONL ``{"id", "prompt", "source"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from specdistill.data.jsonl import append_rows
+from specdistill.data.prompt_mining import _sources, collect_prompts
+from specdistill.data.prompts import prompt_id
+from specdistill.options import option
+from specdistill.teacher.self_written_prompts import target_written_prompts
+
+
+@dataclass
+class MakePromptsConfig:
+    """Turn local text into instruction prompts for generate-data."""
+
+    source: str = option("stdlib", "a folder or file of .py/.md/.rst/.txt text, stdlib (this Python's library), "
+                                   "or target (the target writes them, few-shot from the built-in prompts)")
+    writer: str = option("smollm2-135m", "with source target: the model that writes them (local dir or default)")
+    out: str = option("runs/teacher-data/prompts.jsonl", "the JSONL file of prompts (replaced)")
+    max_prompts: int = option(5000, "keep at most this many (a seeded random choice)")
+    max_lines: int = option(30, "the longest code an 'explain this code' prompt quotes")
+    seed: int = option(0, "seeds the choice and order")
+
+    def __post_init__(self):
+        if self.max_prompts < 1 or self.max_lines < 3:
+            raise ValueError("max_prompts must be >= 1 and max_lines >= 3")
+
+
+def run_make_prompts(config: MakePromptsConfig, progress: bool = True) -> dict:
+    if config.source == "target":
+        files = []
+        found = target_written_prompts(config.max_prompts, config.seed, config.writer, progress=progress)
+    else:
+        files = _sources(config.source)
+        found = collect_prompts(files, config.max_lines, config.seed, progress)
+    if not found:
+        raise ValueError(f"no prompts in {config.source!r}: it has no documented functions or classes and no "
+                         "paragraphs of 40 to 250 words")
+    chosen = found[: config.max_prompts]
+    for row in chosen:
+        row["id"] = prompt_id([{"role": "user", "content": row["prompt"]}])
+    out = Path(config.out)
+    out.unlink(missing_ok=True)
+    append_rows(out, [{"id": r["id"], "prompt": r["prompt"], "source": r["source"]} for r in chosen])
+    code = sum(r["source"].split(":")[0].endswith(".py") for r in chosen)
+    written = sum(r["source"].startswith("target:") for r in chosen)
+    return {"files": len(files), "found": len(found), "prompts": len(chosen), "from_code": code,
+            "from_prose": len(chosen) - code - written, "target_written": written, "out": str(out)}

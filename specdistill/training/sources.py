@@ -1,0 +1,86 @@
+"""Training data as the teacher sees it: the shared data settings (``DataConfig``) and
+the rows they name (text chunks, target answers, dataset records)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from specdistill.data.batches import TokenRows, pack_records
+from specdistill.data.builtin_prompts import prompt_texts
+from specdistill.data.corpora import corpus_files, split_files, token_chunks
+from specdistill.data.dataset_records import dataset_records, dataset_texts, is_dataset, read_dataset
+from specdistill.models import DEFAULT_TARGET
+from specdistill.options import option
+from specdistill.teacher.target_answers import generate_answers
+
+
+@dataclass
+class DataConfig:
+    """What the teacher reads and how: the target, the data, rows and the teacher's
+    temperature and precision. ``specdistill train`` and ``cache-teacher`` share it."""
+
+    target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
+    data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved "
+                                 "dataset")
+    text_field: str = option("text", "the text column of a dataset of plain text")
+    generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
+    answer_prompts: str = option("builtin:python", "with data 'target': the prompts it answers, comma-separated: "
+                                                   "builtin (python + stdlib), builtin:python, builtin:stdlib, "
+                                                   "builtin:code (made from this Python's library) or files")
+    generate_temperature: float = option(0.8, "with data 'target': sampling temperature of the answers")
+    seq_len: int = option(256, "tokens per training row")
+    temperature: float = option(1.0, "softmax temperature T of both distributions (the soft loss is scaled by T^2)")
+    bf16: bool = option(True, "bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)")
+    seed: int = option(0, "seeds the batch order, the draft's samples and the answers")
+    device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1...", resumable=True)
+
+    def __post_init__(self):
+        # Fail before loading anything: a typo should not cost a model load and tokenization.
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
+        if self.generate_tokens < 1:
+            raise ValueError(f"generate_tokens must be >= 1, got {self.generate_tokens}")
+        if not self.generate_temperature >= 0:
+            raise ValueError(f"generate_temperature must be >= 0 (0 = greedy), got {self.generate_temperature}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def read_data(config: DataConfig):
+    """What ``config.data`` names, read without any model: the dataset and its kind, or
+    the text files (None for the target's answers). Missing, empty or wrongly shaped
+    data fails here, before any model loads."""
+    if config.data == "target":
+        prompt_texts(config.answer_prompts)  # a missing prompt file fails now
+        return None
+    if is_dataset(config.data):
+        return read_dataset(config.data, config.text_field)
+    return corpus_files(config.data)
+
+
+def data_rows(config: DataConfig, target, tokenizer, max_tokens: int, workdir: Path, progress: bool = True,
+              source=None) -> TokenRows:
+    """The rows of ``config.data`` (``source``: what ``read_data`` returned, if it ran
+    already): records (prompt, answer: only answer tokens count) from the target's
+    answers (cached in ``workdir``) or a dataset, or plain text cut into chunks (up
+    to ``max_tokens``)."""
+    pad = pad_id(tokenizer)
+    if config.data == "target":
+        records = generate_answers(target, tokenizer, config.generate_tokens,
+                                   cache=workdir / "target_answers.jsonl", prompts=prompt_texts(config.answer_prompts),
+                                   temperature=config.generate_temperature, seed=config.seed, progress=progress)
+        return pack_records(records, config.seq_len, pad)
+    source = read_data(config) if source is None else source
+    if isinstance(source, tuple):
+        dataset, kind = source
+        if kind == "text":
+            texts = dataset_texts(dataset, config.text_field)
+            return TokenRows.from_chunks(token_chunks(tokenizer, texts, config.seq_len, max_tokens, progress))
+        return pack_records(dataset_records(dataset, kind, tokenizer), config.seq_len, pad)
+    files, _ = split_files(source, heldout_fraction=0.05, seed=config.seed)
+    return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len, max_tokens, progress=progress))
+
+
+def pad_id(tokenizer) -> int:
+    return (tokenizer.eos_token_id if tokenizer is not None else None) or 0

@@ -1,0 +1,151 @@
+"""Training an EAGLE-3 head: training-time test learns, resumes after a kill, and exports
+a speculators directory that drafts for the target."""
+
+import json
+
+import pytest
+import torch
+from specdistill.serve import SpeculativeGenerator
+
+from specdistill.data.batches import TokenRows
+from specdistill.models import tiny_llama
+from specdistill.models.eagle3 import Eagle3Head, draft_vocabulary
+from specdistill.models.eagle3_io import load_head
+from specdistill.training.config import TrainConfig
+from specdistill.training.eagle3_head import head_acceptance
+from specdistill.training.trainer import train
+
+
+@pytest.fixture()
+def target_and_chunks():
+    target = tiny_llama(vocab_size=64, num_layers=4, hidden_size=32, seed=1)
+    base = torch.arange(64).repeat(40)[: 32 * 48]
+    chunks = ((base + torch.randint(0, 2, base.shape, generator=torch.Generator().manual_seed(0))) % 64).view(48, 32)
+    return target, chunks
+
+
+def _config(tmp_path, **overrides):
+    values = dict(target="unused", draft_type="eagle3", head_layers="0,2,3", head_vocab_size=48, ttt_steps=3,
+                  output_dir=str(tmp_path / "run"), seq_len=32, batch_size=4, steps=30, lr=3e-3, warmup_steps=2,
+                  save_every=10, bf16=False)
+    return TrainConfig(**(values | overrides))
+
+
+def test_head_learns_and_exports_a_speculators_directory(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    rows = TokenRows.from_chunks(chunks[:4])
+    result = train(_config(tmp_path), target=target, data=chunks, progress=False)
+    history = result["history"]
+    assert sum(h["loss"] for h in history[-5:]) < 0.7 * sum(h["loss"] for h in history[:5])
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert config["speculators_model_type"] == "eagle3" and config["draft_vocab_size"] == 48
+    assert config["eagle_aux_hidden_state_layer_ids"] == [0, 2, 3]
+    head = load_head(result["draft_dir"], target)
+    figures = head_acceptance(target, head, rows, max_k=3)
+    assert 0 < figures["alpha"] <= 1 and len(figures["alpha_per_position"]) == 3
+    assert figures["predicted_tau"][0] == pytest.approx(1 + figures["alpha"], abs=1e-3)
+    bf16 = head_acceptance(target.to(torch.bfloat16), head.float(), rows, max_k=3)  # as a bf16-teacher run evals
+    assert bf16["alpha"] == pytest.approx(figures["alpha"], abs=0.1)
+    target.float()
+    prompt = chunks[5:6, :8]
+    out = SpeculativeGenerator(target, head, num_draft_tokens=3).generate(prompt, max_new_tokens=12,
+                                                                          eos_token_id=[])
+    reference = target.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.testing.assert_close(out.sequences, reference)
+
+
+def test_killed_head_run_resumes_where_it_stopped(tmp_path, target_and_chunks, killed_after):
+    target, chunks = target_and_chunks
+    full = train(_config(tmp_path / "a", steps=20), target=target, data=chunks, progress=False)
+    with killed_after(13):  # the last checkpoint holds step 10
+        train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    resumed = train(_config(tmp_path / "b", steps=20), target=target, data=chunks, progress=False)
+    assert resumed["resumed_from_step"] == 10
+    for key, value in full["draft"].state_dict().items():
+        torch.testing.assert_close(resumed["draft"].state_dict()[key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_head_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="leave teacher_cache, onpolicy_fraction and lora_rank unset"):
+        _config(tmp_path, onpolicy_fraction=0.5)
+    with pytest.raises(ValueError, match="ttt_steps must be >= 1"):
+        _config(tmp_path, ttt_steps=0)
+
+
+def test_draft_vocabulary_keeps_the_most_frequent_and_eos_sorted():
+    ids = torch.tensor([5, 5, 5, 9, 9, 2, 7])
+    assert draft_vocabulary(ids, 16, 3, always=[1]).tolist() == [1, 5, 9]
+    assert draft_vocabulary(ids, 16, 3, always=[]).tolist() == [2, 5, 9]
+
+
+def test_a_head_needs_a_llama_family_target():
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=16))
+    with pytest.raises(ValueError, match="built for Llama-family targets .* use draft_type lm"):
+        Eagle3Head.for_target(gpt2, torch.arange(8))
+
+
+def test_feature_cache_trains_exactly_as_the_live_target(tmp_path, target_and_chunks, monkeypatch):
+    target, chunks = target_and_chunks
+    live = train(_config(tmp_path / "live", steps=6), target=target, data=chunks, progress=False)
+    cache = tmp_path / "features"
+    cached = train(_config(tmp_path / "cached", steps=6, feature_cache=str(cache)), target=target, data=chunks,
+                   progress=False)
+    assert [h["loss"] for h in cached["history"]] == pytest.approx([h["loss"] for h in live["history"]], rel=1e-5)
+    assert json.loads((cache / "cache.json").read_text())["layer_ids"] == [0, 2, 3]
+
+    import specdistill.training.feature_cache as feature_cache  # a rerun reads the shards and never runs the target
+
+    monkeypatch.setattr(feature_cache, "_write_shard", lambda *args: pytest.fail("the cache was made again"))
+    again = train(_config(tmp_path / "again", steps=6, feature_cache=str(cache)), target=target, data=chunks,
+                  progress=False)
+    assert again["history"][-1]["loss"] == pytest.approx(cached["history"][-1]["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="other rows or another head"):
+        train(_config(tmp_path / "other", steps=6, feature_cache=str(cache)), target=target, data=chunks[:40],
+              progress=False)
+
+
+def test_feature_cache_is_only_for_heads():
+    with pytest.raises(ValueError, match="draft_type eagle3"):
+        TrainConfig(target="unused", feature_cache="x")
+
+
+def test_head_step_loss_is_the_masked_loss_over_whole_rows(target_and_chunks):
+    from types import SimpleNamespace
+
+    from specdistill.data.batches import Batch
+    from specdistill.losses import compute_distill_loss
+    from specdistill.training.eagle3_head import head_step, shifted, target_pass
+
+    target, chunks = target_and_chunks
+    ids = draft_vocabulary(chunks.flatten(), 64, 48, [])
+    head = Eagle3Head.for_target(target, ids, [0, 2, 3], seed=0).float()
+    mask = torch.rand(chunks[:4].shape, generator=torch.Generator().manual_seed(3)) < 0.6
+    batch = Batch(chunks[:4], mask)
+    config = SimpleNamespace(ttt_steps=3, ttt_decay=0.7, divergence="jsd", temperature=1.5, beta=0.5)
+    loss, acceptance, count = head_step(target, head, batch, config, torch.autocast("cpu", enabled=False))
+    features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
+    expected = 0
+    for j, logits in enumerate(head.ttt_logits(features, batch.input_ids, 3), 1):
+        labels = torch.where(shifted(mask, j, False), 0, -100)
+        step, accepted = compute_distill_loss(logits, shifted(teacher, j, 0), divergence="jsd", temperature=1.5,
+                                              labels=labels, reduction="sum", return_acceptance=True)
+        expected = expected + step * 0.7 ** (j - 1)
+        if j == 1:
+            torch.testing.assert_close(acceptance, accepted.float().sum())
+            assert count == int((labels != -100).sum())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_feature_rows_gather_a_batch_across_their_shards():
+    from specdistill.training.feature_cache import FeatureRows
+
+    rows = TokenRows(torch.arange(24).view(6, 4), torch.ones(6, 4, dtype=torch.bool))
+    features, final = torch.randn(6, 4, 3), torch.randn(6, 4, 1)
+    shards = [{"features": features[i: i + 2], "final": final[i: i + 2]} for i in (0, 2, 4)]
+    cached = FeatureRows(rows, shards, shard_rows=2)
+    for step in range(4):
+        batch, index = cached.batch(step, 3, seed=0), cached.batch_rows(step, 3, seed=0)
+        assert torch.equal(batch.input_ids, rows.input_ids[index])
+        assert torch.equal(batch.features[0], features[index]) and torch.equal(batch.features[1], final[index])
