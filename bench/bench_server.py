@@ -7,7 +7,7 @@ one request at a time. Each configuration is a real `specdistill serve` process 
     python bench/bench_server.py                         # serve's defaults: the default target, the shipped head
     python bench/bench_server.py --quick                 # concurrency 1 and 4, few requests: a smoke run
     python bench/bench_server.py --draft runs/demo/final # the draft `make demo` distils
-    python bench/bench_server.py --draft-tree-max-batch 16   # the shipped head drafting trees at every batch size
+    python bench/bench_server.py --draft-tree-max-batch 2    # the old fixed cap: chains above 2 rows
 
 Prints a table, then ONE JSON line.
 """
@@ -41,7 +41,9 @@ def parse_args():
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--num-draft-tokens", default="auto")
     parser.add_argument("--draft-tree", default="auto", help="serve's flag: DEPTH,TOP_K,NODES, auto or none (a chain)")
-    parser.add_argument("--draft-tree-max-batch", default="2", help="serve's flag: larger batches draft a chain")
+    parser.add_argument("--draft-tree-max-batch", default="0",
+                        help="serve's flag: 0 = the cost-aware policy picks tree or chain; N = larger batches "
+                             "draft a chain")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

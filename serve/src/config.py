@@ -34,9 +34,9 @@ class ServeConfig:
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
                                      "(auto = 5,3,10 for a head, a chain for other drafts); none = a chain of k")
-    draft_tree_max_batch: int = option(2, "batches of more rows draft a chain (their verification is "
-                                          "compute-bound: on 2 CPU cores trees win at 1-2 rows, chains from 4; "
-                                          "bench/bench_trees.py --batch-sizes measures it)")
+    draft_tree_max_batch: int = option(0, "0 = no cap: with --num-draft-tokens auto, each step drafts the tree, "
+                                          "a chain or nothing by measured tokens/s; N = batches of more rows "
+                                          "always draft a chain")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -52,9 +52,11 @@ class ServeConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         draft_length(self.num_draft_tokens)
         TreeShape.parse(self.draft_tree)
-        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes", "draft_tree_max_batch"):
+        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.draft_tree_max_batch < 0:
+            raise ValueError(f"draft_tree_max_batch must be >= 0 (0 = no cap), got {self.draft_tree_max_batch}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
 
@@ -84,5 +86,5 @@ def load_generator(config: ServeConfig):
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
                                      draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head),
-                                     draft_tree_max_batch=config.draft_tree_max_batch)
+                                     draft_tree_max_batch=config.draft_tree_max_batch or None)
     return generator, tokenizer, config.draft

@@ -78,9 +78,12 @@ class SpeculativeGenerator:
     ``draft_tree`` (a ``TreeShape`` or ``"DEPTH,TOP_K,NODES"``, head drafts only) drafts a
     tree of guesses and verifies it in one pass (``specdistill.serve.tree``): a higher τ for
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
-    Greedy rows use it; sampling rows keep the chain. ``draft_tree_max_batch`` caps the rows
-    of a tree step: a larger batch drafts a chain, since its rows x nodes tokens make the
-    verification compute-bound (on 2 CPU cores trees win at 1-2 rows, chains from 4)."""
+    Greedy rows use it; sampling rows keep the chain. With ``num_draft_tokens="auto"`` the
+    cost-aware policy decides each step between the tree, a chain of k and no drafting, by
+    expected tokens/s from the measured acceptance per depth and verification cost per token
+    count (a large batch's rows x nodes tokens make the verification compute-bound, so it
+    drops the tree there). ``draft_tree_max_batch`` is an optional fixed cap on a tree
+    step's rows on top of that (None: no cap)."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",

@@ -74,40 +74,51 @@ class HeuristicDraftLength:
 
 
 class CostAwareDraftLength:
-    """Pick k in [0, k_max] maximizing expected tokens per second,
+    """Pick what each step drafts, maximizing expected tokens per second: a chain of k in [0, k_max]
+    (``next_k``) and, for a greedy batch when a draft tree is configured, the tree or that chain
+    (``use_tree``). For a batch of B rows,
 
-        E[tokens | k] / (k * t_draft + t_verify(k)),   E[tokens | k] = 1 + sum_{j<=k} prod_{i<=j} a_i
+        chain k:  B * E[tokens | k] / (k * t_draft + t_verify(B * (k + 1)))
+        tree:     B * E_tree[tokens] / (t_tree_draft + t_verify(B * (nodes + 1)))
 
-    where a_i is the acceptance rate of the i-th draft position given that it is
-    reached (it decays with i in practice, so one α is not enough), t_draft the
-    time of one draft forward and t_verify(k) the time of one target forward
-    over k + 1 tokens (nearly flat on GPUs and AMX CPUs for small k, linear when
-    compute bound). All are estimated online with exponential forgetting.
+    with E[tokens | k] = 1 + sum_{j<=k} prod_{i<=j} a_i, where a_i is the acceptance rate of the i-th
+    draft position given that it is reached (it decays with i, so one α is not enough), and E_tree the
+    same over the tree's depths with b_i, the rate at which the target's walk through the tree goes one
+    level deeper. t_draft is one draft forward, t_tree_draft the drafting of a whole tree, and t_verify(n)
+    one target forward over n tokens in all: flat while the machine is memory-bound, linear once it is
+    compute-bound (large batches, wide trees), fitted on what was timed. All are estimated online with
+    exponential forgetting, so a draft that stops paying (another language, another task) is dropped
+    within steps and k = 0 decodes at the target's own speed.
 
-    Exploration comes from optimism: a position never reached takes the
-    estimate of the position before it, and t_verify is flat until two
-    different k have been timed. When k = 0 wins, one drafted token is tried
-    every ``probe_every`` steps so a draft that gets better is noticed.
+    Exploration comes from optimism: a position never reached takes the estimate of the position before
+    it, t_verify is flat until two token counts have been timed, and the tree is tried before it is
+    judged. When k = 0 wins, one drafted token is tried every ``probe_every`` steps, and a tree passed over
+    is tried once every ``tree_probe_every`` steps, so a draft that gets better is noticed.
     """
 
     def __init__(self, k_max: int = 8, warmup_k: int = 4, prior_alpha: float = 0.6, prior_weight: float = 2.0,
-                 decay: float = 0.99, probe_every: int = 16):
+                 decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64):
         if k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         self.k_max, self.warmup_k = k_max, min(warmup_k, k_max)
         self.prior_alpha, self.prior_weight, self.decay = prior_alpha, prior_weight, decay
-        self.probe_every = probe_every
+        self.probe_every, self.tree_probe_every = probe_every, tree_probe_every
         self.accepted_at = [0.0] * k_max  # discounted counts, like SpecStats.accepted_at
         self.reached_at = [0.0] * k_max
-        self.verify_sum = [0.0] * (k_max + 1)  # discounted seconds and counts per k
-        self.verify_count = [0.0] * (k_max + 1)
+        self.tree_accepted_at: list[float] = []  # per tree depth, sized by the first tree step
+        self.tree_reached_at: list[float] = []
+        self.verify_points: dict[int, list[float]] = {}  # tokens verified -> [discounted seconds, count]
         self.draft_step_seconds: float | None = None  # moving average of one draft forward
-        self._zero_steps = 0
+        self.tree_draft_seconds: float | None = None  # moving average of drafting one tree
+        self.rows = 1  # the batch size of the last step: the next one is priced for it
+        self._zero_steps = self._chain_steps = 0
+
+    # ---- decisions -------------------------------------------------------------------------------
 
     def next_k(self) -> int:
-        if self.draft_step_seconds is None or not any(self.verify_count):
+        if self.draft_step_seconds is None or not self.verify_points:
             return self.warmup_k  # nothing measured yet
         best = max(range(self.k_max + 1), key=self.tokens_per_second)
         if best == 0:
@@ -117,63 +128,138 @@ class CostAwareDraftLength:
                 return 1
         return best
 
+    def use_tree(self, rows: int, depth: int, nodes: int) -> bool:
+        """Whether a greedy batch of ``rows`` drafts the tree (else the chain ``next_k`` gives)."""
+        self.rows = rows
+        if self.tree_draft_seconds is None:
+            return True  # never tried: try it
+        chain = max(self.tokens_per_second(k) for k in range(self.k_max + 1))
+        if self.tree_tokens_per_second(depth, nodes) > chain:
+            return True
+        self._chain_steps += 1
+        if self._chain_steps >= self.tree_probe_every:
+            self._chain_steps = 0
+            return True
+        return False
+
+    # ---- what happened ---------------------------------------------------------------------------
+
     def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
         self.update_rows([(k, accepted)], k, draft_seconds, verify_seconds)
 
     def update_rows(self, rows: list[tuple[int, int]], k_run: int, draft_seconds: float,
                     verify_seconds: float) -> None:
         """One batched step: (k drafted, accepted) per row; ``k_run`` draft forwards and one
-        verification of k_run + 1 tokens were shared by all rows. Forgets once per step."""
-        for counts in (self.accepted_at, self.reached_at, self.verify_sum, self.verify_count):
-            counts[:] = [c * self.decay for c in counts]
+        verification of k_run + 1 tokens per row were shared by all rows. Forgets once per step."""
+        self._forget()
         for k, accepted in rows:
-            k = min(k, self.k_max)
-            for i in range(min(accepted, k)):
-                self.accepted_at[i] += 1
-            for i in range(min(accepted + 1, k)):
-                self.reached_at[i] += 1
+            _count(self.accepted_at, self.reached_at, min(k, self.k_max), accepted)
         k = min(k_run, self.k_max)
-        self.verify_sum[k] += verify_seconds
-        self.verify_count[k] += 1
+        self.rows = len(rows)
+        self._time_verify(len(rows) * (k_run + 1), verify_seconds)
         if k > 0:
-            per_call = draft_seconds / k
-            prev = self.draft_step_seconds
-            self.draft_step_seconds = per_call if prev is None else 0.9 * prev + 0.1 * per_call
+            self.draft_step_seconds = _average(self.draft_step_seconds, draft_seconds / k)
+
+    def update_tree(self, accepted: list[int], depth: int, nodes: int, draft_seconds: float,
+                    verify_seconds: float) -> None:
+        """One tree step: the accepted path length per row, for a tree ``depth`` levels deep whose
+        ``nodes`` drafted tokens (plus each row's last token) were verified in one pass."""
+        self._forget()
+        if len(self.tree_reached_at) < depth:
+            self.tree_accepted_at += [0.0] * (depth - len(self.tree_accepted_at))
+            self.tree_reached_at += [0.0] * (depth - len(self.tree_reached_at))
+        for n in accepted:
+            _count(self.tree_accepted_at, self.tree_reached_at, depth, n)
+        self.rows = len(accepted)
+        self._time_verify(len(accepted) * (nodes + 1), verify_seconds)
+        self.tree_draft_seconds = _average(self.tree_draft_seconds, draft_seconds)
+
+    def _forget(self) -> None:
+        for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at):
+            counts[:] = [c * self.decay for c in counts]
+        for tokens, point in list(self.verify_points.items()):
+            point[0] *= self.decay
+            point[1] *= self.decay
+            if point[1] < 1e-3:  # a token count not timed for a long while
+                del self.verify_points[tokens]
+
+    def _time_verify(self, tokens: int, seconds: float) -> None:
+        point = self.verify_points.setdefault(tokens, [0.0, 0.0])
+        point[0] += seconds
+        point[1] += 1
+
+    # ---- the model -------------------------------------------------------------------------------
 
     def acceptance(self) -> list[float]:
         """Estimated acceptance rate a_i at each draft position, i < k_max."""
-        rates, prior = [], self.prior_alpha
-        for acc, reached in zip(self.accepted_at, self.reached_at):
-            prior = (acc + self.prior_weight * prior) / (reached + self.prior_weight)
-            rates.append(prior)
-        return rates
+        return _rates(self.accepted_at, self.reached_at, self.prior_alpha, self.prior_weight)
+
+    def tree_acceptance(self, depth: int) -> list[float]:
+        """Estimated rate b_i at which the walk through a tree goes one level deeper, per depth."""
+        # Before a tree is measured its levels take the chain's rates: a tree holds the chain's path.
+        prior = self.acceptance()[0] if self.k_max else self.prior_alpha
+        rates = _rates(self.tree_accepted_at, self.tree_reached_at, prior, self.prior_weight)
+        return (rates + [rates[-1] if rates else prior] * depth)[:depth]
 
     def expected_tokens(self, k: int) -> float:
         """Expected tokens from one step with k drafts (accepted drafts + the target's token)."""
-        total, survive = 1.0, 1.0
-        for a in self.acceptance()[:k]:
-            survive *= a
-            total += survive
-        return total
+        return _expected(self.acceptance()[:k])
 
-    def verify_seconds(self, k: int) -> float:
-        """t_verify(k) from a weighted least-squares line over the per-k mean times."""
-        points = [(j, s / c, c) for j, (s, c) in enumerate(zip(self.verify_sum, self.verify_count)) if c > 1e-3]
+    def verify_seconds(self, tokens: int) -> float:
+        """t_verify over ``tokens`` tokens in all, from a weighted least-squares line over the
+        per-count mean times (flat until two counts were timed; never falling with more tokens)."""
+        points = [(n, s / c, c) for n, (s, c) in self.verify_points.items() if c > 1e-3]
         weight = sum(c for _, _, c in points)
         if not weight:
             return 1e-9  # nothing timed yet
-        mean_k = sum(j * c for j, _, c in points) / weight
+        mean_n = sum(n * c for n, _, c in points) / weight
         mean_t = sum(t * c for _, t, c in points) / weight
-        spread = sum(c * (j - mean_k) ** 2 for j, _, c in points)
-        slope = sum(c * (j - mean_k) * (t - mean_t) for j, t, c in points) / spread if spread > 1e-9 else 0.0
-        return max(mean_t + max(slope, 0.0) * (k - mean_k), 1e-9)
+        spread = sum(c * (n - mean_n) ** 2 for n, _, c in points)
+        slope = sum(c * (n - mean_n) * (t - mean_t) for n, t, c in points) / spread if spread > 1e-9 else 0.0
+        return max(mean_t + max(slope, 0.0) * (tokens - mean_n), 1e-9)
 
     def tokens_per_second(self, k: int) -> float:
-        seconds = k * (self.draft_step_seconds or 0.0) + self.verify_seconds(k)
-        return self.expected_tokens(k) / seconds if seconds > 0 else math.inf
+        """Expected tokens per second of the batch drafting a chain of k."""
+        seconds = k * (self.draft_step_seconds or 0.0) + self.verify_seconds(self.rows * (k + 1))
+        return self.rows * self.expected_tokens(k) / seconds if seconds > 0 else math.inf
+
+    def tree_tokens_per_second(self, depth: int, nodes: int) -> float:
+        """Expected tokens per second of the batch drafting a tree."""
+        seconds = (self.tree_draft_seconds or 0.0) + self.verify_seconds(self.rows * (nodes + 1))
+        return self.rows * _expected(self.tree_acceptance(depth)) / seconds
 
     def __repr__(self) -> str:
         return f"CostAwareDraftLength(k_max={self.k_max})"
+
+
+def _count(accepted_at: list[float], reached_at: list[float], k: int, accepted: int) -> None:
+    """One row's step: positions 1..accepted accepted, and the one after them reached (if drafted)."""
+    for i in range(min(accepted, k)):
+        accepted_at[i] += 1
+    for i in range(min(accepted + 1, k)):
+        reached_at[i] += 1
+
+
+def _rates(accepted_at: list[float], reached_at: list[float], prior: float, weight: float) -> list[float]:
+    """Acceptance per position, each shrunk towards the estimate of the position before it."""
+    rates = []
+    for accepted, reached in zip(accepted_at, reached_at):
+        prior = (accepted + weight * prior) / (reached + weight)
+        rates.append(prior)
+    return rates
+
+
+def _expected(rates: list[float]) -> float:
+    """1 + sum_j prod_{i<=j} rate_i: the target's own token plus the expected accepted drafts."""
+    total, survive = 1.0, 1.0
+    for rate in rates:
+        survive *= rate
+        total += survive
+    return total
+
+
+def _average(previous: float | None, value: float) -> float:
+    return value if previous is None else 0.9 * previous + 0.1 * value
 
 
 def make_policy(spec) -> DraftLengthPolicy:

@@ -153,7 +153,7 @@ class SpecEngine:
 
     def _decode(self) -> list[tuple[Request, list[int], str | None]]:
         rows, gen = self.running, self.gen
-        if gen.draft_tree is not None and self._tree_fits(rows):
+        if self._use_tree(rows):
             results = self._decode_tree(rows)
             if results is not None:
                 return results
@@ -179,13 +179,18 @@ class SpecEngine:
             gen.draft_runner.take_features(self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
         return self._results(rows, [drafts[i, :n].tolist() + [token] for i, (n, token) in enumerate(accepted)])
 
-    def _tree_fits(self, rows: list[Request]) -> bool:
-        """Trees take greedy rows only, up to ``draft_tree_max_batch`` of them, and every node
-        must fit in the target's context."""
-        limit, cap = self.gen.max_positions, self.gen.draft_tree_max_batch
-        depth = self.gen.draft_tree.depth
-        return (cap is None or len(rows) <= cap) and \
-            all(r.params.greedy and (not limit or len(r.tokens) + depth <= limit) for r in rows)
+    def _use_tree(self, rows: list[Request]) -> bool:
+        """A tree for a batch of greedy rows whose nodes all fit in the target's context, within the
+        optional ``draft_tree_max_batch`` cap, when the draft-length policy prices it above a chain
+        (a policy that does not price trees, a fixed k, always takes it)."""
+        gen = self.gen
+        tree, cap, limit = gen.draft_tree, gen.draft_tree_max_batch, gen.max_positions
+        if tree is None or (cap is not None and len(rows) > cap):
+            return False
+        if not all(r.params.greedy and (not limit or len(r.tokens) + tree.depth <= limit) for r in rows):
+            return False
+        use_tree = getattr(gen.draft_length, "use_tree", None)
+        return use_tree is None or use_tree(len(rows), tree.depth, tree.nodes)
 
     def _decode_tree(self, rows: list[Request]) -> list[tuple[Request, list[int], str | None]] | None:
         """One step with a draft tree (``serve/src/tree.py``); None when the head has nothing to draft from."""
@@ -201,6 +206,9 @@ class SpecEngine:
         longest = min(gen.draft_tree.depth, gen.draft_tree.nodes)  # the longest path a step can accept
         self._account(rows, [(min(longest, limit), len(path)) for limit, (path, _) in zip(limits, accepted)],
                       draft_seconds, draft_calls, target_seconds)
+        if hasattr(gen.draft_length, "update_tree"):
+            gen.draft_length.update_tree([len(path) for path, _ in accepted], longest, tree.tokens.shape[1],
+                                         draft_seconds, target_seconds)
         paths = [[0] + path for path, _ in accepted]  # node indices, root (the last token) first
         # The target held all but each row's last token; it now holds the root and the path after them.
         gen.target_runner.keep_path(self._target_state, base, paths, [len(r.tokens) - 1 for r in rows])

@@ -178,3 +178,15 @@ def test_draft_trees_say_what_they_need(target, head):
     windowed.config.sliding_window, windowed.config.model_type = 5, "mistral"
     with pytest.raises(ValueError, match="sliding-window"):
         SpeculativeGenerator(windowed, head, draft_tree="2,2,4")
+
+
+def test_auto_with_a_tree_stays_lossless_and_stops_drafting_a_poor_head(target, head):
+    prompt = torch.tensor([[2, 5, 3, 9, 1]])
+    fixed = SpeculativeGenerator(target, head, num_draft_tokens=4, draft_tree="4,3,8")
+    auto = SpeculativeGenerator(target, head, num_draft_tokens="auto", draft_tree="4,3,8")
+    reference = hf_greedy(target, prompt, 60)
+    for gen in (fixed, auto):
+        out = gen.generate(prompt, max_new_tokens=60, eos_token_id=[])
+        torch.testing.assert_close(out.sequences, reference)
+    policy = auto.draft_length
+    assert policy.tree_draft_seconds is not None and policy.draft_step_seconds is not None  # both were tried

@@ -28,6 +28,9 @@ def test_bad_config_fails_early_with_a_clear_message(capsys):
     for command in ("bench", "serve"):
         assert main([command, "--draft-tree", "5,3"]) == 2
         assert "DEPTH,TOP_K,NODES (e.g. 5,3,10), auto or none" in capsys.readouterr().err
+    assert main(["serve", "--draft-tree-max-batch", "-1"]) == 2
+    assert "draft_tree_max_batch must be >= 0 (0 = no cap)" in capsys.readouterr().err
+    assert ServeConfig(draft_tree_max_batch=0).draft_tree_max_batch == 0  # the default: no fixed cap
 
 
 def _parse(config_cls, argv):
