@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from specdistill.data.prompts import HELDOUT_PROMPTS, read_prompts
+from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
 from specdistill.measure import measure_speculative, measure_target, predicted_speedup, warm_up
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
@@ -30,9 +30,10 @@ class MeasureConfig:
     num_draft_tokens: str = option("4", "drafts per step: an int k, or auto (the engine picks k from measured "
                                         "acceptance and step costs)")
     max_new_tokens: int = option(64, "tokens generated per prompt")
-    prompts: str = option("", "a prompt file: JSONL with a 'prompt' per line, or text with one prompt per line; "
-                              "default: the project's held-out chat prompts")
-    num_prompts: int = option(12, "prompts used (the first N)")
+    prompts: str = option("", "a prompt file: JSONL with a 'prompt', chat 'messages' or multi-turn 'turns' (each "
+                              "asked after the model's own answer) and an optional 'category' per line, or text "
+                              "with one prompt per line; default: the project's held-out chat prompts")
+    num_prompts: int = option(12, "prompts used (the first N; per category with --by-category)")
     decode_temperature: float = option(0.0, "sampling temperature while decoding (0 = greedy)")
     dtype: str = option("bf16", "fp32 or bf16, for both models while decoding (bf16 verifies k tokens at ~1 "
                                 "step's cost)")
@@ -63,6 +64,8 @@ class BenchConfig:
     draft: str = option("default", "default (the shipped EAGLE-3 head), a draft directory (causal LM or EAGLE-3 "
                                    "head), or a model-free drafter: prompt-lookup, ngram")
     target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
+    by_category: bool = option(False, "measure each 'category' of the prompt file on its own, then a table of "
+                                      "all categories and their mean")
     measure: MeasureConfig = nested(MeasureConfig)
 
 
@@ -149,29 +152,74 @@ def print_report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra
     return summary
 
 
-def measure_prompts(measure: MeasureConfig) -> list[str]:
-    prompts = read_prompts(measure.prompts) if measure.prompts else HELDOUT_PROMPTS
-    return prompts[: measure.num_prompts]
+def measure_prompts(measure: MeasureConfig) -> list[Conversation]:
+    if not measure.prompts:
+        return [Conversation.of(p) for p in HELDOUT_PROMPTS[: measure.num_prompts]]
+    return read_conversations(measure.prompts)[: measure.num_prompts]
 
 
 def run_bench(config: BenchConfig) -> dict:
     measure = config.measure
     dtype = decode_dtype(measure.dtype)
     where = resolve_draft(config.draft)  # a bad name fails before any model loads
-    prompts = measure_prompts(measure)
+    if config.by_category and not measure.prompts:
+        raise ValueError("--by-category needs --prompts FILE whose records have a 'category'")
+    groups = by_category(read_conversations(measure.prompts)) if config.by_category else \
+        {"": measure_prompts(measure)}
     target, tokenizer = load_target(config.target)
     draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
+    summaries = {}
+    for category, conversations in groups.items():
+        if config.by_category:
+            print(f"\n== {category} ==")
+        summaries[category] = bench_rows(target, draft, vocab, tokenizer, conversations[: measure.num_prompts],
+                                         config, category)
+    summary = summaries[""] if not config.by_category else print_categories(summaries, config)
+    if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
+        update_model_card(where, summary | {"source": f"specdistill bench, {summary['num_prompts']} prompts"})
+    return summary
+
+
+def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation], config: BenchConfig,
+               category: str = "") -> dict:
+    """HF ``generate``, our engine alone and the draft on these conversations: the table and its JSON line."""
+    measure = config.measure
     k, max_new = measure.k, measure.max_new_tokens
-    rows = measure_hf_baseline(target, tokenizer, prompts, max_new, dtype)
+    rows = measure_hf_baseline(target, tokenizer, conversations, max_new, decode_dtype(measure.dtype))
     warm_up(target, draft, tokenizer)
-    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, prompts, 0, max_new)
-    result = measure_row(target, draft, tokenizer, prompts, k, max_new, measure.decode_temperature,
-                      draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
+    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new)
+    result = measure_row(target, draft, tokenizer, conversations, k, max_new, measure.decode_temperature,
+                         draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
     name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""
     rows[name] = result
-    summary = print_report(rows, name, measure, {"decode_temperature": measure.decode_temperature,
-                                            "draft": config.draft, "num_prompts": len(prompts)})
-    if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
-        update_model_card(where, summary | {"source": f"specdistill bench, {len(prompts)} prompts"})
+    extra = {"decode_temperature": measure.decode_temperature, "draft": config.draft,
+             "num_prompts": len(conversations), "turns": sum(len(c.turns) for c in conversations)}
+    return print_report(rows, name, measure, extra | ({"category": category} if category else {}))
+
+
+def print_categories(summaries: dict[str, dict], config: BenchConfig) -> dict:
+    """One row per category, their mean, and one JSON line."""
+    print(f"\n{'category':<24}{'prompts':>8}{'turns':>7}{'tau':>7}{'tok/s':>9}{'over HF':>9}{'over ours':>10}")
+    for category, s in summaries.items():
+        print(f"{category:<24}{s['num_prompts']:>8}{s['turns']:>7}{s['tau']:>7.2f}{s['tokens_per_s']:>9.1f}"
+              f"{s['speedup_vs_hf_generate']:>8.2f}x{s['measured_speedup_over_our_target']:>9.2f}x")
+    mean = {key: round(sum(s[key] for s in summaries.values()) / len(summaries), 3)
+            for key in ("tau", "speedup_vs_hf_generate", "measured_speedup_over_our_target")}
+    print(f"{'mean':<39}{mean['tau']:>7.2f}{'':>9}{mean['speedup_vs_hf_generate']:>8.2f}x"
+          f"{mean['measured_speedup_over_our_target']:>9.2f}x")
+    summary = {
+        "by_category": {category: {key: s[key] for key in ("tau", "alpha", "tokens_per_s", "speedup_vs_hf_generate",
+                                                             "measured_speedup_over_our_target", "num_prompts",
+                                                             "turns", "greedy_outputs_equal_target")}
+                        for category, s in summaries.items()},
+        "mean_tau": mean["tau"], "mean_speedup_vs_hf_generate": mean["speedup_vs_hf_generate"],
+        "min_speedup_vs_hf_generate": min(s["speedup_vs_hf_generate"] for s in summaries.values()),
+        "mean_speedup_over_our_target": mean["measured_speedup_over_our_target"],
+        "draft": config.draft, "num_draft_tokens": config.measure.num_draft_tokens,
+        "draft_tree": config.measure.draft_tree, "decode_dtype": config.measure.dtype,
+        "decode_temperature": config.measure.decode_temperature,
+        "num_prompts": sum(s["num_prompts"] for s in summaries.values()),
+    }
+    print(json.dumps(summary))
     return summary

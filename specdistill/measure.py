@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from specdistill.data.prompts import chat_prompt_ids
+from specdistill.data.prompts import Conversation, chat_ids, chat_prompt_ids
 from specdistill.serve import SpecStats, SpeculativeGenerator
 
 
@@ -30,41 +31,61 @@ def _eos(tokenizer):
     return tokenizer.eos_token_id if tokenizer is not None else None
 
 
+def answer_turns(tokenizer, prompt: str | Conversation, answer) -> list[list[int]]:
+    """Each turn's answer ids, from ``answer(ids)`` on the chat so far ([1, L] token ids). The
+    answer's text joins the chat before the next turn, so a second turn follows the model's own
+    first answer, as in MT-bench."""
+    conversation = Conversation.of(prompt)
+    messages, outputs = list(conversation.context), []
+    for turn in conversation.turns:
+        messages.append({"role": "user", "content": turn})
+        outputs.append(answer(torch.tensor([chat_ids(tokenizer, messages)])))
+        messages.append({"role": "assistant", "content": tokenizer.decode(outputs[-1], skip_special_tokens=True)})
+    return outputs
+
+
 @torch.inference_mode()
-def measure_target(target, tokenizer, prompts: list[str], max_new_tokens: int = 96,
+def measure_target(target, tokenizer, prompts: list[str | Conversation], max_new_tokens: int = 96,
                    progress: bool = True) -> dict:
-    """Plain greedy decoding with Hugging Face ``generate``: tokens/s and the outputs."""
-    device = target.device
-    outputs, new_tokens, seconds = [], 0, 0.0
-    for prompt in tqdm(prompts, desc="target alone", disable=not progress, leave=False):
-        ids = chat_prompt_ids(tokenizer, prompt).to(device)
+    """Plain greedy decoding with Hugging Face ``generate``: tokens/s and the outputs (one per turn)."""
+    outputs, seconds = [], 0.0
+
+    def answer(ids):
+        nonlocal seconds
+        ids = ids.to(target.device)
         start = time.perf_counter()
         out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                               do_sample=False, eos_token_id=_eos(tokenizer), pad_token_id=_eos(tokenizer))
         seconds += time.perf_counter() - start
-        outputs.append(out[0, ids.shape[1]:].tolist())
-        new_tokens += out.shape[1] - ids.shape[1]
+        return out[0, ids.shape[1]:].tolist()
+
+    for prompt in tqdm(prompts, desc="target alone", disable=not progress, leave=False):
+        outputs += answer_turns(tokenizer, prompt, answer)
+    new_tokens = sum(len(out) for out in outputs)
     return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
             "step_seconds": seconds / max(new_tokens, 1), "outputs": outputs}
 
 
-def measure_speculative(target, draft, tokenizer, prompts: list[str], num_draft_tokens: int = 5,
+def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversation], num_draft_tokens: int = 5,
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
                         progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None,
                         draft_tree=None) -> dict:
-    """Speculative decoding over the prompts; merged raw counts and derived rates.
-    ``draft=None`` measures the target alone on our engine."""
+    """Speculative decoding over the prompts (every turn of each); merged raw counts and derived
+    rates. ``draft=None`` measures the target alone on our engine."""
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
                                      draft_confidence=draft_confidence, draft_vocab=draft_vocab,
                                      draft_tree=draft_tree)
-    stats, outputs = SpecStats(), []
-    for i, prompt in enumerate(tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress,
-                                    leave=False)):
-        ids = chat_prompt_ids(tokenizer, prompt).to(target.device)
-        result = generator.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    eos_token_id=_eos(tokenizer), seed=seed + i)
+    stats, outputs, seeds = SpecStats(), [], itertools.count(seed)  # a seed per answer
+
+    def answer(ids):
+        nonlocal stats
+        result = generator.generate(ids.to(target.device), max_new_tokens=max_new_tokens, temperature=temperature,
+                                    eos_token_id=_eos(tokenizer), seed=next(seeds))
         stats = stats.merge(result.stats)
-        outputs.append(result.sequences[0, ids.shape[1]:].tolist())
+        return result.sequences[0, ids.shape[1]:].tolist()
+
+    for prompt in tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress, leave=False):
+        outputs += answer_turns(tokenizer, prompt, answer)
     summary = stats.summary()
     summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
     summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,34 +43,96 @@ def chat_prompt_ids(tokenizer, prompt: str):
     return torch.tensor([chat_ids(tokenizer, [{"role": "user", "content": prompt}])])
 
 
-def read_prompt_records(path: str) -> list[dict]:
-    """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string or a chat
-    ``messages`` list per line and an optional ``id``, or one prompt per line of text."""
+def _file_records(path: str) -> list[tuple[str, dict]]:
+    """(where, record) per prompt of a file: JSONL (``.jsonl``), one object per line, or one prompt
+    per line of text (``{"prompt": line}``)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
-    lines = [line for line in file.read_text().splitlines() if line.strip()]
-    if file.suffix != ".jsonl":
-        records = [{"prompt": line.strip()} for line in lines]
-    else:
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not JSON: {err}") from err
-            chat = isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]
-            if not chat and not (isinstance(record, dict) and isinstance(record.get("prompt"), str)):
-                raise ValueError(f"{path}:{number} needs a string field 'prompt' or a list 'messages'")
-            records.append(record)
-    if not records:
+    lines = [(f"{path}:{number}", line) for number, line in enumerate(file.read_text().splitlines(), 1)
+             if line.strip()]
+    if not lines:
         raise ValueError(f"prompt file {path!r} holds no prompts")
+    if file.suffix != ".jsonl":
+        return [(where, {"prompt": line.strip()}) for where, line in lines]
+    records = []
+    for where, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not JSON: {err}") from err
+        records.append((where, record if isinstance(record, dict) else {}))
+    return records
+
+
+def _single_turn(record: dict) -> bool:
+    chat = isinstance(record.get("messages"), list) and record["messages"]
+    return bool(chat) or isinstance(record.get("prompt"), str)
+
+
+def read_prompt_records(path: str) -> list[dict]:
+    """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string or a chat
+    ``messages`` list per line and an optional ``id``, or one prompt per line of text."""
+    records = []
+    for where, record in _file_records(path):
+        if not _single_turn(record):
+            raise ValueError(f"{where} needs a string field 'prompt' or a list 'messages'")
+        records.append(record)
     return records
 
 
 def read_prompts(path: str) -> list[str]:
     """The prompt texts of a prompt file (a chat record gives its last user message)."""
     return [r["prompt"] if "prompt" in r else r["messages"][-1]["content"] for r in read_prompt_records(path)]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A measured request: the user's ``turns``, each asked after the model's own answer to the one
+    before (MT-bench style), following the ``context`` messages (a system prompt, earlier turns)."""
+
+    turns: tuple[str, ...]
+    context: tuple[dict, ...] = ()
+    category: str = ""
+
+    @classmethod
+    def of(cls, prompt: str | Conversation) -> Conversation:
+        return prompt if isinstance(prompt, Conversation) else cls((prompt,))
+
+
+def read_conversations(path: str) -> list[Conversation]:
+    """The requests of a prompt file. Each JSONL line holds a ``prompt`` string, a chat ``messages``
+    list (its last message is the user's turn, the ones before it the context), or ``turns``, a list
+    of user turns; and an optional ``category``. A text file holds one prompt per line."""
+    conversations = []
+    for where, record in _file_records(path):
+        turns, context = record.get("turns"), ()
+        category = record.get("category", "")
+        if turns is not None:
+            if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t for t in turns)):
+                raise ValueError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+        elif not _single_turn(record):
+            raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
+        elif "prompt" in record:
+            turns = [record["prompt"]]
+        else:
+            *context, last = record["messages"]
+            if last.get("role") != "user":
+                raise ValueError(f"{where}: the last message must be the user's, got {last.get('role')!r}")
+            turns = [last["content"]]
+        if not isinstance(category, str):
+            raise ValueError(f"{where}: 'category' must be a string, got {category!r}")
+        conversations.append(Conversation(tuple(turns), tuple(context), category))
+    return conversations
+
+
+def by_category(conversations: list[Conversation]) -> dict[str, list[Conversation]]:
+    """The conversations grouped by category, in the order each category first appears."""
+    groups: dict[str, list[Conversation]] = {}
+    for conversation in conversations:
+        groups.setdefault(conversation.category or "uncategorized", []).append(conversation)
+    return groups
+
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,15 @@
+import copy
+
 import pytest
 
-from specdistill.data.prompts import read_prompts
-from specdistill.measure import expected_tokens_per_call, predicted_speedup
+from specdistill.data.prompts import Conversation, by_category, read_conversations, read_prompts
+from specdistill.measure import (
+    answer_turns,
+    expected_tokens_per_call,
+    measure_speculative,
+    measure_target,
+    predicted_speedup,
+)
 
 
 def test_speedup_formula():
@@ -23,3 +31,56 @@ def test_prompt_files_are_jsonl_or_one_per_line(tmp_path):
         read_prompts(str(tmp_path / "bad.jsonl"))
     with pytest.raises(FileNotFoundError):
         read_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_prompt_files_give_conversations_with_turns_context_and_category(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"prompt": "a", "category": "qa"}\n'
+        '{"turns": ["write a poem", "now shorten it"], "category": "chat"}\n'
+        '{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "b"}]}\n'
+        '{"prompt": "c", "category": "qa"}\n')
+    conversations = read_conversations(str(path))
+    assert conversations[0] == Conversation(("a",), (), "qa")
+    assert conversations[1].turns == ("write a poem", "now shorten it")
+    assert conversations[2] == Conversation(("b",), ({"role": "system", "content": "be brief"},), "")
+    groups = by_category(conversations)
+    assert list(groups) == ["qa", "chat", "uncategorized"]
+    assert [c.turns for c in groups["qa"]] == [("a",), ("c",)]
+    for bad, message in [('{"turns": []}', "non-empty list"), ('{"turns": ["a", 3]}', "non-empty list"),
+                         ('{"prompt": "a", "category": 3}', "'category' must be a string"),
+                         ('{"messages": [{"role": "assistant", "content": "a"}]}', "must be the user's"),
+                         ('{"text": "a"}', "'prompt', a list 'messages' or a list 'turns'")]:
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            read_conversations(str(path))
+
+
+@pytest.fixture()
+def chat_tokenizer(char_tokenizer):
+    tokenizer = copy.deepcopy(char_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    return tokenizer
+
+
+def test_a_second_turn_is_asked_after_the_models_own_first_answer(chat_tokenizer):
+    asked = []
+
+    def answer(ids):
+        asked.append(ids[0].tolist())
+        return chat_tokenizer("reply")["input_ids"] if len(asked) == 1 else chat_tokenizer("ok")["input_ids"]
+
+    outputs = answer_turns(chat_tokenizer, Conversation(("first", "second")), answer)
+    assert [chat_tokenizer.decode(out).replace(" ", "") for out in outputs] == ["reply", "ok"]
+    second = chat_tokenizer.decode(asked[1]).replace(" ", "")
+    assert second.startswith("first\nreply\nsecond")  # the model's answer sits between the two turns
+
+
+def test_every_turn_is_measured_and_speculative_equals_generate(tiny_models, chat_tokenizer):
+    target, draft = tiny_models
+    conversations = [Conversation(("ab", "cd")), Conversation(("x",))]
+    plain = measure_target(target, chat_tokenizer, conversations, max_new_tokens=6, progress=False)
+    spec = measure_speculative(target, draft, chat_tokenizer, conversations, num_draft_tokens=3, max_new_tokens=6,
+                               progress=False)
+    assert len(plain["outputs"]) == 3 and plain["new_tokens"] == sum(map(len, plain["outputs"]))
+    assert spec["outputs"] == plain["outputs"]  # lossless, turn by turn
