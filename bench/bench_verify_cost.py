@@ -1,11 +1,14 @@
 """What verifying more tokens in one target pass costs: the default target's forward time for
-1..33 new tokens after a prompt (bf16, the lean Llama runner), as a ratio to one token.
+1..33 new tokens after a prompt (bf16 or fp32, the lean Llama runner), as a ratio to one token.
 
 This is what decides between a chain of k drafts and a tree of many: a draft tree pays only
 where verifying its nodes costs little more than one step (GPUs), not where the cost grows
 with the tokens (CPUs).
 
-    python bench/bench_verify_cost.py [--context 120] [--repeats 15]
+    python bench/bench_verify_cost.py [--context 120] [--repeats 15] [--dtype bf16|fp32]
+
+The JSON line names the CPU's bf16 and AMX support: without them, bf16 matmuls over many tokens
+are emulated and a wide verification costs several steps.
 
 Prints one line per width, then ONE JSON line.
 """
@@ -37,14 +40,25 @@ def median_ms(runner: LlamaRunner, state, context: int, width: int, repeats: int
     return sorted(times)[len(times) // 2] * 1e3
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's bf16 and AMX flags (Linux), which decide what a wide bf16 verification costs."""
+    try:
+        flags = open("/proc/cpuinfo").read().split("flags")[1].splitlines()[0].split()
+    except (OSError, IndexError):
+        return []
+    return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=120, help="prompt tokens before the verified ones")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args()
     torch.manual_seed(0)
     target, _ = load_target()
-    runner = LlamaRunner(target.to(torch.bfloat16).eval())
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    runner = LlamaRunner(target.to(dtype).eval())
     state = runner.start(1, args.context + max(WIDTHS))
     with torch.no_grad():
         runner.forward(state, torch.randint(0, runner.embed.shape[0], (1, args.context)), None)
@@ -52,7 +66,8 @@ def main():
     for width in WIDTHS:
         costs[width] = round(median_ms(runner, state, args.context, width, args.repeats), 1)
         print(f"{width:>3} tokens: {costs[width]:6.1f} ms ({costs[width] / costs[1]:.2f} x one)", flush=True)
-    print(json.dumps({"context": args.context, "median_ms_by_tokens": costs,
+    print(json.dumps({"context": args.context, "dtype": args.dtype, "cpu_flags": cpu_flags(),
+                      "median_ms_by_tokens": costs,
                       "ratio_to_one_token": {w: round(ms / costs[1], 2) for w, ms in costs.items()}}))
 
 

@@ -85,26 +85,32 @@ class CostAwareDraftLength:
     draft position given that it is reached (it decays with i, so one α is not enough), and E_tree the
     same over the tree's depths with b_i, the rate at which the target's walk through the tree goes one
     level deeper. t_draft is one draft forward, t_tree_draft the drafting of a whole tree, and t_verify(n)
-    one target forward over n tokens in all: flat while the machine is memory-bound, linear once it is
-    compute-bound (large batches, wide trees), fitted on what was timed. All are estimated online with
+    one target forward over n tokens in all: flat while the machine is memory-bound, growing once it is
+    compute-bound (large batches, wide trees, CPUs without native bf16), interpolated between the token
+    counts timed. All are estimated online with
     exponential forgetting, so a draft that stops paying (another language, another task) is dropped
     within steps and k = 0 decodes at the target's own speed.
 
     Exploration comes from optimism: a position never reached takes the estimate of the position before
-    it, t_verify is flat until two token counts have been timed, and the tree is tried before it is
-    judged. When k = 0 wins, one drafted token is tried every ``probe_every`` steps, and a tree passed over
-    is tried once every ``tree_probe_every`` steps, so a draft that gets better is noticed.
+    it, and the tree is tried before it is judged. But t_verify is flat until two token counts have been
+    timed, which would price a chain at the tree's verification: so while the tree wins, a chain step is
+    taken after ``chain_probe_steps`` tree steps until a chain was timed, then once every
+    ``tree_probe_every``. When k = 0 wins, one drafted token is tried after ``probe_every`` steps, and a tree
+    passed over is tried after ``tree_probe_every`` steps, so a draft that gets better is noticed; each gap
+    doubles while the probes keep losing (up to 16 times), since a probe of a costly tree is not cheap, and
+    a tree that could not win even if its every level were accepted is not probed at all.
     """
 
     def __init__(self, k_max: int = 8, warmup_k: int = 4, prior_alpha: float = 0.6, prior_weight: float = 2.0,
-                 decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64):
+                 decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64, chain_probe_steps: int = 4):
         if k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         self.k_max, self.warmup_k = k_max, min(warmup_k, k_max)
         self.prior_alpha, self.prior_weight, self.decay = prior_alpha, prior_weight, decay
-        self.probe_every, self.tree_probe_every = probe_every, tree_probe_every
+        self.probe_every, self.tree_probe_every, self.chain_probe_steps = probe_every, tree_probe_every, \
+            chain_probe_steps
         self.accepted_at = [0.0] * k_max  # discounted counts, like SpecStats.accepted_at
         self.reached_at = [0.0] * k_max
         self.tree_accepted_at: list[float] = []  # per tree depth, sized by the first tree step
@@ -113,7 +119,12 @@ class CostAwareDraftLength:
         self.draft_step_seconds: float | None = None  # moving average of one draft forward
         self.tree_draft_seconds: float | None = None  # moving average of drafting one tree
         self.rows = 1  # the batch size of the last step: the next one is priced for it
-        self._zero_steps = self._chain_steps = 0
+        self._zero_steps = self._chain_steps = self._tree_steps = 0
+        self._chain_timed = False
+        # A head that drafted nothing last step first reads the features it missed (the whole prompt
+        # after a prefill): that step's draft time is not what drafting costs step after step.
+        self._drafted_last = False
+        self._zero_gap, self._tree_gap = probe_every, tree_probe_every  # steps until the next probe
 
     # ---- decisions -------------------------------------------------------------------------------
 
@@ -121,12 +132,14 @@ class CostAwareDraftLength:
         if self.draft_step_seconds is None or not self.verify_points:
             return self.warmup_k  # nothing measured yet
         best = max(range(self.k_max + 1), key=self.tokens_per_second)
-        if best == 0:
-            self._zero_steps += 1
-            if self._zero_steps >= self.probe_every:
-                self._zero_steps = 0
-                return 1
-        return best
+        if best > 0:
+            self._zero_gap = self.probe_every
+            return best
+        self._zero_steps += 1
+        if self._zero_steps < self._zero_gap:
+            return 0
+        self._zero_steps, self._zero_gap = 0, min(2 * self._zero_gap, 16 * self.probe_every)
+        return 1
 
     def use_tree(self, rows: int, depth: int, nodes: int) -> bool:
         """Whether a greedy batch of ``rows`` drafts the tree (else the chain ``next_k`` gives)."""
@@ -135,12 +148,19 @@ class CostAwareDraftLength:
             return True  # never tried: try it
         chain = max(self.tokens_per_second(k) for k in range(self.k_max + 1))
         if self.tree_tokens_per_second(depth, nodes) > chain:
-            return True
+            self._tree_gap = self.tree_probe_every
+            self._tree_steps += 1
+            if self._tree_steps < (self.tree_probe_every if self._chain_timed else self.chain_probe_steps):
+                return True
+            self._tree_steps = 0
+            return False  # a chain step, so that its cost is measured and not guessed
+        if self.tree_tokens_per_second(depth, nodes, every_level=True) <= chain:
+            return False  # not even a tree whose every level is accepted would pay: no probe
         self._chain_steps += 1
-        if self._chain_steps >= self.tree_probe_every:
-            self._chain_steps = 0
-            return True
-        return False
+        if self._chain_steps < self._tree_gap:
+            return False
+        self._chain_steps, self._tree_gap = 0, min(2 * self._tree_gap, 16 * self.tree_probe_every)
+        return True
 
     # ---- what happened ---------------------------------------------------------------------------
 
@@ -155,10 +175,11 @@ class CostAwareDraftLength:
         for k, accepted in rows:
             _count(self.accepted_at, self.reached_at, min(k, self.k_max), accepted)
         k = min(k_run, self.k_max)
-        self.rows = len(rows)
+        self.rows, self._chain_timed = len(rows), True
         self._time_verify(len(rows) * (k_run + 1), verify_seconds)
-        if k > 0:
+        if k > 0 and self._drafted_last:
             self.draft_step_seconds = _average(self.draft_step_seconds, draft_seconds / k)
+        self._drafted_last = k > 0
 
     def update_tree(self, accepted: list[int], depth: int, nodes: int, draft_seconds: float,
                     verify_seconds: float) -> None:
@@ -172,7 +193,9 @@ class CostAwareDraftLength:
             _count(self.tree_accepted_at, self.tree_reached_at, depth, n)
         self.rows = len(accepted)
         self._time_verify(len(accepted) * (nodes + 1), verify_seconds)
-        self.tree_draft_seconds = _average(self.tree_draft_seconds, draft_seconds)
+        if self._drafted_last:
+            self.tree_draft_seconds = _average(self.tree_draft_seconds, draft_seconds)
+        self._drafted_last = True
 
     def _forget(self) -> None:
         for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at):
@@ -206,30 +229,41 @@ class CostAwareDraftLength:
         return _expected(self.acceptance()[:k])
 
     def verify_seconds(self, tokens: int) -> float:
-        """t_verify over ``tokens`` tokens in all, from a weighted least-squares line over the
-        per-count mean times (flat until two counts were timed; never falling with more tokens)."""
-        points = [(n, s / c, c) for n, (s, c) in self.verify_points.items() if c > 1e-3]
-        weight = sum(c for _, _, c in points)
-        if not weight:
+        """t_verify over ``tokens`` tokens in all: linear between the two nearest token counts timed
+        (their mean times), and beyond them along the slope of a weighted least-squares line over all
+        counts (flat until two counts were timed; never falling with more tokens)."""
+        points = sorted((n, s / c, c) for n, (s, c) in self.verify_points.items() if c > 1e-3)
+        if not points:
             return 1e-9  # nothing timed yet
-        mean_n = sum(n * c for n, _, c in points) / weight
-        mean_t = sum(t * c for _, t, c in points) / weight
-        spread = sum(c * (n - mean_n) ** 2 for n, _, c in points)
-        slope = sum(c * (n - mean_n) * (t - mean_t) for n, t, c in points) / spread if spread > 1e-9 else 0.0
-        return max(mean_t + max(slope, 0.0) * (tokens - mean_n), 1e-9)
+        for (n0, t0, _), (n1, t1, _) in zip(points, points[1:]):
+            if n0 <= tokens <= n1:
+                return max(t0 + max(t1 - t0, 0.0) * (tokens - n0) / (n1 - n0), 1e-9)
+        n, t, _ = points[0] if tokens < points[0][0] else points[-1]
+        return max(t + _slope(points) * (tokens - n), 1e-9)
 
     def tokens_per_second(self, k: int) -> float:
         """Expected tokens per second of the batch drafting a chain of k."""
         seconds = k * (self.draft_step_seconds or 0.0) + self.verify_seconds(self.rows * (k + 1))
         return self.rows * self.expected_tokens(k) / seconds if seconds > 0 else math.inf
 
-    def tree_tokens_per_second(self, depth: int, nodes: int) -> float:
-        """Expected tokens per second of the batch drafting a tree."""
+    def tree_tokens_per_second(self, depth: int, nodes: int, every_level: bool = False) -> float:
+        """Expected tokens per second of the batch drafting a tree (``every_level``: if its walk always
+        went to the bottom, an upper bound)."""
         seconds = (self.tree_draft_seconds or 0.0) + self.verify_seconds(self.rows * (nodes + 1))
-        return self.rows * _expected(self.tree_acceptance(depth)) / seconds
+        tokens = depth + 1 if every_level else _expected(self.tree_acceptance(depth))
+        return self.rows * tokens / seconds
 
     def __repr__(self) -> str:
         return f"CostAwareDraftLength(k_max={self.k_max})"
+
+
+def _slope(points: list[tuple[int, float, float]]) -> float:
+    """The slope (>= 0) of the weighted least-squares line through (tokens, seconds, weight) points."""
+    weight = sum(c for _, _, c in points)
+    mean_n = sum(n * c for n, _, c in points) / weight
+    mean_t = sum(t * c for _, t, c in points) / weight
+    spread = sum(c * (n - mean_n) ** 2 for n, _, c in points)
+    return max(sum(c * (n - mean_n) * (t - mean_t) for n, t, c in points) / spread, 0.0) if spread > 1e-9 else 0.0
 
 
 def _count(accepted_at: list[float], reached_at: list[float], k: int, accepted: int) -> None:

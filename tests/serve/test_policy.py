@@ -30,6 +30,11 @@ def test_no_acceptance_drafts_nothing_but_probes():
     policy = CostAwareDraftLength(k_max=8, probe_every=5)
     _feed(policy, alpha=0.0, draft_seconds=0.01, verify_seconds=lambda k: 0.05)
     assert [policy.next_k() for _ in range(5)] == [0, 0, 0, 0, 1]
+    # No step was told of the probe, so it lost: the gap doubles (up to 16 times probe_every).
+    assert [policy.next_k() for _ in range(10)] == [0] * 9 + [1]
+    for _ in range(6):
+        [policy.next_k() for _ in range(80)]
+    assert policy._zero_gap == 80
 
 
 def test_an_expensive_draft_drafts_little():
@@ -167,3 +172,65 @@ def test_a_draft_that_never_hits_drafts_nothing_no_tree_and_no_chain():
     # (The call above was the first step passed over.)
     decisions = [policy.use_tree(rows=1, depth=5, nodes=10) for _ in range(policy.tree_probe_every - 1)]
     assert decisions == [False] * (policy.tree_probe_every - 2) + [True]
+    # A probe that loses (nothing here says otherwise) doubles the gap, so a costly tree is rarely re-tried.
+    decisions = [policy.use_tree(rows=1, depth=5, nodes=10) for _ in range(2 * policy.tree_probe_every)]
+    assert decisions == [False] * (2 * policy.tree_probe_every - 1) + [True]
+
+
+def _serve(policy, verify_seconds, steps, rate=0.85, depth=5, nodes=10, seed=0):
+    """The engine's loop on one row: each step the policy picks tree or chain and is told what happened.
+    The walk through the tree goes one level deeper with probability ``rate``, a chain's draft with 0.7."""
+    rng, picks = random.Random(seed), []
+    for _ in range(steps):
+        if policy.use_tree(rows=1, depth=depth, nodes=nodes):
+            n = next((i for i in range(depth) if rng.random() >= rate), depth)
+            policy.update_tree([n], depth, nodes, 0.015, verify_seconds(nodes + 1))
+            picks.append("tree")
+        else:
+            k = policy.next_k()
+            n = next((i for i in range(k) if rng.random() >= 0.7), k)
+            policy.update_rows([(k, n)], k, 0.003 * k, verify_seconds(k + 1))
+            picks.append(k)
+    return picks
+
+
+def test_starting_cold_the_chain_is_timed_too_and_a_costly_tree_is_dropped():
+    """A CPU without native bf16: verifying 11 tokens costs ~6 single steps (measured on an AVX2 EPYC).
+    The tree accepts more, but the chain must be timed before the tree can be judged, and then wins."""
+    steep = lambda tokens: 0.04 * (1 + 0.5 * (tokens - 1))  # noqa: E731
+    picks = _serve(CostAwareDraftLength(), steep, steps=300)
+    assert picks[:6] == ["tree"] * 5 + [4]  # a chain step early on: its cost is timed, not guessed
+    assert picks[100:].count("tree") <= 4  # afterwards only the tree's re-probes
+
+
+def test_starting_cold_a_tree_that_pays_keeps_being_drafted():
+    memory_bound = lambda tokens: 0.04 + 0.0002 * tokens  # noqa: E731
+    picks = _serve(CostAwareDraftLength(), memory_bound, steps=300)
+    assert picks[100:].count("tree") >= 190  # all but the chain's re-probes
+
+
+def test_a_draft_step_that_first_reads_missed_features_does_not_set_the_draft_cost():
+    """After steps of k = 0 (or a prefill) a head reads the target features it missed: one slow forward
+    that drafting step after step does not pay, so it must not make drafting look dear."""
+    policy = CostAwareDraftLength()
+    policy.update_rows([(2, 1)], 2, draft_seconds=0.5, verify_seconds=0.05)  # after the prefill
+    assert policy.draft_step_seconds is None
+    policy.update_rows([(2, 1)], 2, draft_seconds=0.01, verify_seconds=0.05)
+    assert policy.draft_step_seconds == pytest.approx(0.005)
+    policy.update_rows([(0, 0)], 0, draft_seconds=0.0, verify_seconds=0.04)
+    policy.update_rows([(1, 1)], 1, draft_seconds=0.3, verify_seconds=0.05)  # a probe after k = 0
+    assert policy.draft_step_seconds == pytest.approx(0.005)
+    policy.update_rows([(0, 0)], 0, draft_seconds=0.0, verify_seconds=0.04)
+    policy.update_tree([3], 5, 10, draft_seconds=0.4, verify_seconds=0.06)  # the tree's first try, after k = 0
+    assert policy.tree_draft_seconds is None and policy.use_tree(rows=1, depth=5, nodes=10)
+    policy.update_tree([3], 5, 10, draft_seconds=0.02, verify_seconds=0.06)
+    assert policy.tree_draft_seconds == pytest.approx(0.02)
+
+
+def test_a_tree_that_could_not_pay_even_if_all_accepted_is_never_probed():
+    """Verifying 11 tokens costs 6 steps and the tree is 5 deep: at most 6 tokens for 6 steps' time."""
+    policy = CostAwareDraftLength()
+    steep = lambda tokens: 0.04 * (1 + 0.5 * (tokens - 1))  # noqa: E731
+    _feed_tree(policy, 0.9, rows=1, verify_seconds=steep, tree_seconds=0.015, steps=20)
+    _feed_chain(policy, 0.7, rows=1, verify_seconds=steep, draft_seconds=0.003, steps=300, ks=(0, 1, 2))
+    assert not any(policy.use_tree(rows=1, depth=5, nodes=10) for _ in range(2000))
