@@ -71,19 +71,29 @@ def _single_turn(record: dict) -> bool:
 
 
 def read_prompt_records(path: str) -> list[dict]:
-    """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string or a chat
-    ``messages`` list per line and an optional ``id``, or one prompt per line of text."""
+    """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string, a chat ``messages``
+    list or ``turns`` (user turns, each asked after the answer to the one before) per line and an
+    optional ``id``, or one prompt per line of text."""
     records = []
     for where, record in _file_records(path):
-        if not _single_turn(record):
-            raise ValueError(f"{where} needs a string field 'prompt' or a list 'messages'")
+        if "turns" in record:
+            _check_turns(where, record["turns"])
+        elif not _single_turn(record):
+            raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
         records.append(record)
     return records
 
 
+def _check_turns(where: str, turns) -> None:
+    if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t for t in turns)):
+        raise ValueError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+
+
 def read_prompts(path: str) -> list[str]:
-    """The prompt texts of a prompt file (a chat record gives its last user message)."""
-    return [r["prompt"] if "prompt" in r else r["messages"][-1]["content"] for r in read_prompt_records(path)]
+    """The prompt texts of a prompt file (a chat record gives its last user message, a multi-turn
+    record its first turn)."""
+    return [r["prompt"] if "prompt" in r else r["turns"][0] if "turns" in r else r["messages"][-1]["content"]
+            for r in read_prompt_records(path)]
 
 
 @dataclass(frozen=True)
@@ -109,8 +119,7 @@ def read_conversations(path: str) -> list[Conversation]:
         turns, context = record.get("turns"), ()
         category = record.get("category", "")
         if turns is not None:
-            if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t for t in turns)):
-                raise ValueError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+            _check_turns(where, turns)
         elif not _single_turn(record):
             raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
         elif "prompt" in record:

@@ -25,7 +25,8 @@ SYSTEM_PRESETS = {
 class GenerateConfig:
     """Collect (prompt, response) records from a teacher for black-box distillation."""
 
-    prompts: str = option("builtin", "a JSONL ('prompt' or 'messages', optional 'id') or text file, or builtin, "
+    prompts: str = option("builtin", "a JSONL ('prompt', 'messages' or multi-turn 'turns', optional 'id') or text "
+                                     "file, or builtin, "
                                      "builtin:python, builtin:stdlib (the project's prompt sets)")
     out: str = option("runs/teacher-data/responses.jsonl", "the JSONL file records are appended to")
     endpoint: str = option("", "an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (empty = local teacher)")
@@ -73,11 +74,27 @@ def load_prompts(config: GenerateConfig) -> list[dict]:
     system = SYSTEM_PRESETS[config.system_preset]
     prompts, seen = [], set()
     for row in raw:
-        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        turns = row.get("turns") or [row.get("prompt")]
+        messages = row.get("messages") or [{"role": "user", "content": turns[0]}]
         if system and messages[0].get("role") != "system":
             messages = [{"role": "system", "content": system}, *messages]
-        pid = str(row.get("id") or prompt_id(messages))
+        pid = str(row.get("id") or prompt_id(messages + [{"role": "user", "content": t} for t in turns[1:]]))
         if pid not in seen:
             seen.add(pid)
-            prompts.append({"id": pid, "messages": messages})
+            prompts.append({"id": pid, "messages": messages} | ({"followups": turns[1:]} if len(turns) > 1 else {}))
     return prompts
+
+
+def next_turns(prompts: list[dict], records: list[dict]) -> list[dict]:
+    """The next turn of each multi-turn prompt whose answer was kept: its messages, the teacher's
+    answer (the first sample) and the next user turn, under the id ``<id>-t<N>``."""
+    answers = {row["id"]: row["response"] for row in records if row.get("sample", 0) == 0}
+    following = []
+    for prompt in prompts:
+        if prompt.get("followups") and prompt["id"] in answers:
+            turn = sum(m["role"] == "user" for m in prompt["messages"]) + 1
+            messages = prompt["messages"] + [{"role": "assistant", "content": answers[prompt["id"]]},
+                                             {"role": "user", "content": prompt["followups"][0]}]
+            following.append({"id": f"{prompt['id'].rsplit('-t', 1)[0]}-t{turn}", "messages": messages}
+                             | ({"followups": prompt["followups"][1:]} if len(prompt["followups"]) > 1 else {}))
+    return following

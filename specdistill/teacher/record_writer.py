@@ -36,7 +36,6 @@ class RecordWriter:
         self.counts = {"records": 0, "dropped_empty": 0, "dropped_truncated": 0, "dropped_duplicate": 0,
                        "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self.already = len(self.done)
-        self.failures.unlink(missing_ok=True)  # this run retries them; what fails again is written anew
 
     def todo(self, prompts: list[dict]) -> list[dict]:
         """The prompts not answered yet, up to the request budget."""

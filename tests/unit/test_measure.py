@@ -27,10 +27,15 @@ def test_prompt_files_are_jsonl_or_one_per_line(tmp_path):
     assert read_prompts(str(tmp_path / "p.jsonl")) == ["a b", "c"]
     assert read_prompts(str(tmp_path / "p.txt")) == ["first prompt", "second prompt"]
     (tmp_path / "bad.jsonl").write_text('{"text": "no prompt"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1 needs a string field 'prompt' or a list 'messages'"):
+    with pytest.raises(ValueError, match="bad.jsonl:1 needs a string field 'prompt', a list 'messages' or"):
         read_prompts(str(tmp_path / "bad.jsonl"))
     with pytest.raises(FileNotFoundError):
         read_prompts(str(tmp_path / "missing.txt"))
+    (tmp_path / "turns.jsonl").write_text('{"turns": ["first", "second"]}\n{"turns": []}\n')
+    with pytest.raises(ValueError, match="turns.jsonl:2: 'turns' must be a non-empty list"):
+        read_prompts(str(tmp_path / "turns.jsonl"))
+    (tmp_path / "turns.jsonl").write_text('{"turns": ["first", "second"]}\n')
+    assert read_prompts(str(tmp_path / "turns.jsonl")) == ["first"]  # a text per record: its first turn
 
 
 def test_prompt_files_give_conversations_with_turns_context_and_category(tmp_path):

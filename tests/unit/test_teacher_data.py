@@ -192,3 +192,27 @@ def test_target_written_prompts_are_clean_new_requests(tiny_teacher, monkeypatch
     assert len(written) == 3 and len({row["prompt"] for row in written}) == 3
     assert all(row["prompt"] in {line.strip() for line in lines} for row in written)
     assert all(row["source"] == f"target:{tiny_teacher}" for row in written)
+
+
+def test_a_multi_turn_prompt_asks_its_next_turn_after_the_teachers_own_answer(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"turns": ["plain first", "plain second", "plain third"]}) + "\n"
+                       + json.dumps({"prompt": "plain single"}) + "\n"
+                       + json.dumps({"turns": ["[fail] broken", "never asked"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    with FaultServer() as server:
+        config = GenerateConfig(prompts=str(prompts), out=str(out), endpoint=server.url, model="teacher",
+                                max_retries=0)
+        summary = run_generate_data(config, progress=False)
+        kept, _, failed = _outcomes(out)
+        assert summary["records"] == 4 and summary["failures"] == 1 and len(failed) == 1
+        third = max(kept, key=lambda row: len(row["messages"]))
+        assert [m["content"] for m in third["messages"]] == [
+            "plain first", "answer to plain first", "plain second", "answer to plain second", "plain third"]
+        assert [m["role"] for m in third["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+        ids = sorted(row["id"] for row in kept)
+        assert len(set(ids)) == 4 and third["id"].endswith("-t3") and third["id"][:-3] + "-t2" in ids
+        assert "never asked" not in json.dumps(kept + failed)  # a failed turn ends its conversation
+        # A rerun has nothing left to ask.
+        again = run_generate_data(config, progress=False)
+        assert again["records"] == 0 and again["answered_before"] == 4
