@@ -31,7 +31,8 @@ class DataConfig:
     generate_temperature: float = option(0.8, "with data 'target': sampling temperature of the answers")
     seq_len: int = option(256, "tokens per training row")
     temperature: float = option(1.0, "softmax temperature T of both distributions (the soft loss is scaled by T^2)")
-    bf16: bool = option(True, "bf16 autocast for both forwards (fast on CPUs with AMX and on GPUs)")
+    bf16: bool = option(True, "bf16 autocast for both forwards where bf16 is native (GPUs; CPUs with AVX512-BF16 "
+                              "or AMX); fp32 on other CPUs, where bf16 is emulated and several times slower")
     seed: int = option(0, "seeds the batch order, the draft's samples and the answers")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:1...", resumable=True)
 

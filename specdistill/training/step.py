@@ -15,8 +15,20 @@ from specdistill.models.eagle3 import Eagle3Head
 from specdistill.training.eagle3_head import head_step
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 math is native here: a GPU, or a CPU with AVX512-BF16 or AMX. Elsewhere oneDNN
+    emulates it, and a training step in bf16 is several times slower than in fp32."""
+    if device.type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: keep bf16, as before
+        return True
+
+
 def autocast(device: torch.device, enabled: bool):
-    if not enabled:
+    """bf16 autocast when ``enabled`` and native on ``device``; fp32 otherwise."""
+    if not enabled or not native_bf16(device):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

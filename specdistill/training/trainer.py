@@ -41,7 +41,7 @@ from specdistill.training.lora import add_lora, has_adapters, load_adapters, pla
 from specdistill.training.model_card import write_model_card
 from specdistill.training.onpolicy import OnPolicyBatches
 from specdistill.training.sources import data_rows, pad_id, read_data
-from specdistill.training.step import Student, autocast, fusable
+from specdistill.training.step import Student, autocast, fusable, native_bf16
 from specdistill.training.teacher_cache import check_cache_fits, load_cache
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,11 @@ def _teacher_and_rows(config: TrainConfig, accelerator, target, tokenizer, data,
         tokenizer = draft_tokenizer(config.draft, config.target)
     if target is not None:
         target = target.to(accelerator.device).eval()
-        if config.draft_type == "eagle3" and config.bf16:  # the head's teacher: bf16 weights, as it serves
+        if config.bf16 and not native_bf16(accelerator.device):
+            log.warning("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 would be emulated and "
+                        "several times slower, so training runs in fp32 (--bf16 false silences this)")
+        if config.draft_type == "eagle3" and config.bf16 and native_bf16(accelerator.device):
+            # the head's teacher: bf16 weights, as it serves
             target = target.to(torch.bfloat16)
     if data is None:
         with accelerator.main_process_first():  # the main process generates/tokenizes; the others reuse its cache

@@ -211,3 +211,17 @@ def test_a_resumed_run_refuses_changed_settings_but_takes_more_steps(tmp_path, t
         train(_config(tmp_path, steps=10, lr=1e-2), target=target, data=chunks, progress=False)
     resumed = train(_config(tmp_path, steps=12, save_every=3), target=target, data=chunks, progress=False)
     assert resumed["resumed_from_step"] == 10 and resumed["steps"] == 12
+
+
+def test_bf16_autocast_only_where_bf16_is_native(monkeypatch):
+    from specdistill.training import step
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(step, "native_bf16", lambda device: False)  # a CPU without AVX512-BF16 or AMX
+    with step.autocast(cpu, True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(step, "native_bf16", lambda device: True)
+    with step.autocast(cpu, True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with step.autocast(cpu, False):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
