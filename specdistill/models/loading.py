@@ -87,6 +87,23 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     return model.eval()
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 math is native here: a GPU, or a CPU with AVX512-BF16 or AMX. Elsewhere oneDNN
+    emulates it, and batched bf16 work (training, a teacher answering many prompts) is several times
+    slower than fp32."""
+    if torch.device(device).type != "cpu":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: keep bf16, as before
+        return True
+
+
+def batch_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """bf16 where it is native, else fp32: the dtype for compute-bound batched work on ``device``."""
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
 def load_target(name_or_path: str | os.PathLike = DEFAULT_TARGET, dtype: torch.dtype = torch.float32):
     """Load a target model and its tokenizer. Returns ``(model, tokenizer)``."""
     model = load_model(name_or_path, dtype)

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from specdistill.data.prompts import chat_ids
 from specdistill.models import load_target
+from specdistill.models.loading import batch_dtype
 from specdistill.serve import SpeculativeGenerator
 from specdistill.teacher.generate_config import GenerateConfig
 from specdistill.teacher.record_writer import RecordWriter
@@ -48,7 +49,7 @@ def answer_batch(generator: SpeculativeGenerator, tokenizer, prompts: list[dict]
 
 
 def generate_locally(config: GenerateConfig, prompts: list[dict], progress: bool) -> tuple[RecordWriter, int]:
-    target, tokenizer = load_target(config.teacher, dtype=torch.bfloat16)
+    target, tokenizer = load_target(config.teacher, dtype=batch_dtype())  # bf16 where native, else fp32 (faster)
     writer = RecordWriter(config, getattr(target.config, "name_or_path", config.teacher) or config.teacher)
     todo = writer.todo(prompts)
     generator = SpeculativeGenerator(target, None, tokenizer=tokenizer)

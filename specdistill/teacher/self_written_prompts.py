@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from specdistill.data.builtin_prompts import builtin_prompt_set
 from specdistill.data.prompts import HELDOUT_PROMPTS
 from specdistill.models import DEFAULT_TARGET, load_target
+from specdistill.models.loading import batch_dtype
 from specdistill.serve import SpeculativeGenerator
 
 HEADER = "Questions that users asked a Python assistant:\n"
@@ -45,7 +46,7 @@ def target_written_prompts(count: int, seed: int = 0, model: str = DEFAULT_TARGE
                            progress: bool = True) -> list[dict]:
     """Up to ``count`` distinct prompts ({prompt, source}) written by ``model``; it stops
     early if four times ``count`` attempts did not give enough."""
-    target, tokenizer = load_target(model, dtype=torch.bfloat16)
+    target, tokenizer = load_target(model, dtype=batch_dtype())  # bf16 where native, else fp32 (faster)
     engine = SpeculativeGenerator(target, None, tokenizer=tokenizer).engine(max_batch_size=batch_size)
     stops = tokenizer.encode("\n", add_special_tokens=False)[-1:] + [tokenizer.eos_token_id]
     pool = builtin_prompt_set("builtin")

@@ -12,18 +12,8 @@ from specdistill.data.batches import Batch
 from specdistill.losses import compute_distill_loss, compute_linear_distill_loss, compute_sparse_distill_loss
 from specdistill.models import decoder_and_head
 from specdistill.models.eagle3 import Eagle3Head
+from specdistill.models.loading import native_bf16
 from specdistill.training.eagle3_head import head_step
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 math is native here: a GPU, or a CPU with AVX512-BF16 or AMX. Elsewhere oneDNN
-    emulates it, and a training step in bf16 is several times slower than in fp32."""
-    if device.type != "cpu":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the check: keep bf16, as before
-        return True
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM
 from specdistill.data.batches import TokenRows
 from specdistill.models import check_compatible, draft_tokenizer, load_target, prune_draft, save_draft_vocab, vocab_size
 from specdistill.models.eagle3 import Eagle3Head
+from specdistill.models.loading import native_bf16
 from specdistill.options import changed_fields
 from specdistill.training.checkpoints import recover_checkpoint, replace_dir
 from specdistill.training.config import TrainConfig
@@ -41,7 +42,7 @@ from specdistill.training.lora import add_lora, has_adapters, load_adapters, pla
 from specdistill.training.model_card import write_model_card
 from specdistill.training.onpolicy import OnPolicyBatches
 from specdistill.training.sources import data_rows, pad_id, read_data
-from specdistill.training.step import Student, autocast, fusable, native_bf16
+from specdistill.training.step import Student, autocast, fusable
 from specdistill.training.teacher_cache import check_cache_fits, load_cache
 
 log = logging.getLogger(__name__)
