@@ -35,3 +35,23 @@ def test_the_cli_runs_as_a_module_from_the_repo_root():
     done = _run_from_root("-m", "specdistill.cli", "--help")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "train" in done.stdout
+
+
+def test_a_wheel_holds_every_subpackage():
+    """pyproject lists its packages by hand (package-dir maps two of them): a subpackage missing from the
+    list is left out of a wheel, while an editable install still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"specdistill." + p.parent.name for p in (ROOT / "specdistill").glob("*/__init__.py")}
+    assert found | {"specdistill", "specdistill.kernels", "specdistill.serve"} == listed
+
+
+def test_a_checkout_imported_without_its_editable_install_finds_kernels_and_serve():
+    """A wheel installed elsewhere and the repo root on sys.path: the checkout's `specdistill` shadows the
+    wheel's, so it must find its own kernels/src and serve/src (specdistill/__init__.py)."""
+    probe = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__]; "
+             "import specdistill.kernels, specdistill.serve.tree as t; print(specdistill.kernels.__file__, t.__file__)")
+    done = _run_from_root("-c", probe)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(ROOT / "kernels/src/__init__.py"), str(ROOT / "serve/src/tree.py")]
