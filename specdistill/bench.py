@@ -164,7 +164,8 @@ def run_bench(config: BenchConfig) -> dict:
     where = resolve_draft(config.draft)  # a bad name fails before any model loads
     if config.by_category and not measure.prompts:
         raise ValueError("--by-category needs --prompts FILE whose records have a 'category'")
-    groups = by_category(read_conversations(measure.prompts)) if config.by_category else \
+    groups = {category: conversations[: measure.num_prompts] for category, conversations in
+              by_category(read_conversations(measure.prompts)).items()} if config.by_category else \
         {"": measure_prompts(measure)}
     target, tokenizer = load_target(config.target)
     draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
@@ -172,8 +173,7 @@ def run_bench(config: BenchConfig) -> dict:
     for category, conversations in groups.items():
         if config.by_category:
             print(f"\n== {category} ==")
-        summaries[category] = bench_rows(target, draft, vocab, tokenizer, conversations[: measure.num_prompts],
-                                         config, category)
+        summaries[category] = bench_rows(target, draft, vocab, tokenizer, conversations, config, category)
     summary = summaries[""] if not config.by_category else print_categories(summaries, config)
     if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
         update_model_card(where, summary | {"source": f"specdistill bench, {summary['num_prompts']} prompts"})

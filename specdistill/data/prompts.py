@@ -70,23 +70,24 @@ def _single_turn(record: dict) -> bool:
     return bool(chat) or isinstance(record.get("prompt"), str)
 
 
+def _checked_records(path: str) -> list[tuple[str, dict]]:
+    """(where, record) per prompt of a file, each holding a ``prompt``, ``messages`` or ``turns``."""
+    records = _file_records(path)
+    for where, record in records:
+        turns = record.get("turns")
+        if "turns" in record and not (isinstance(turns, list) and turns and all(isinstance(t, str) and t
+                                                                               for t in turns)):
+            raise ValueError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+        if "turns" not in record and not _single_turn(record):
+            raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
+    return records
+
+
 def read_prompt_records(path: str) -> list[dict]:
     """Prompt records from a file: JSONL (``.jsonl``) with a ``prompt`` string, a chat ``messages``
     list or ``turns`` (user turns, each asked after the answer to the one before) per line and an
     optional ``id``, or one prompt per line of text."""
-    records = []
-    for where, record in _file_records(path):
-        if "turns" in record:
-            _check_turns(where, record["turns"])
-        elif not _single_turn(record):
-            raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
-        records.append(record)
-    return records
-
-
-def _check_turns(where: str, turns) -> None:
-    if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t for t in turns)):
-        raise ValueError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
+    return [record for _, record in _checked_records(path)]
 
 
 def read_prompts(path: str) -> list[str]:
@@ -115,13 +116,10 @@ def read_conversations(path: str) -> list[Conversation]:
     list (its last message is the user's turn, the ones before it the context), or ``turns``, a list
     of user turns; and an optional ``category``. A text file holds one prompt per line."""
     conversations = []
-    for where, record in _file_records(path):
-        turns, context = record.get("turns"), ()
-        category = record.get("category", "")
-        if turns is not None:
-            _check_turns(where, turns)
-        elif not _single_turn(record):
-            raise ValueError(f"{where} needs a string field 'prompt', a list 'messages' or a list 'turns'")
+    for where, record in _checked_records(path):
+        context, category = (), record.get("category", "")
+        if "turns" in record:
+            turns = record["turns"]
         elif "prompt" in record:
             turns = [record["prompt"]]
         else:
