@@ -44,6 +44,7 @@ def parse_args():
     parser.add_argument("--draft-tree-max-batch", default="0",
                         help="serve's flag: 0 = the cost-aware policy picks tree or chain; N = larger batches "
                              "draft a chain")
+    parser.add_argument("--draft-retrieval", default="auto", help="serve's flag: METHOD[:TOKENS], auto or none")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -71,6 +72,7 @@ class Server:
                         "--num-draft-tokens", args.num_draft_tokens, "--max-batch-size", str(max_batch_size),
                         "--draft-tree", args.draft_tree if draft != "none" else "none",
                         "--draft-tree-max-batch", args.draft_tree_max_batch,
+                        "--draft-retrieval", args.draft_retrieval if draft != "none" else "none",
                         "--max-queue", "256"]
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -17,6 +17,7 @@ from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
 from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import nested, option
+from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
 from specdistill.training.model_card import update_model_card
 
@@ -42,10 +43,13 @@ class MeasureConfig:
                                          "draft_vocab.json)")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
                                      "of k (greedy rows): auto = 5,3,10 for a head, none = a chain")
+    draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
+                                          "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
 
     def __post_init__(self):
         decode_dtype(self.dtype)
         TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
+        RetrievalBranch.parse(self.draft_retrieval)
         if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
             raise ValueError(f"num_draft_tokens must be an integer >= 0 or auto, got {self.num_draft_tokens!r}")
 
@@ -70,12 +74,15 @@ class BenchConfig:
 
 
 def measure_row(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
-             draft_vocab=None, draft_tree=None) -> dict:
+             draft_vocab=None, draft_tree=None, draft_retrieval=None) -> dict:
     tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
+    retrieval = RetrievalBranch.parse(draft_retrieval, tree=tree is not None)
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree)
+                                 draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree,
+                                 draft_retrieval=retrieval)
     result["draft_tree"] = None if tree is None else str(tree)
+    result["draft_retrieval"] = None if retrieval is None else str(retrieval)
     result.pop("stats")
     return result
 
@@ -189,8 +196,10 @@ def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation
     warm_up(target, draft, tokenizer)
     rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new)
     result = measure_row(target, draft, tokenizer, conversations, k, max_new, measure.decode_temperature,
-                         draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree)
+                         draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree,
+                         draft_retrieval=measure.draft_retrieval)
     name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
+    name += f" + {result['draft_retrieval']}" if result["draft_retrieval"] else ""
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""
     rows[name] = result
     extra = {"decode_temperature": measure.decode_temperature, "draft": config.draft,
@@ -217,7 +226,8 @@ def print_categories(summaries: dict[str, dict], config: BenchConfig) -> dict:
         "min_speedup_vs_hf_generate": min(s["speedup_vs_hf_generate"] for s in summaries.values()),
         "mean_speedup_over_our_target": mean["measured_speedup_over_our_target"],
         "draft": config.draft, "num_draft_tokens": config.measure.num_draft_tokens,
-        "draft_tree": config.measure.draft_tree, "decode_dtype": config.measure.dtype,
+        "draft_tree": config.measure.draft_tree, "draft_retrieval": config.measure.draft_retrieval,
+        "decode_dtype": config.measure.dtype,
         "decode_temperature": config.measure.decode_temperature,
         "num_prompts": sum(s["num_prompts"] for s in summaries.values()),
     }

@@ -60,7 +60,7 @@ def run_demo(config: DemoConfig) -> dict:
         head, _ = load_draft(DEFAULT_DRAFT, target, dtype)
         warm_up(target, head, tokenizer)
         result = measure_row(target, head, tokenizer, prompts, k, max_new, draft_confidence=confidence,
-                          draft_tree=measure.draft_tree)
+                          draft_tree=measure.draft_tree, draft_retrieval=measure.draft_retrieval)
         shipped = f"shipped draft, tree {result['draft_tree']}" if result["draft_tree"] else shipped
         rows[shipped] = result
         print(f"shipped draft: {rows[shipped]['tokens_per_s']:.1f} tok/s, tau {rows[shipped]['tau']:.2f}; "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from specdistill.serve.generator import SpeculativeGenerator
+from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
 
 from specdistill.models import DEFAULT_TARGET, load_target
@@ -37,6 +38,8 @@ class ServeConfig:
     draft_tree_max_batch: int = option(0, "0 = no cap: with --num-draft-tokens auto, each step drafts the tree, "
                                           "a chain or nothing by measured tokens/s; N = batches of more rows "
                                           "always draft a chain")
+    draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
+                                          "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -52,6 +55,7 @@ class ServeConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         draft_length(self.num_draft_tokens)
         TreeShape.parse(self.draft_tree)
+        RetrievalBranch.parse(self.draft_retrieval)
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -83,8 +87,11 @@ def load_generator(config: ServeConfig):
     if config.draft != "none":
         draft, vocab = load_draft(config.draft, target, dtype, config.draft_vocab_size)
     model, head = draft is not None and not isinstance(draft, str), isinstance(draft, Eagle3Head)
+    tree = TreeShape.parse(config.draft_tree, head=head)
+    retrieval = RetrievalBranch.parse(config.draft_retrieval, tree=tree is not None)
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=draft_length(config.num_draft_tokens),
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
-                                     draft_vocab=vocab, draft_tree=TreeShape.parse(config.draft_tree, head=head),
-                                     draft_tree_max_batch=config.draft_tree_max_batch or None)
+                                     draft_vocab=vocab, draft_tree=tree,
+                                     draft_tree_max_batch=config.draft_tree_max_batch or None,
+                                     draft_retrieval=retrieval)
     return generator, tokenizer, config.draft

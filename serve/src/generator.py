@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.llama_fast import LlamaRunner
-from specdistill.serve.model_free import ModelFreeDrafter
+from specdistill.serve.model_free import ModelFreeDrafter, RetrievalBranch
 from specdistill.serve.policy import DraftLengthPolicy, make_policy
 from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
@@ -83,12 +83,15 @@ class SpeculativeGenerator:
     expected tokens/s from the measured acceptance per depth and verification cost per token
     count (a large batch's rows x nodes tokens make the verification compute-bound, so it
     drops the tree there). ``draft_tree_max_batch`` is an optional fixed cap on a tree
-    step's rows on top of that (None: no cap)."""
+    step's rows on top of that (None: no cap). ``draft_retrieval`` (``"ngram"``, ``"prompt-lookup:12"``
+    or a ``RetrievalBranch``; trees only) joins the continuation of each row's last n-gram earlier
+    in its text to the head's tree as one more branch, verified in the same pass: copy-heavy
+    requests (summaries, extraction, questions over a document) gain prompt lookup's tokens."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None,
-                 draft_tree_max_batch: int | None = None):
+                 draft_tree_max_batch: int | None = None, draft_retrieval: RetrievalBranch | str | None = None):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -125,6 +128,10 @@ class SpeculativeGenerator:
         if draft_tree_max_batch is not None and draft_tree_max_batch < 1:
             raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
         self.draft_tree_max_batch = draft_tree_max_batch
+        self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
+        if self.draft_retrieval is not None and self.draft_tree is None:
+            raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "
+                             "'auto'), or draft with the model-free drafter alone (draft='ngram')")
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)

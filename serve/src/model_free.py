@@ -8,6 +8,9 @@
                     up in the prompt and the text generated so far; the most recent match's
                     continuation is the drafts. It also catches the answer repeating itself.
 
+``RetrievalBranch`` reads the same candidates for a draft head: they join the head's tree
+as one more branch, verified in the same pass (``specdistill.serve.tree.add_branches``).
+
 A drafter is a proposer: it reads each row's prompt and tokens and returns up to k
 tokens per row. It has no cache, so the runner calls the engine makes of every draft
 (start, rollback, select, extend) only keep row counts. The draft distribution is a
@@ -17,27 +20,39 @@ probability p(d) and otherwise samples from p with d removed.
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from specdistill.serve.runners import NoDraft
 
 
-def _continuation(tokens: list[int], search_end: int, sizes: range, k: int, most_recent: bool) -> list[int]:
+def continuation(tokens: list[int], search_end: int, sizes: range, k: int, most_recent: bool) -> list[int]:
     """Up to k tokens that followed an earlier occurrence of the last n tokens of
     ``tokens`` lying within ``tokens[:search_end]``, trying the sizes in order."""
+    text = np.asarray(tokens, dtype=np.int64)
     for n in sizes:
-        tail = tokens[-n:]
         last = min(search_end - n, len(tokens) - n - 1)  # the latest start: inside the window, before the tail
         if len(tokens) <= n or last < 0:
             continue
-        starts = range(last, -1, -1) if most_recent else range(0, last + 1)
-        for start in starts:
-            if tokens[start: start + n] == tail:
-                follow = tokens[start + n: start + n + k]
-                if follow:
-                    return follow
+        # One vectorized pass over every start (a Python loop costs ms per step on long prompts).
+        windows = np.lib.stride_tricks.sliding_window_view(text[: last + n], n)
+        starts = np.flatnonzero((windows == text[-n:]).all(axis=1))
+        if starts.size:
+            start = int(starts[-1] if most_recent else starts[0])
+            return _copy(tokens, start + n, k)
     return []
+
+
+def _copy(tokens: list[int], start: int, k: int) -> list[int]:
+    """k tokens read on from ``start``; past the end, the copy reads its own output (as LZ77 does),
+    so a match that overlaps the tail continues the repeat ("a b a b" -> "a b a b ...")."""
+    out = tokens[start: start + k]
+    while len(out) < k:
+        out.append(out[len(out) - (len(tokens) - start)])
+    return out
 
 
 class ModelFreeDrafter(NoDraft):
@@ -53,7 +68,7 @@ class ModelFreeDrafter(NoDraft):
 
     def drafts_for(self, prompt_length: int, tokens: list[int], k: int) -> list[int]:
         search_end = prompt_length if self.prompt_only else len(tokens)
-        return _continuation(tokens, search_end, self.sizes, k, self.most_recent)
+        return continuation(tokens, search_end, self.sizes, k, self.most_recent)
 
     def propose(self, rows, limits: list[int], device):
         """Drafts [B, K], point-mass draft distributions [B, K, V] (None when no row
@@ -76,3 +91,47 @@ MODEL_FREE_METHODS = {
     "prompt-lookup": (range(2, 0, -1), True, False),
     "ngram": (range(4, 1, -1), False, True),
 }
+
+
+@dataclass(frozen=True)
+class RetrievalBranch:
+    """A branch for a head's draft tree: the tokens that followed the row's last n-gram earlier in its
+    prompt (``prompt-lookup``) or in its prompt and answer so far (``ngram``), up to ``max_tokens``.
+    Copy-heavy answers (summaries, extraction, questions over a document, code edits) continue text
+    the head may never have learned; the target decides in the same verification, so it is lossless."""
+
+    method: str = "ngram"
+    max_tokens: int = 8
+
+    def __post_init__(self):
+        if self.method not in MODEL_FREE_METHODS:
+            raise ValueError(f"unknown retrieval method {self.method!r}; choose one of {', '.join(MODEL_FREE_METHODS)}")
+        if self.max_tokens < 1:
+            raise ValueError(f"a retrieval branch needs max_tokens >= 1, got {self.max_tokens}")
+
+    def __str__(self) -> str:
+        return f"{self.method}:{self.max_tokens}"  # what ``parse`` reads
+
+    @classmethod
+    def parse(cls, spec: str | RetrievalBranch | None, tree: bool = True) -> RetrievalBranch | None:
+        """``METHOD[:TOKENS]`` (``ngram``, ``prompt-lookup:12``); "", "none" or None for no branch;
+        "auto" for this default branch when a head drafts a tree (``tree``), else none."""
+        if spec is None or isinstance(spec, RetrievalBranch):
+            return spec
+        text = str(spec).strip()
+        if text in ("", "none") or (text == "auto" and not tree):
+            return None
+        if text == "auto":
+            return cls()
+        match = re.fullmatch(r"([a-z-]+)(?::(\d+))?", text)
+        if not match:
+            raise ValueError(f"a retrieval branch is METHOD[:TOKENS] (e.g. ngram, prompt-lookup:12), auto or none; "
+                             f"got {spec!r}")
+        return cls(match[1], int(match[2])) if match[2] else cls(match[1])
+
+    def branches(self, rows, limits: list[int]) -> list[list[int]]:
+        """Per row, up to ``min(max_tokens, limits[b])`` candidate tokens (often none)."""
+        sizes, prompt_only, most_recent = MODEL_FREE_METHODS[self.method]
+        return [continuation(row.tokens, len(row.prompt) if prompt_only else len(row.tokens), sizes,
+                             min(self.max_tokens, limit), most_recent) if limit > 0 else []
+                for row, limit in zip(rows, limits)]

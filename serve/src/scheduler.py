@@ -31,7 +31,7 @@ from specdistill.serve import decode
 from specdistill.serve.sampling import SamplingParams
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
-from specdistill.serve.tree import accept_tree, draft_tree, verify_tree
+from specdistill.serve.tree import accept_tree, add_branches, draft_tree, verify_tree
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
@@ -153,8 +153,9 @@ class SpecEngine:
 
     def _decode(self) -> list[tuple[Request, list[int], str | None]]:
         rows, gen = self.running, self.gen
-        if self._use_tree(rows):
-            results = self._decode_tree(rows)
+        branches, retrieval_seconds = self._retrieved(rows)
+        if self._use_tree(rows, branches):
+            results = self._decode_tree(rows, branches, retrieval_seconds)
             if results is not None:
                 return results
         # One target call always yields one token of its own, so draft at most budget - 1;
@@ -179,10 +180,21 @@ class SpecEngine:
             gen.draft_runner.take_features(self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
         return self._results(rows, [drafts[i, :n].tolist() + [token] for i, (n, token) in enumerate(accepted)])
 
-    def _use_tree(self, rows: list[Request]) -> bool:
+    def _retrieved(self, rows: list[Request]) -> tuple[list[list[int]], float]:
+        """Each row's retrieval branch for a tree step (``model_free.RetrievalBranch``; none when not
+        configured, or when a row samples), within its budget and the target's context; and the seconds."""
+        gen, began = self.gen, time.perf_counter()
+        if gen.draft_retrieval is None or gen.draft_tree is None or not all(r.params.greedy for r in rows):
+            return [[] for _ in rows], 0.0
+        limit = gen.max_positions
+        limits = [min(r.max_new_tokens - r.new - 1, limit - len(r.tokens) if limit else r.max_new_tokens)
+                  for r in rows]
+        return gen.draft_retrieval.branches(rows, limits), time.perf_counter() - began
+
+    def _use_tree(self, rows: list[Request], branches: list[list[int]]) -> bool:
         """A tree for a batch of greedy rows whose nodes all fit in the target's context, within the
-        optional ``draft_tree_max_batch`` cap, when the draft-length policy prices it above a chain
-        (a policy that does not price trees, a fixed k, always takes it)."""
+        optional ``draft_tree_max_batch`` cap, when the draft-length policy prices it (with the rows'
+        retrieval ``branches``) above a chain (a policy that does not price trees, a fixed k, always takes it)."""
         gen = self.gen
         tree, cap, limit = gen.draft_tree, gen.draft_tree_max_batch, gen.max_positions
         if tree is None or (cap is not None and len(rows) > cap):
@@ -190,24 +202,29 @@ class SpecEngine:
         if not all(r.params.greedy and (not limit or len(r.tokens) + tree.depth <= limit) for r in rows):
             return False
         use_tree = getattr(gen.draft_length, "use_tree", None)
-        return use_tree is None or use_tree(len(rows), tree.depth, tree.nodes)
+        extra = max(map(len, branches))
+        return use_tree is None or use_tree(len(rows), max(tree.depth, extra), tree.nodes + extra)
 
-    def _decode_tree(self, rows: list[Request]) -> list[tuple[Request, list[int], str | None]] | None:
-        """One step with a draft tree (``serve/src/tree.py``); None when the head has nothing to draft from."""
+    def _decode_tree(self, rows: list[Request], branches: list[list[int]],
+                     retrieval_seconds: float) -> list[tuple[Request, list[int], str | None]] | None:
+        """One step with a draft tree (``serve/src/tree.py``) and the rows' retrieval branches joined to it;
+        None when the head has nothing to draft from."""
         gen = self.gen
         tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
                                                       self.device)
         if tree is None:
             return None
+        tree, draft_seconds = add_branches(tree, branches), draft_seconds + retrieval_seconds
         (logits, features), target_seconds, base = verify_tree(gen.target_runner, self._target_state, rows, tree,
                                                                gen.draft_runner.feature_layers)
         limits = [r.max_new_tokens - r.new - 1 for r in rows]
         accepted = accept_tree(tree, logits, limits)
-        longest = min(gen.draft_tree.depth, gen.draft_tree.nodes)  # the longest path a step can accept
-        self._account(rows, [(min(longest, limit), len(path)) for limit, (path, _) in zip(limits, accepted)],
-                      draft_seconds, draft_calls, target_seconds)
+        # The longest path a step can accept: the head's tree, or a longer branch.
+        longest = [max(min(gen.draft_tree.depth, gen.draft_tree.nodes), len(branch)) for branch in branches]
+        self._account(rows, [(min(most, limit), len(path)) for most, limit, (path, _) in
+                             zip(longest, limits, accepted)], draft_seconds, draft_calls, target_seconds)
         if hasattr(gen.draft_length, "update_tree"):
-            gen.draft_length.update_tree([len(path) for path, _ in accepted], longest, tree.tokens.shape[1],
+            gen.draft_length.update_tree([len(path) for path, _ in accepted], max(longest), tree.tokens.shape[1],
                                          draft_seconds, target_seconds)
         paths = [[0] + path for path, _ in accepted]  # node indices, root (the last token) first
         # The target held all but each row's last token; it now holds the root and the path after them.
@@ -306,10 +323,13 @@ class SpecEngine:
         self.running += batch
 
     def _lookahead(self) -> int:
-        """Cache slots a step may use past a row's budget: a chain's drafts, or a tree's nodes
-        (the target's) and its drafted levels (the head's)."""
-        tree = self.gen.draft_tree
-        return 8 if tree is None else max(8, tree.nodes + 1, (tree.depth - 1) * tree.top_k + 1)
+        """Cache slots a step may use past a row's budget: a chain's drafts, or a tree's nodes with
+        a retrieval branch (the target's) and its drafted levels (the head's)."""
+        tree, retrieval = self.gen.draft_tree, self.gen.draft_retrieval
+        if tree is None:
+            return 8
+        branch = retrieval.max_tokens if retrieval is not None else 0
+        return max(8, tree.nodes + branch + 1, (tree.depth - 1) * tree.top_k + 1)
 
     def _leave(self, leaving: list[Request], reason: str | None, out) -> None:
         if not leaving:

@@ -15,6 +15,10 @@ under 1 / (1 - 0.65) ≈ 2.9 however long it is. A tree keeps several guesses:
 
 The path's cache entries are then moved into place (``keep_path``) and its features go to
 the head, as after a chain. Sampling rows use the chain (their lossless rule is per draft).
+
+Candidates that need no model, the continuation of the row's last n-gram earlier in its text
+(``model_free.RetrievalBranch``), join the tree as one more branch (``add_branches``) before
+the verification: the same pass then checks what the head guessed and what the text repeats.
 """
 
 from __future__ import annotations
@@ -132,13 +136,51 @@ def _select(levels, nodes: int) -> DraftTree:
     position.scatter_(1, chosen, torch.arange(1, nodes + 1, device=device).expand(batch, -1))
     chosen_parents = parents.gather(1, chosen)
     node_parents = torch.where(chosen_parents < 0, 0, position.gather(1, chosen_parents.clamp(min=0)))
-    ancestors = torch.zeros(batch, nodes + 1, nodes + 1, dtype=torch.bool, device=device)
+    return DraftTree(tokens.gather(1, chosen), node_parents, depths.gather(1, chosen), _ancestors(node_parents))
+
+
+def _ancestors(parents: torch.Tensor) -> torch.Tensor:
+    """The ancestor-or-self matrix [B, N + 1, N + 1] (root included) of nodes whose parents [B, N]
+    come before them (0 = the root)."""
+    batch, nodes = parents.shape
+    ancestors = torch.zeros(batch, nodes + 1, nodes + 1, dtype=torch.bool, device=parents.device)
     ancestors[:, 0, 0] = True
-    rows = torch.arange(batch, device=device)
+    rows = torch.arange(batch, device=parents.device)
     for i in range(1, nodes + 1):
-        ancestors[:, i] = ancestors[rows, node_parents[:, i - 1]]
+        ancestors[:, i] = ancestors[rows, parents[:, i - 1]]
         ancestors[:, i, i] = True
-    return DraftTree(tokens.gather(1, chosen), node_parents, depths.gather(1, chosen), ancestors)
+    return ancestors
+
+
+def add_branches(tree: DraftTree, branches: list[list[int]]) -> DraftTree:
+    """The tree with each row's ``branches[b]`` (a chain of tokens after the root, e.g. retrieved
+    from the row's text) joined to it: the branch follows the tree's nodes as far as they hold its
+    tokens, and the rest hangs below the last one reached, so no path is verified twice. Rows that
+    gained fewer nodes are padded with copies of their first node, which the walk never enters
+    (``accept_tree`` takes the first node of a (parent, token) pair)."""
+    if not any(branches):
+        return tree
+    tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
+    for b, branch in enumerate(branches):
+        children = {(parent, token): i for i, (parent, token) in enumerate(zip(parents[b], tokens[b]), start=1)}
+        node = 0
+        for token in branch:
+            if (node, token) not in children:
+                tokens[b].append(token)
+                parents[b].append(node)
+                depths[b].append(depths[b][node - 1] + 1 if node else 1)
+                children[(node, token)] = len(tokens[b])
+            node = children[(node, token)]
+    width = max(map(len, tokens))
+    for row_tokens, row_parents, row_depths in zip(tokens, parents, depths):
+        pad = width - len(row_tokens)
+        row_tokens += row_tokens[:1] * pad
+        row_parents += [0] * pad
+        row_depths += [1] * pad
+    device = tree.tokens.device
+    tokens, parents, depths = (torch.tensor(x, device=device, dtype=tree.tokens.dtype) for x in (tokens, parents,
+                                                                                                  depths))
+    return DraftTree(tokens, parents, depths, _ancestors(parents))
 
 
 def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):

@@ -190,3 +190,32 @@ def test_auto_with_a_tree_stays_lossless_and_stops_drafting_a_poor_head(target, 
         torch.testing.assert_close(out.sequences, reference)
     policy = auto.draft_length
     assert policy.tree_draft_seconds is not None and policy.draft_step_seconds is not None  # both were tried
+
+
+@pytest.mark.parametrize("retrieval", ["ngram:8", "prompt-lookup:6"])
+def test_retrieval_branches_join_the_tree_and_keep_greedy_output_the_target_own(target, head, retrieval):
+    # The tiny target falls into repeats, which the n-gram branch copies deeper than the head's 2 levels.
+    prompts = [torch.tensor([[2, 5, 3, 9]]), torch.tensor([[7, 1, 7, 1, 7, 4, 4]]), torch.tensor([[4]]),
+               torch.tensor([[3, 8, 1, 6, 3, 8, 1, 6, 3, 8]])]
+    plain = SpeculativeGenerator(target, head, draft_tree="2,2,4")
+    joined = SpeculativeGenerator(target, head, draft_tree="2,2,4", draft_retrieval=retrieval)
+    outs = joined.generate_batch(prompts, max_new_tokens=40, eos_token_id=[])  # rows with and without branches
+    for ids, out in zip(prompts, outs):
+        torch.testing.assert_close(out.sequences, hf_greedy(target, ids, 40))
+    one = joined.generate(prompts[1], 40, eos_token_id=[])
+    torch.testing.assert_close(one.sequences, outs[1].sequences)
+    if retrieval.startswith("ngram"):  # paths deeper than the head's tree, in fewer steps
+        assert len(one.stats.accept_length_hist) > 3
+        assert one.stats.steps < plain.generate(prompts[1], 40, eos_token_id=[]).stats.steps
+
+
+def test_retrieval_branches_respect_the_budget_and_need_a_tree(target, head):
+    gen = SpeculativeGenerator(target, head, draft_tree="2,2,4", draft_retrieval="ngram:8")
+    prompt = torch.tensor([[7, 1, 7, 1, 7, 4, 4]])
+    for budget in (1, 2, 9):
+        out = gen.generate(prompt, max_new_tokens=budget, eos_token_id=[])
+        torch.testing.assert_close(out.sequences, hf_greedy(target, prompt, budget))
+    with pytest.raises(ValueError, match="joins a head's draft tree"):
+        SpeculativeGenerator(target, head, draft_tree="none", draft_retrieval="ngram")
+    with pytest.raises(ValueError, match="METHOD"):
+        SpeculativeGenerator(target, head, draft_tree="auto", draft_retrieval="ngram:x")

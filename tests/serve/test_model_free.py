@@ -5,18 +5,18 @@ import pytest
 import torch
 from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
 from specdistill.serve import SpeculativeGenerator
-from specdistill.serve.model_free import ModelFreeDrafter, _continuation
+from specdistill.serve.model_free import ModelFreeDrafter, RetrievalBranch, continuation
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from specdistill.models import tiny_llama
 
 
-def test_lookups_find_the_continuation_of_the_last_ngram():
+def test_lookups_find_thecontinuation_of_the_last_ngram():
     tokens = [5, 6, 7, 5, 6, 8, 5, 6]
-    assert _continuation(tokens, len(tokens), range(2, 0, -1), 2, most_recent=True) == [8, 5]
-    assert _continuation(tokens, len(tokens), range(2, 0, -1), 2, most_recent=False) == [7, 5]
-    assert _continuation(tokens, 3, range(2, 0, -1), 4, most_recent=False) == [7, 5, 6, 8]  # prompt [5, 6, 7]
-    assert _continuation([1, 2, 3], 3, range(2, 0, -1), 3, most_recent=False) == []
+    assert continuation(tokens, len(tokens), range(2, 0, -1), 2, most_recent=True) == [8, 5]
+    assert continuation(tokens, len(tokens), range(2, 0, -1), 2, most_recent=False) == [7, 5]
+    assert continuation(tokens, 3, range(2, 0, -1), 4, most_recent=False) == [7, 5, 6, 8]  # prompt [5, 6, 7]
+    assert continuation([1, 2, 3], 3, range(2, 0, -1), 3, most_recent=False) == []
     lookup, ngram = ModelFreeDrafter("prompt-lookup", 10), ModelFreeDrafter("ngram", 10)
     # The repeat of [1, 2] is in the generated text only: n-gram finds it, prompt lookup does not.
     assert lookup.drafts_for(3, [4, 5, 6, 1, 2, 9, 1, 2], 3) == []
@@ -56,3 +56,19 @@ def test_sampled_output_follows_the_target_distribution(sharp_target, method):
     counts, stats = sampled_pairs(gen, prompt, vocab, samples)
     assert stats.proposed > 0 and 0 < stats.alpha < 1  # drafts made, some accepted and some rejected
     assert_follows(counts, expected)
+
+
+def test_a_match_overlapping_the_tail_continues_the_repeat():
+    # The latest [1, 2] starts two tokens before the end: the copy reads its own output past it.
+    assert continuation([9, 1, 2, 1, 2], 5, range(2, 1, -1), 5, most_recent=True) == [1, 2, 1, 2, 1]
+    assert continuation([3, 3, 3], 3, range(2, 1, -1), 4, most_recent=True) == [3, 3, 3, 3]
+
+
+def test_retrieval_branch_specs():
+    assert RetrievalBranch.parse("ngram") == RetrievalBranch("ngram", 8)
+    assert RetrievalBranch.parse(" prompt-lookup:12 ") == RetrievalBranch("prompt-lookup", 12)
+    assert RetrievalBranch.parse("none") is None and RetrievalBranch.parse(None) is None
+    assert str(RetrievalBranch("ngram", 5)) == "ngram:5"
+    for bad, message in (("suffix", "unknown retrieval method"), ("ngram:0", "max_tokens >= 1"), ("ngram:", "METHOD")):
+        with pytest.raises(ValueError, match=message):
+            RetrievalBranch.parse(bad)

@@ -1,7 +1,7 @@
 """Draft trees by hand: which nodes are kept, how they hang together, and the greedy walk."""
 
 import torch
-from specdistill.serve.tree import _select, accept_tree
+from specdistill.serve.tree import DraftTree, _select, accept_tree, add_branches
 
 
 def _two_level_tree(nodes: int):
@@ -36,3 +36,20 @@ def test_the_walk_follows_the_target_argmax_and_stops_at_the_limit():
     logits[0, 0] = -1.0
     logits[0, 0, 6] = 1.0  # the target wants 6 after the root: no node has it
     assert accept_tree(tree, logits, [5]) == [([], 6)]
+
+
+def test_a_branch_follows_the_tree_as_far_as_it_holds_its_tokens_then_hangs_below():
+    tree = _two_level_tree(3)  # nodes 1: 5, 2: 7, 3: 5 -> 1
+    batch = DraftTree(*(torch.cat([t, t]) for t in (tree.tokens, tree.parents, tree.depths, tree.ancestors)))
+    joined = add_branches(batch, [[5, 1, 9, 4], []])  # row 0: 5 -> 1 is there; 9 and 4 hang below it
+    assert joined.tokens.tolist() == [[5, 7, 1, 9, 4], [5, 7, 1, 5, 5]]  # row 1: copies of its first node
+    assert joined.parents.tolist() == [[0, 0, 1, 3, 4], [0, 0, 1, 0, 0]]
+    assert joined.depths.tolist() == [[1, 1, 2, 3, 4], [1, 1, 2, 1, 1]]
+    assert joined.ancestors[0, 5].int().tolist() == [1, 1, 0, 1, 1, 1]  # root, 5, 5 -> 1, 9, 4
+    assert joined.ancestors[1, 4].int().tolist() == [1, 0, 0, 0, 1, 0]  # a copy sees the root and itself
+    logits = torch.full((2, 6, 10), -1.0)
+    for node, token in enumerate([5, 1, 0, 9, 4, 2]):  # row 0's target: 5, 1, 9, 4, then its own 2
+        logits[0, node, token] = 1.0
+    logits[1, 0, 5] = logits[1, 1, 8] = 1.0  # row 1: 5 (node 1, not its copies), then the target's 8
+    assert accept_tree(joined, logits, [8, 8]) == [([1, 3, 4, 5], 2), ([1], 8)]
+    assert add_branches(batch, [[], []]) is batch
