@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from specdistill.serve import cpu_linear
 from specdistill.serve.llama_fast import _pad_length, tree_mask
 
 
@@ -39,7 +40,7 @@ class EagleRunner:
     max_rows = None
 
     def __init__(self, head):
-        self.head = head.eval()
+        self.head = cpu_linear.with_kernel_linears(head.eval())  # bf16 without bf16 instructions: the kernel
         self.feature_layers = list(head.layer_ids)  # what the target's passes must return
         attention = head.layers[0].self_attn
         self.kv_heads, self.head_dim = attention.kv_heads, attention.head_dim

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from specdistill.serve import cpu_linear
 
 from specdistill.models.layers import apply_rotary, rms_norm
 
@@ -93,6 +94,8 @@ class LlamaRunner:
             self.vocab_subset = _check_subset(vocab_subset, self.vocab_size).to(self.head.device)
             self.head = self.head[self.vocab_subset]  # a copy of those rows only
         self.rotary = model.model.rotary_emb
+        # bf16 on a CPU without bf16 instructions: a kernel for the few tokens of a verification.
+        self._linear = cpu_linear.bf16_linear if cpu_linear.wanted(self.embed) else F.linear
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
     @property
@@ -192,11 +195,11 @@ class LlamaRunner:
                 captured[index] = x
             x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
                                     layer_values, masks[layer.window], span, common_start)
-            gate, up = F.linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = self._linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
+            x = x + self._linear(F.silu(gate) * up, layer.down)
         if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
             x = x[torch.arange(x.shape[0], device=x.device), keep_index]
-        logits = F.linear(self._norm(x, self.final_norm), self.head)
+        logits = self._linear(self._norm(x, self.final_norm), self.head)
         if self.vocab_subset is None:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
@@ -215,7 +218,7 @@ class LlamaRunner:
 
     def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span, common_start):
         batch, width, _ = x.shape
-        q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split(
+        q, k, v = self._linear(x, layer.qkv, layer.qkv_bias).split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
         q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -230,7 +233,7 @@ class LlamaRunner:
             layer_values.scatter_(2, index, v)
         out = F.scaled_dot_product_attention(q, layer_keys[:, :, :span], layer_values[:, :, :span], attn_mask=mask,
                                              enable_gqa=self.heads != self.kv_heads)
-        return F.linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
+        return self._linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
 
     def _norm(self, x, weight):
         return rms_norm(x, weight, self.eps)

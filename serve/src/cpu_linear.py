@@ -1,0 +1,207 @@
+"""A bf16 linear for a few tokens at once, for CPUs without bf16 instructions (AVX2 only).
+
+On such CPUs PyTorch's bf16 matmul is emulated: one token runs through a fast matrix-vector
+path, but every further token costs about as much again (18 GFLOP/s whatever the batch), so
+verifying a draft tree of 11 tokens costs 5.8 steps of one token instead of ~1.3 on a CPU
+with bf16 (``bench/bench_verify_cost.py --dtype bf16``). This kernel keeps the weights in bf16,
+widens each 8 of them to fp32 in registers (a 16-bit shift) and multiplies them into up to 6
+token rows at once with FMA, so the weights stream from memory once for all tokens, as in
+the one-token path. It accumulates in fp32 and rounds the output to bf16, as PyTorch's
+kernels do, so it differs from them only in the order of the sums.
+
+It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (gcc, ninja; about
+half a minute, cached after that). Set ``SPECDISTILL_CPU_KERNELS=0`` to turn it off; if it
+cannot be built, a warning says why and ``F.linear`` serves.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+static inline __m256 widen(const uint16_t* p) {  // 8 bf16 -> 8 fp32: the bits, shifted up
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+}
+
+static inline float scalar(uint16_t w) {
+  uint32_t bits = uint32_t(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Output rows n and n + 1 (w0, w1) for token rows m0 .. m0 + MB - 1.
+template <int MB>
+static void pair(const float* x, int64_t K, const uint16_t* w0, const uint16_t* w1, float* y, int64_t N,
+                 int64_t n, bool both) {
+  __m256 a[MB], b[MB];
+  for (int m = 0; m < MB; m++) { a[m] = _mm256_setzero_ps(); b[m] = _mm256_setzero_ps(); }
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 v0 = widen(w0 + k), v1 = widen(w1 + k);
+    for (int m = 0; m < MB; m++) {
+      __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      a[m] = _mm256_fmadd_ps(v0, xv, a[m]);
+      b[m] = _mm256_fmadd_ps(v1, xv, b[m]);
+    }
+  }
+  for (int m = 0; m < MB; m++) {
+    float s0 = hsum(a[m]), s1 = hsum(b[m]);
+    for (int64_t j = k; j < K; j++) { s0 += scalar(w0[j]) * x[m * K + j]; s1 += scalar(w1[j]) * x[m * K + j]; }
+    y[m * N + n] = s0;
+    if (both) y[m * N + n + 1] = s1;
+  }
+}
+
+torch::Tensor linear_bf16(torch::Tensor x, torch::Tensor w) {
+  // x [M, K] fp32, w [N, K] bf16, both contiguous -> [M, N] fp32
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, (N + 1) / 2, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; p++) {
+      const int64_t n = 2 * p;
+      const bool both = n + 1 < N;
+      const uint16_t* w0 = wp + n * K;
+      const uint16_t* w1 = both ? w0 + K : w0;
+      for (int64_t m0 = 0; m0 < M; m0 += 6) {
+        const float* xm = xp + m0 * K;
+        float* ym = yp + m0 * N;
+        switch (std::min<int64_t>(6, M - m0)) {
+          case 1: pair<1>(xm, K, w0, w1, ym, N, n, both); break;
+          case 2: pair<2>(xm, K, w0, w1, ym, N, n, both); break;
+          case 3: pair<3>(xm, K, w0, w1, ym, N, n, both); break;
+          case 4: pair<4>(xm, K, w0, w1, ym, N, n, both); break;
+          case 5: pair<5>(xm, K, w0, w1, ym, N, n, both); break;
+          default: pair<6>(xm, K, w0, w1, ym, N, n, both); break;
+        }
+      }
+    }
+  });
+  return y;
+}
+"""
+
+_NAME = "specdistill_bf16_linear"
+_kernel = None  # the compiled module, False once it failed or is turned off
+
+
+def _load():
+    global _kernel
+    if _kernel is None:
+        if os.environ.get("SPECDISTILL_CPU_KERNELS", "1") == "0":
+            _kernel = False
+            return _kernel
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            _say_if_building()
+            _kernel = load_inline(_NAME, cpp_sources=_SOURCE, functions=["linear_bf16"],
+                                  extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        except Exception as err:  # no compiler, no ninja, not x86: PyTorch's own kernels serve
+            log.warning("the bf16 CPU kernel could not be built (%s); multi-token bf16 steps use F.linear", err)
+            _kernel = False
+    return _kernel
+
+
+def wanted(weight: torch.Tensor) -> bool:
+    """Whether multi-token linears over this weight should use the kernel: bf16 on an x86 CPU with
+    AVX2 and FMA but without native bf16, and the kernel builds."""
+    from specdistill.models.loading import native_bf16  # late: the serve layer loads models lazily
+
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or native_bf16(weight.device):
+        return False
+    flags = _cpu_flags()
+    return "avx2" in flags and "fma" in flags and bool(_load())
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for bf16 on a CPU without bf16 instructions, by the number of tokens: one through
+    PyTorch's matrix-vector path (the fastest there), up to 64 through the kernel, more (a prefill)
+    through an fp32 GEMM over the weights widened on the fly (MKL's fp32 runs ~5x the emulated bf16)."""
+    tokens = x.numel() // x.shape[-1]
+    if tokens == 1:
+        return F.linear(x, weight, bias)
+    if tokens > 64:
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    return linear(x, weight, bias)
+
+
+class KernelLinear(torch.nn.Module):
+    """An ``nn.Linear``'s weights, multiplied through ``bf16_linear``."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bf16_linear(x, self.weight, self.bias)
+
+
+def with_kernel_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` itself where the kernel does not serve its weights; else a copy that shares its
+    parameters and runs each ``nn.Linear`` through the kernel (a draft head's levels feed a few
+    tokens at once, as a verification does)."""
+    linears = [name for name, child in module.named_modules() if isinstance(child, torch.nn.Linear)]
+    if not linears or not wanted(module.get_submodule(linears[0]).weight):
+        return module
+    shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    copy_ = copy.deepcopy(module, memo=shared)
+    for name in linears:
+        parent, _, leaf = name.rpartition(".")
+        owner = copy_.get_submodule(parent) if parent else copy_
+        setattr(owner, leaf, KernelLinear(getattr(owner, leaf)))
+    return copy_
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for bf16 ``x`` [..., K] and ``weight`` [N, K] through the kernel."""
+    rows = x.reshape(-1, x.shape[-1]).float().contiguous()
+    out = _kernel.linear_bf16(rows, weight.contiguous())
+    if bias is not None:
+        out += bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _say_if_building() -> None:
+    """A note on stderr before the first build on this machine (it takes about half a minute)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        built = any(Path(_get_build_directory(_NAME, False)).glob("*.so"))
+    except Exception:  # a private helper of torch's: if it moved, say nothing
+        return
+    if not built:
+        print("specdistill: building the bf16 kernel for this CPU (once, about 30 s)", file=sys.stderr, flush=True)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
