@@ -2,12 +2,12 @@
 
 On such CPUs PyTorch's bf16 matmul is emulated: one token runs through a fast matrix-vector
 path, but every further token costs about as much again (18 GFLOP/s whatever the batch), so
-verifying a draft tree of 11 tokens costs 5.8 steps of one token instead of ~1.3 on a CPU
-with bf16 (``bench/bench_verify_cost.py --dtype bf16``). This kernel keeps the weights in bf16,
-widens each 8 of them to fp32 in registers (a 16-bit shift) and multiplies them into up to 6
-token rows at once with FMA, so the weights stream from memory once for all tokens, as in
-the one-token path. It accumulates in fp32 and rounds the output to bf16, as PyTorch's
-kernels do, so it differs from them only in the order of the sums.
+verifying a draft tree of 11 tokens cost 5.8 steps of one token (~1.3 on a CPU with bf16;
+``bench/bench_verify_cost.py --dtype bf16``), and about 1.9 through this kernel. It keeps the
+weights in bf16, widens each 8 of them to fp32 in registers (a 16-bit shift) and multiplies
+them into up to 6 token rows at once with FMA, so the weights stream from memory once for all
+tokens, as in the one-token path. It accumulates in fp32 and rounds the output to bf16, as
+PyTorch's kernels do, so it differs from them only in the order of the sums.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (gcc, ninja; about
 half a minute, cached after that). Set ``SPECDISTILL_CPU_KERNELS=0`` to turn it off; if it
