@@ -115,6 +115,8 @@ class CostAwareDraftLength:
         self.reached_at = [0.0] * k_max
         self.tree_accepted_at: list[float] = []  # per tree depth, sized by the first tree step
         self.tree_reached_at: list[float] = []
+        self.branch_accepted_at: list[float] = []  # per position of a retrieval branch verified on its own
+        self.branch_reached_at: list[float] = []
         self.verify_points: dict[int, list[float]] = {}  # tokens verified -> [discounted seconds, count]
         self.draft_step_seconds: float | None = None  # moving average of one draft forward
         self.tree_draft_seconds: float | None = None  # moving average of drafting one tree
@@ -162,6 +164,13 @@ class CostAwareDraftLength:
         self._chain_steps, self._tree_gap = 0, min(2 * self._tree_gap, 16 * self.tree_probe_every)
         return True
 
+    def use_branch(self, rows: int, length: int) -> bool:
+        """Whether a greedy batch that drafts no tree verifies its rows' retrieval branches (at most
+        ``length`` tokens, no draft model run) rather than the chain ``next_k`` gives: by expected
+        tokens/s; a branch's positions start from the optimistic prior, so branches get tried."""
+        self.rows = rows
+        return self.branch_tokens_per_second(length) > max(self.tokens_per_second(k) for k in range(self.k_max + 1))
+
     # ---- what happened ---------------------------------------------------------------------------
 
     def update(self, k: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
@@ -197,8 +206,22 @@ class CostAwareDraftLength:
             self.tree_draft_seconds = _average(self.tree_draft_seconds, draft_seconds)
         self._drafted_last = True
 
+    def update_branch(self, rows: list[tuple[int, int]], verify_seconds: float, width: int) -> None:
+        """One step that verified retrieval branches alone: (branch length, accepted) per row, ``width``
+        tokens past each row's last one in the pass."""
+        self._forget()
+        if len(self.branch_reached_at) < width:
+            self.branch_accepted_at += [0.0] * (width - len(self.branch_accepted_at))
+            self.branch_reached_at += [0.0] * (width - len(self.branch_reached_at))
+        for length, accepted in rows:
+            _count(self.branch_accepted_at, self.branch_reached_at, length, accepted)
+        self.rows = len(rows)
+        self._time_verify(len(rows) * (width + 1), verify_seconds)
+        self._drafted_last = False  # the head drafted nothing: its next call catches up
+
     def _forget(self) -> None:
-        for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at):
+        for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at,
+                       self.branch_accepted_at, self.branch_reached_at):
             counts[:] = [c * self.decay for c in counts]
         for tokens, point in list(self.verify_points.items()):
             point[0] *= self.decay
@@ -252,6 +275,12 @@ class CostAwareDraftLength:
         seconds = (self.tree_draft_seconds or 0.0) + self.verify_seconds(self.rows * (nodes + 1))
         tokens = depth + 1 if every_level else _expected(self.tree_acceptance(depth))
         return self.rows * tokens / seconds
+
+    def branch_tokens_per_second(self, length: int) -> float:
+        """Expected tokens per second of the batch verifying retrieval branches of ``length`` alone."""
+        rates = _rates(self.branch_accepted_at, self.branch_reached_at, self.prior_alpha, self.prior_weight)
+        rates = (rates + [rates[-1] if rates else self.prior_alpha] * length)[:length]
+        return self.rows * _expected(rates) / self.verify_seconds(self.rows * (length + 1))
 
     def __repr__(self) -> str:
         return f"CostAwareDraftLength(k_max={self.k_max})"

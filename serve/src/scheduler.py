@@ -20,6 +20,7 @@ that step only (``Request.error``); the engine goes on with the others.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import threading
@@ -163,16 +164,33 @@ class SpecEngine:
         k = gen.draft_length.next_k()
         if gen.max_positions:
             k = min(k, min(gen.max_positions - len(r.tokens) for r in rows))
+        policy = gen.draft_length
+        if any(branches) and hasattr(policy, "use_branch") and policy.use_branch(len(rows), max(map(len, branches))):
+            return self._decode_branches(rows, branches, retrieval_seconds)
         limits = [max(0, min(k, r.max_new_tokens - r.new - 1)) for r in rows]
         drafts, draft_probs, limits, draft_seconds, draft_calls = decode.propose(
             gen.draft_runner, self._draft_state, rows, limits, gen.draft_confidence, self.device)
+        learn = functools.partial(policy.update_rows, k_run=drafts.shape[1], draft_seconds=draft_seconds)
+        return self._verify_chain(rows, drafts, draft_probs, limits, draft_seconds, draft_calls, learn)
+
+    def _decode_branches(self, rows, branches: list[list[int]], retrieval_seconds: float):
+        """One step that verifies the rows' retrieval branches alone, as chains: no draft model runs."""
+        width = max(map(len, branches))
+        drafts = torch.tensor([b + [0] * (width - len(b)) for b in branches], device=self.device)
+        learn = functools.partial(self.gen.draft_length.update_branch, width=width)
+        return self._verify_chain(rows, drafts, None, list(map(len, branches)), retrieval_seconds, 0, learn)
+
+    def _verify_chain(self, rows, drafts, draft_probs, limits, draft_seconds, draft_calls, learn):
+        """Verify each row's chain of ``limits[b]`` drafts in one pass, accept, tell the policy
+        (``learn(outcomes, verify_seconds=...)``) and roll both caches to what was accepted."""
+        gen = self.gen
         layers = decode.feature_layers(gen.draft_runner)
         target_out, target_seconds = decode.verify(gen.target_runner, self._target_state, rows, drafts, layers)
         target_logits = target_out[0] if layers else target_out
         accepted = decode.accept(rows, limits, drafts, draft_probs, target_logits)
         outcomes = [(k_row, n) for k_row, (n, _) in zip(limits, accepted)]
         self._account(rows, outcomes, draft_seconds, draft_calls, target_seconds)
-        gen.draft_length.update_rows(outcomes, drafts.shape[1], draft_seconds, target_seconds)
+        learn(outcomes, verify_seconds=target_seconds)
         lengths = [len(r.tokens) + n for r, (n, _) in zip(rows, accepted)]
         gen.target_runner.rollback(self._target_state, lengths)
         gen.draft_runner.rollback(self._draft_state, lengths)

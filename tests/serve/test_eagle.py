@@ -219,3 +219,14 @@ def test_retrieval_branches_respect_the_budget_and_need_a_tree(target, head):
         SpeculativeGenerator(target, head, draft_tree="none", draft_retrieval="ngram")
     with pytest.raises(ValueError, match="METHOD"):
         SpeculativeGenerator(target, head, draft_tree="auto", draft_retrieval="ngram:x")
+
+
+def test_auto_verifies_retrieval_branches_alone_when_they_pay_and_stays_exact(target, head):
+    # The tiny target repeats itself: its branches are accepted whole, and the policy learns to verify
+    # them alone (no head call) on steps it does not draft the tree.
+    prompts = [torch.tensor([[7, 1, 7, 1, 7, 4, 4]]), torch.tensor([[2, 5, 3, 9]])]
+    gen = SpeculativeGenerator(target, head, num_draft_tokens="auto", draft_tree="2,2,4", draft_retrieval="ngram:8")
+    for ids in prompts:
+        torch.testing.assert_close(gen.generate(ids, 60, eos_token_id=[]).sequences, hf_greedy(target, ids, 60))
+    policy = gen.draft_length
+    assert policy.branch_reached_at and policy.branch_accepted_at[0] > 0

@@ -234,3 +234,16 @@ def test_a_tree_that_could_not_pay_even_if_all_accepted_is_never_probed():
     _feed_tree(policy, 0.9, rows=1, verify_seconds=steep, tree_seconds=0.015, steps=20)
     _feed_chain(policy, 0.7, rows=1, verify_seconds=steep, draft_seconds=0.003, steps=300, ks=(0, 1, 2))
     assert not any(policy.use_tree(rows=1, depth=5, nodes=10) for _ in range(2000))
+
+
+def test_retrieval_branches_alone_are_tried_kept_while_they_pay_and_dropped_when_they_stop():
+    policy = CostAwareDraftLength(k_max=8)
+    _feed(policy, alpha=0.0, draft_seconds=0.01, verify_seconds=lambda k: 0.03 + 0.005 * k)  # a useless head
+    assert policy.next_k() == 0
+    assert policy.use_branch(1, 6)  # never measured: the optimistic prior tries it
+    for _ in range(30):
+        policy.update_branch([(6, 6)], verify_seconds=0.06, width=6)  # copied text, accepted whole
+    assert policy.use_branch(1, 6) and policy.branch_tokens_per_second(6) > 3 * policy.tokens_per_second(0)
+    for _ in range(200):  # the text stops repeating (a branch accepted whole 1 time in 4 would still pay)
+        policy.update_branch([(6, 0)], verify_seconds=0.06, width=6)
+    assert not policy.use_branch(1, 6)
