@@ -195,9 +195,7 @@ class CostAwareDraftLength:
         """One tree step: the accepted path length per row, for a tree ``depth`` levels deep whose
         ``nodes`` drafted tokens (plus each row's last token) were verified in one pass."""
         self._forget()
-        if len(self.tree_reached_at) < depth:
-            self.tree_accepted_at += [0.0] * (depth - len(self.tree_accepted_at))
-            self.tree_reached_at += [0.0] * (depth - len(self.tree_reached_at))
+        _grow(self.tree_accepted_at, self.tree_reached_at, depth)
         for n in accepted:
             _count(self.tree_accepted_at, self.tree_reached_at, depth, n)
         self.rows = len(accepted)
@@ -210,9 +208,7 @@ class CostAwareDraftLength:
         """One step that verified retrieval branches alone: (branch length, accepted) per row, ``width``
         tokens past each row's last one in the pass."""
         self._forget()
-        if len(self.branch_reached_at) < width:
-            self.branch_accepted_at += [0.0] * (width - len(self.branch_accepted_at))
-            self.branch_reached_at += [0.0] * (width - len(self.branch_reached_at))
+        _grow(self.branch_accepted_at, self.branch_reached_at, width)
         for length, accepted in rows:
             _count(self.branch_accepted_at, self.branch_reached_at, length, accepted)
         self.rows = len(rows)
@@ -244,8 +240,7 @@ class CostAwareDraftLength:
         """Estimated rate b_i at which the walk through a tree goes one level deeper, per depth."""
         # Before a tree is measured its levels take the chain's rates: a tree holds the chain's path.
         prior = self.acceptance()[0] if self.k_max else self.prior_alpha
-        rates = _rates(self.tree_accepted_at, self.tree_reached_at, prior, self.prior_weight)
-        return (rates + [rates[-1] if rates else prior] * depth)[:depth]
+        return _rates_to(self.tree_accepted_at, self.tree_reached_at, prior, self.prior_weight, depth)
 
     def expected_tokens(self, k: int) -> float:
         """Expected tokens from one step with k drafts (accepted drafts + the target's token)."""
@@ -278,8 +273,7 @@ class CostAwareDraftLength:
 
     def branch_tokens_per_second(self, length: int) -> float:
         """Expected tokens per second of the batch verifying retrieval branches of ``length`` alone."""
-        rates = _rates(self.branch_accepted_at, self.branch_reached_at, self.prior_alpha, self.prior_weight)
-        rates = (rates + [rates[-1] if rates else self.prior_alpha] * length)[:length]
+        rates = _rates_to(self.branch_accepted_at, self.branch_reached_at, self.prior_alpha, self.prior_weight, length)
         return self.rows * _expected(rates) / self.verify_seconds(self.rows * (length + 1))
 
     def __repr__(self) -> str:
@@ -310,6 +304,19 @@ def _rates(accepted_at: list[float], reached_at: list[float], prior: float, weig
         prior = (accepted + weight * prior) / (reached + weight)
         rates.append(prior)
     return rates
+
+
+def _rates_to(accepted_at: list[float], reached_at: list[float], prior: float, weight: float,
+              length: int) -> list[float]:
+    """``_rates`` for exactly ``length`` positions: those never counted take the last rate (or the prior)."""
+    rates = _rates(accepted_at, reached_at, prior, weight)
+    return (rates + [rates[-1] if rates else prior] * length)[:length]
+
+
+def _grow(accepted_at: list[float], reached_at: list[float], size: int) -> None:
+    """Per-position counts sized for at least ``size`` positions (new ones at zero)."""
+    for counts in (accepted_at, reached_at):
+        counts += [0.0] * (size - len(counts))
 
 
 def _expected(rates: list[float]) -> float:

@@ -161,10 +161,10 @@ class SpecEngine:
                 return results
         # One target call always yields one token of its own, so draft at most budget - 1;
         # and no row may be fed past the target's context, drafts included.
-        k = gen.draft_length.next_k()
+        policy = gen.draft_length
+        k = policy.next_k()
         if gen.max_positions:
             k = min(k, min(gen.max_positions - len(r.tokens) for r in rows))
-        policy = gen.draft_length
         if any(branches) and hasattr(policy, "use_branch") and policy.use_branch(len(rows), max(map(len, branches))):
             return self._decode_branches(rows, branches, retrieval_seconds)
         limits = [max(0, min(k, r.max_new_tokens - r.new - 1)) for r in rows]
@@ -176,7 +176,7 @@ class SpecEngine:
     def _decode_branches(self, rows, branches: list[list[int]], retrieval_seconds: float):
         """One step that verifies the rows' retrieval branches alone, as chains: no draft model runs."""
         width = max(map(len, branches))
-        drafts = torch.tensor([b + [0] * (width - len(b)) for b in branches], device=self.device)
+        drafts = decode.right_padded(branches, width, self.device)
         learn = functools.partial(self.gen.draft_length.update_branch, width=width)
         return self._verify_chain(rows, drafts, None, list(map(len, branches)), retrieval_seconds, 0, learn)
 

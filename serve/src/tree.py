@@ -152,6 +152,14 @@ def _ancestors(parents: torch.Tensor) -> torch.Tensor:
     return ancestors
 
 
+def _children(parents: list[int], tokens: list[int]) -> dict[tuple[int, int], int]:
+    """One row's (parent node, token) -> node index (1..N); of repeated pairs, the first node."""
+    children = {}
+    for i, pair in enumerate(zip(parents, tokens), start=1):
+        children.setdefault(pair, i)
+    return children
+
+
 def add_branches(tree: DraftTree, branches: list[list[int]]) -> DraftTree:
     """The tree with each row's ``branches[b]`` (a chain of tokens after the root, e.g. retrieved
     from the row's text) joined to it: the branch follows the tree's nodes as far as they hold its
@@ -162,7 +170,7 @@ def add_branches(tree: DraftTree, branches: list[list[int]]) -> DraftTree:
         return tree
     tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
     for b, branch in enumerate(branches):
-        children = {(parent, token): i for i, (parent, token) in enumerate(zip(parents[b], tokens[b]), start=1)}
+        children = _children(parents[b], tokens[b])
         node = 0
         for token in branch:
             if (node, token) not in children:
@@ -201,9 +209,7 @@ def accept_tree(tree: DraftTree, target_logits: torch.Tensor, limits: list[int])
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     results = []
     for b, limit in enumerate(limits):
-        children = {}
-        for i, parent in enumerate(parents[b], start=1):
-            children.setdefault((parent, tokens[b][i - 1]), i)
+        children = _children(parents[b], tokens[b])
         path, node = [], 0
         while len(path) < limit and (child := children.get((node, choice[b][node]))) is not None:
             path.append(child)
