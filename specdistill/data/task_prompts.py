@@ -5,7 +5,9 @@ send. Every task is made from text on this machine, the Python standard library 
 from templates written for this project; the target then answers each prompt as it would a user:
 
     chat            two turns: a request, then a follow-up about the model's own first answer
-    translation     a sentence of the library's documentation, into one of several languages
+    translation     a sentence of the library's documentation, into one of several languages; in two of
+                    five, a second turn asks for the model's own translation back into English, so the
+                    mix also translates out of those languages (text the target writes itself)
     summarization   a module's documentation (about 700 to 2,000 words), summarized
     qa              a question about one function of such a document, answered from it
     extraction      the functions, parameters or values of a short document, as a list or JSON
@@ -148,7 +150,11 @@ def _translation(doc: ModuleDoc, docs, rng, max_lines: int) -> dict | None:
     sentences = _sentences(doc.doc) + [s for e in doc.entries for s in _sentences(e.doc)]
     if not sentences:
         return None
-    return {"prompt": f"Translate into {rng.choice(LANGUAGES)}: {rng.choice(sentences)}"}
+    language = rng.choice(LANGUAGES)
+    ask = f"Translate into {language}: {rng.choice(sentences)}"
+    if rng.random() < 0.4:  # out of the language: the second turn translates the model's own text back
+        return {"turns": [ask, f"Now translate your {language} text back into English."]}
+    return {"prompt": ask}
 
 
 def _long_document(doc: ModuleDoc, rng) -> str | None:
@@ -167,6 +173,8 @@ def _qa(doc: ModuleDoc, docs, rng, max_lines: int) -> dict | None:
     if text is None:
         return None
     named = [e for e in doc.entries if e.signature in text]
+    if not named:  # the module's own docstring filled the document
+        return None
     entry = rng.choice(named)
     question = rng.choice((f"According to the documentation above, what does `{entry.name}` do?",
                            f"Based on the text, when would I use `{entry.name}`, and what does it take?",

@@ -186,26 +186,53 @@ class Eagle3Head(nn.Module):
         It attends to step 1's keys up to c (the verified slots) and to its own block's
         earlier steps at c, as it would at inference. Returns the head's states [B, T, H] of
         each step (``logits`` turns them into draft logits)."""
-        layer, batch, width = self.layers[0], *input_ids.shape
-        index = torch.arange(width, device=input_ids.device)
-        feature, keys, values, out = self.fc(features), [], [], []
+        keep = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        return [state.view(*input_ids.shape, -1) for state in self.ttt_states_at(features, input_ids, steps, keep)]
+
+    def ttt_states_at(self, features, input_ids, steps: int, keep: torch.Tensor) -> list[torch.Tensor]:
+        """``ttt_states`` at the positions ``keep`` [B, T] marks only: each step's states [N, H], in
+        the order of ``keep.nonzero()``. Every position still gives step 1's keys and values (the
+        verified slots all later positions attend to), which costs a fifth of a position's step;
+        the queries, the attention, the MLP and the later steps run at the kept positions only.
+        Training keeps the positions whose drafts count, so a long prompt costs little."""
+        layer, (batch, width) = self.layers[0], input_ids.shape
+        cols, valid = _kept_columns(keep)  # [B, n]: each row's kept positions, padded
+        if cols.shape[1] == 0:
+            return [features.new_zeros(0, self.layer_config.hidden_size) for _ in range(steps)]
+        feature = self.fc(features)  # [B, T, H]
+        cos, sin = self.rotary(feature, torch.arange(width, device=input_ids.device).expand(batch, width))
+        _, keys, values, _ = layer.qkv(self.embed(F.pad(input_ids[:, 1:], (0, 1))), feature, cos, sin)
+        seen = int(cols.max()) + 1  # no kept position attends past this
+        keys, values = keys[:, :, :seen], values[:, :, :seen]
+        causal = torch.arange(seen, device=cols.device)[None, None, :] <= cols[:, :, None]  # [B, n, seen]
+        own = torch.eye(cols.shape[1], dtype=torch.bool, device=cols.device).expand(batch, -1, -1)
+        feature = feature.gather(1, cols[..., None].expand(-1, -1, feature.shape[-1]))
+        out = []
         for j in range(1, steps + 1):
-            tokens = F.pad(input_ids[:, j:], (0, j))  # token c + j, padded past the row's end
-            cos, sin = self.rotary(feature, (index + j - 1).expand(batch, width))  # slot c + j - 1
+            tokens = F.pad(input_ids[:, j:], (0, j)).gather(1, cols)  # token c + j at each kept c
+            cos, sin = self.rotary(feature, cols + j - 1)  # slot c + j - 1
             q, k, v, residual = layer.qkv(self.embed(tokens), feature, cos, sin)
-            keys.append(k)
-            values.append(v)
-            causal = index[None, :] <= index[:, None]  # step 1's keys: the verified slots up to c
-            diagonal = torch.eye(width, dtype=torch.bool, device=index.device)  # this block's own steps
-            mask = torch.cat([causal] + [diagonal] * (j - 1), dim=1)
-            feature = layer.finish(layer.self_attn.attend(q, torch.cat(keys, 2), torch.cat(values, 2), mask),
-                                   residual)
-            out.append(feature)
+            if j > 1:  # the block's own earlier steps: one key per query (step 1's is the slot c itself)
+                keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+            mask = torch.cat([causal] + [own] * (j - 1), -1)[:, None]
+            feature = layer.finish(layer.self_attn.attend(q, keys, values, mask), residual)
+            out.append(feature[valid])
         return out
 
     def save_pretrained(self, path, **_) -> None:
         """Save in the speculators format (``save_head``), as checkpoints do."""
         save_head(self, path)
+
+
+def _kept_columns(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's kept positions, ascending, padded to the longest row by repeating the row's last one:
+    columns [B, n] and which of them are real [B, n]."""
+    counts = keep.sum(1)
+    width = int(counts.max()) if keep.numel() else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]  # kept first, in order
+    valid = torch.arange(width, device=keep.device)[None, :] < counts[:, None]
+    last = order.gather(1, (counts - 1).clamp(min=0)[:, None]) if width else order
+    return torch.where(valid, order, last), valid
 
 
 def check_head(target, head: Eagle3Head) -> None:
@@ -250,6 +277,27 @@ def draft_vocabulary(token_ids: torch.Tensor, vocab: int, size: int, always: lis
     propose it drafts past the end), ascending."""
     ranked = ranked_token_ids(token_ids, vocab, always)
     return torch.tensor(sorted(ranked[: max(size, len(always))]))
+
+def extend_vocabulary(head: Eagle3Head, target, token_ids: torch.Tensor, size: int) -> int:
+    """Grow a trained head's draft vocabulary to ``size`` with the most frequent ids of ``token_ids``
+    it lacks (a head fine-tuned on new traffic, say another language, cannot draft what its
+    vocabulary lacks). The head's own LM-head rows stay; a new token's row is the target's, as in a
+    fresh head. Returns how many ids were added."""
+    have = head.draft_ids
+    missing = [t for t in ranked_token_ids(token_ids, head.vocab_size, []) if not head.t2d[t]]
+    missing = missing[: max(size - len(have), 0)]
+    if not missing:
+        return 0
+    ids = torch.cat([have, torch.tensor(missing, device=have.device)]).sort().values
+    with torch.no_grad():
+        weight = target.get_output_embeddings().weight[ids].to(head.lm_head.weight)
+        weight[torch.isin(ids, have)] = head.lm_head.weight  # both ascending: the old rows in order
+    head.lm_head = nn.Linear(weight.shape[1], len(ids), bias=False, device=weight.device, dtype=weight.dtype)
+    head.lm_head.weight = nn.Parameter(weight)
+    head.d2t = ids - torch.arange(len(ids), device=ids.device)
+    head.t2d[ids] = True
+    return len(missing)
+
 
 SPECULATORS_VERSION = "0.3.0"  # the format version written (speculators' config schema)
 HUB_NAMES = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # embedded targets' folders -> hub ids

@@ -24,7 +24,9 @@ class TrainConfig(DataConfig):
     draft: str = option("", "a local HF draft directory (or, for eagle3, a head directory, or default: the "
                             "shipped head) to start from; empty = prune the target (lm) or a new head (eagle3)")
     head_layers: str = option("", "eagle3: the target hidden states the head reads (empty = low, middle, high)")
-    head_vocab_size: int = option(8192, "eagle3: the head's draft vocabulary (the answers' most frequent tokens)")
+    head_vocab_size: int = option(8192, "eagle3: the head's draft vocabulary (the answers' most frequent tokens); "
+                                        "fine-tuning a head (--draft), a larger size adds the most frequent answer "
+                                        "tokens it lacks (new languages, say)")
     ttt_steps: int = option(4, "eagle3: training-time test unrolls the head this many draft positions")
     ttt_decay: float = option(1.0, "eagle3: draft position j's loss weighs ttt_decay ** (j - 1)")
     feature_cache: str = option("", "eagle3: a directory for the target's features over the training rows, made "

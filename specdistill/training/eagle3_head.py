@@ -22,7 +22,7 @@ from specdistill.losses import compute_distill_loss
 from specdistill.measure import chained_figures
 from specdistill.models import decoder_and_head
 from specdistill.models.drafts import resolve_draft
-from specdistill.models.eagle3 import Eagle3Head, draft_vocabulary
+from specdistill.models.eagle3 import Eagle3Head, draft_vocabulary, extend_vocabulary
 from specdistill.models.eagle3_io import is_head_dir, load_head
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,13 @@ def build_head(config, target, rows, eos_ids: list[int], checkpoint: Path | None
         if not is_head_dir(where):
             raise ValueError(f"draft_type eagle3 starts from an EAGLE-3 head directory or default (the shipped "
                              f"head); {config.draft} is not one")
-        return load_head(where, target, torch.float32).train()
+        head = load_head(where, target, torch.float32).train()
+        answers = rows.input_ids[:, 1:][rows.loss_mask[:, :-1]]
+        added = extend_vocabulary(head, target, answers, config.head_vocab_size)
+        covered = float(head.t2d[answers].float().mean())
+        log.info("the head's draft vocabulary: %d ids (%d added), covering %.1f%% of the answer tokens",
+                 len(head.d2t), added, 100 * covered)
+        return head
     ids = draft_vocabulary(rows.input_ids[:, 1:][rows.loss_mask[:, :-1]], target.config.vocab_size,
                            config.head_vocab_size, eos_ids)
     return Eagle3Head.for_target(target, ids, parse_layers(config.head_layers), config.seed).float().train()
@@ -81,14 +87,19 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
             features, final = batch.features
             _, weight = decoder_and_head(target)
             teacher = F.linear(final, weight[head.draft_ids])
+    # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does. The
+    # head runs only where some step counts, so a long prompt's positions cost their keys alone.
+    counted = [shifted(batch.loss_mask, j, False) for j in range(1, config.ttt_steps + 1)]
+    keep = torch.stack(counted).any(0)
+    slot = torch.full(keep.shape, -1, dtype=torch.long, device=keep.device)
+    slot[keep] = torch.arange(int(keep.sum()), device=keep.device)
     with autocast:
-        states = head.ttt_states(features, batch.input_ids, config.ttt_steps)
+        states = head.ttt_states_at(features, batch.input_ids, config.ttt_steps, keep)
     loss = acceptance = count = None
-    for j, state in enumerate(states, 1):
-        # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does.
-        rows, cols = shifted(batch.loss_mask, j, False).nonzero(as_tuple=True)
+    for j, (state, mask) in enumerate(zip(states, counted), 1):
+        rows, cols = mask.nonzero(as_tuple=True)
         with autocast:
-            logits = head.logits(state[rows, cols])
+            logits = head.logits(state[slot[rows, cols]])
         out = compute_distill_loss(logits, teacher[rows, cols + j], divergence=config.divergence,
                                    temperature=config.temperature, beta=config.beta, reduction="sum",
                                    return_acceptance=j == 1)

@@ -230,3 +230,22 @@ def test_auto_verifies_retrieval_branches_alone_when_they_pay_and_stays_exact(ta
         torch.testing.assert_close(gen.generate(ids, 60, eos_token_id=[]).sequences, hf_greedy(target, ids, 60))
     policy = gen.draft_length
     assert policy.branch_reached_at and policy.branch_accepted_at[0] > 0
+
+
+@pytest.mark.parametrize("auto", [False, True])
+def test_a_head_tree_and_branches_decode_up_to_the_target_context(auto):
+    # The last steps of a request that fills the context: the tree, the branch and the chain must
+    # each stop at the last position, and the output stay the target's own.
+    context = 40
+    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, max_positions=context, seed=3)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(6)
+    head = Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1)
+    gen = SpeculativeGenerator(target, head, num_draft_tokens="auto" if auto else 4, draft_tree="3,2,6",
+                               draft_retrieval="ngram:8")
+    prompt = torch.tensor([[7, 1, 7, 1, 7, 4, 4, 3, 8, 1, 6, 3, 8, 1, 6, 3, 8, 2, 5, 3, 9, 7, 1, 7, 1, 7]])
+    room = context - prompt.shape[1]
+    out = gen.generate(prompt, max_new_tokens=room, eos_token_id=[])
+    torch.testing.assert_close(out.sequences, hf_greedy(target, prompt, room))
+    with pytest.raises(ValueError, match="context of 40 positions"):
+        gen.generate(prompt, max_new_tokens=room + 1, eos_token_id=[])

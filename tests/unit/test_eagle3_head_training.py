@@ -149,3 +149,61 @@ def test_feature_rows_gather_a_batch_across_their_shards():
         batch, index = cached.batch(step, 3, seed=0), cached.batch_rows(step, 3, seed=0)
         assert torch.equal(batch.input_ids, rows.input_ids[index])
         assert torch.equal(batch.features[0], features[index]) and torch.equal(batch.features[1], final[index])
+
+
+def _dense_ttt_states(head, features, input_ids, steps):
+    """The reference: every step over every position, with the block's own earlier steps as
+    [T, T] diagonal blocks of one attention mask (how training-time test is usually written)."""
+    import torch.nn.functional as F
+
+    layer, (batch, width) = head.layers[0], input_ids.shape
+    index = torch.arange(width)
+    feature, keys, values, out = head.fc(features), [], [], []
+    for j in range(1, steps + 1):
+        cos, sin = head.rotary(feature, (index + j - 1).expand(batch, width))
+        q, k, v, residual = layer.qkv(head.embed(F.pad(input_ids[:, j:], (0, j))), feature, cos, sin)
+        keys.append(k)
+        values.append(v)
+        mask = torch.cat([index[None, :] <= index[:, None]] + [torch.eye(width, dtype=torch.bool)] * (j - 1), 1)
+        feature = layer.finish(layer.self_attn.attend(q, torch.cat(keys, 2), torch.cat(values, 2), mask), residual)
+        out.append(feature)
+    return out
+
+
+def test_training_time_test_at_kept_positions_equals_the_dense_unrolling():
+    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3).double()
+    head = Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1).double()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 16, (3, 19), generator=generator)
+    features = torch.randn(3, 19, 96, dtype=torch.float64, generator=generator)
+    dense = _dense_ttt_states(head, features, ids, 4)
+    keep = torch.rand(3, 19, generator=generator) < 0.3
+    keep[1] = False  # a row with nothing kept
+    keep[2, -1] = True  # the last position, whose later tokens are padding
+    for full, kept, reference in zip(head.ttt_states(features, ids, 4), head.ttt_states_at(features, ids, 4, keep),
+                                     dense):
+        torch.testing.assert_close(full, reference, rtol=0, atol=1e-12)
+        torch.testing.assert_close(kept, reference[keep], rtol=0, atol=1e-12)
+
+
+def test_extending_a_head_vocabulary_keeps_its_rows_and_adds_the_most_frequent_missing(tmp_path):
+    from specdistill.models.eagle3 import extend_vocabulary, save_head
+
+    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
+    head = Eagle3Head.for_target(target, torch.tensor([1, 4, 6, 9]), layer_ids=[0, 2, 3], seed=1)
+    with torch.no_grad():
+        head.lm_head.weight.add_(1.0)  # "trained": no longer the target's rows
+    old = head.lm_head.weight.detach().clone()
+    answers = torch.tensor([12] * 5 + [3] * 4 + [4] * 9 + [7] * 2 + [0])
+    assert extend_vocabulary(head, target, answers, size=6) == 2  # 12 and 3: the most frequent it lacks
+    assert head.draft_ids.tolist() == head.t2d.nonzero().flatten().tolist() == [1, 3, 4, 6, 9, 12]
+    torch.testing.assert_close(head.lm_head.weight[[0, 2, 3, 4]], old)
+    torch.testing.assert_close(head.lm_head.weight[[1, 5]], target.lm_head.weight[[3, 12]])
+    assert extend_vocabulary(head, target, answers, size=6) == 0
+    save_head(head, tmp_path / "head")
+    again = load_head(tmp_path / "head", target, torch.float32)
+    assert again.draft_ids.tolist() == [1, 3, 4, 6, 9, 12]
+    ids = torch.tensor([[2, 5, 3, 9, 12, 4]])
+    out = SpeculativeGenerator(target, again, draft_tree="2,2,4").generate(ids, 20, eos_token_id=[])
+    reference = target.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.testing.assert_close(out.sequences, reference)

@@ -35,14 +35,18 @@ def test_module_docs_keep_documented_public_entries(library):
 
 def test_each_task_makes_its_kind_of_prompt(library):
     docs, rng = module_docs(sorted(library.glob("*.py"))), random.Random(0)
-    made = {task: task_prompts(task, docs, 6, rng) for task in TASKS}
+    made = {task: task_prompts(task, docs, 12, rng) for task in TASKS}
     assert all(made[task] and all(row["category"] == task for row in made[task]) for task in TASKS)
     for row in made["chat"]:
         assert len(row["turns"]) == 2 and row["turns"][1] in FOLLOW_UPS
     every_doc = " ".join(" ".join(e.doc.split()) for d in docs for e in d.entries)
     for row in made["translation"]:
-        language, sentence = re.fullmatch(r"Translate into (\w+): (.+)", row["prompt"]).groups()
+        turns = row.get("turns") or [row["prompt"]]
+        language, sentence = re.fullmatch(r"Translate into (\w+): (.+)", turns[0]).groups()
         assert sentence in every_doc and 8 <= len(sentence.split()) <= 30 and sentence.endswith(".")
+        assert turns[1:] in ([], [f"Now translate your {language} text back into English."])
+    back = sum("turns" in row for row in made["translation"])
+    assert 0 < back < len(made["translation"])  # both directions
     for row in made["summarization"] + made["qa"]:
         assert len(row["prompt"].split()) >= 500 and row["source"] == "stdlib mod0"  # only mod0 is long enough
     for row in made["qa"]:
@@ -78,7 +82,8 @@ def test_make_prompts_writes_the_mix_in_its_proportions(library, tmp_path):
     rows = read_rows(out)
     assert summary["prompts"] == len(rows) and summary["by_task"]["math"] == 20
     assert {row["category"] for row in rows} == {"chat", "math", "translation"}
-    assert all(("turns" in row) == (row["category"] == "chat") for row in rows)
+    assert all("turns" in row for row in rows if row["category"] == "chat")
+    assert not any("turns" in row for row in rows if row["category"] == "math")
     assert len({row["id"] for row in rows}) == len(rows)
     with pytest.raises(ValueError, match="unknown task"):
         MakePromptsConfig(source="tasks", mix="chat:1,poems:1")

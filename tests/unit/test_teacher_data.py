@@ -216,3 +216,17 @@ def test_a_multi_turn_prompt_asks_its_next_turn_after_the_teachers_own_answer(tm
         # A rerun has nothing left to ask.
         again = run_generate_data(config, progress=False)
         assert again["records"] == 0 and again["answered_before"] == 4
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_continuous_batching_gives_each_prompt_the_answer_it_gets_alone(char_tokenizer, temperature):
+    from specdistill.serve import SpeculativeGenerator
+    from specdistill.teacher.local import answer_batch
+
+    model = tiny_llama(vocab_size=len(char_tokenizer), num_layers=3, hidden_size=32, seed=2)
+    generator = SpeculativeGenerator(model, None, tokenizer=char_tokenizer)
+    prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": "def f(x):"[: 3 + i]}]} for i in range(5)]
+    together = answer_batch(generator, char_tokenizer, prompts, 2, 9, temperature, 1.0, 7, max_batch_size=3)
+    for prompt, (choices, _) in zip(prompts, together):
+        alone, _ = answer_batch(generator, char_tokenizer, [prompt], 2, 9, temperature, 1.0, 7)[0]
+        assert [c["answer_ids"] for c in choices] == [c["answer_ids"] for c in alone]
