@@ -221,6 +221,7 @@ def test_a_multi_turn_prompt_asks_its_next_turn_after_the_teachers_own_answer(tm
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_continuous_batching_gives_each_prompt_the_answer_it_gets_alone(char_tokenizer, temperature):
     from specdistill.serve import SpeculativeGenerator
+
     from specdistill.teacher.local import answer_batch
 
     model = tiny_llama(vocab_size=len(char_tokenizer), num_layers=3, hidden_size=32, seed=2)
