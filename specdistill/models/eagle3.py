@@ -191,9 +191,10 @@ class Eagle3Head(nn.Module):
 
     def ttt_states_at(self, features, input_ids, steps: int, keep: torch.Tensor) -> list[torch.Tensor]:
         """``ttt_states`` at the positions ``keep`` [B, T] marks only: each step's states [N, H], in
-        the order of ``keep.nonzero()``. Every position still gives step 1's keys and values (the
-        verified slots all later positions attend to), which costs a fifth of a position's step;
-        the queries, the attention, the MLP and the later steps run at the kept positions only.
+        the order of ``keep.nonzero()``. Every position still goes through step 1's q/k/v
+        projection (its keys and values are the verified slots all later positions attend to),
+        about a fifth of a position's step; the attention, the MLP and the later steps run at the
+        kept positions only.
         Training keeps the positions whose drafts count, so a long prompt costs little."""
         layer, (batch, width) = self.layers[0], input_ids.shape
         cols, valid = _kept_columns(keep)  # [B, n]: each row's kept positions, padded
@@ -201,18 +202,20 @@ class Eagle3Head(nn.Module):
             return [features.new_zeros(0, self.layer_config.hidden_size) for _ in range(steps)]
         feature = self.fc(features)  # [B, T, H]
         cos, sin = self.rotary(feature, torch.arange(width, device=input_ids.device).expand(batch, width))
-        _, keys, values, _ = layer.qkv(self.embed(F.pad(input_ids[:, 1:], (0, 1))), feature, cos, sin)
+        # Step 1 at every position (slot c reads token c + 1): its keys and values are the verified slots;
+        # its queries and residuals are kept where the states are wanted.
+        q, keys, values, residual = layer.qkv(self.embed(F.pad(input_ids[:, 1:], (0, 1))), feature, cos, sin)
+        q, residual = _at_columns(q, cols, 2), _at_columns(residual, cols, 1)
         seen = int(cols.max()) + 1  # no kept position attends past this
         keys, values = keys[:, :, :seen], values[:, :, :seen]
         causal = torch.arange(seen, device=cols.device)[None, None, :] <= cols[:, :, None]  # [B, n, seen]
         own = torch.eye(cols.shape[1], dtype=torch.bool, device=cols.device).expand(batch, -1, -1)
-        feature = feature.gather(1, cols[..., None].expand(-1, -1, feature.shape[-1]))
         out = []
         for j in range(1, steps + 1):
-            tokens = F.pad(input_ids[:, j:], (0, j)).gather(1, cols)  # token c + j at each kept c
-            cos, sin = self.rotary(feature, cols + j - 1)  # slot c + j - 1
-            q, k, v, residual = layer.qkv(self.embed(tokens), feature, cos, sin)
-            if j > 1:  # the block's own earlier steps: one key per query (step 1's is the slot c itself)
+            if j > 1:  # reads token c + j at slot c + j - 1, and its own state; one more key per query
+                tokens = F.pad(input_ids[:, j:], (0, j)).gather(1, cols)
+                cos, sin = self.rotary(feature, cols + j - 1)
+                q, k, v, residual = layer.qkv(self.embed(tokens), feature, cos, sin)
                 keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
             mask = torch.cat([causal] + [own] * (j - 1), -1)[:, None]
             feature = layer.finish(layer.self_attn.attend(q, keys, values, mask), residual)
@@ -222,6 +225,14 @@ class Eagle3Head(nn.Module):
     def save_pretrained(self, path, **_) -> None:
         """Save in the speculators format (``save_head``), as checkpoints do."""
         save_head(self, path)
+
+
+def _at_columns(x: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
+    """x's entries at each row's columns ``cols`` [B, n] along ``dim`` (1 for [B, T, H], 2 for [B, heads, T, D])."""
+    index = cols[:, None] if dim == 2 else cols
+    shape = list(x.shape)
+    shape[dim] = cols.shape[1]
+    return x.gather(dim, index[..., None].expand(shape))
 
 
 def _kept_columns(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +288,7 @@ def draft_vocabulary(token_ids: torch.Tensor, vocab: int, size: int, always: lis
     propose it drafts past the end), ascending."""
     ranked = ranked_token_ids(token_ids, vocab, always)
     return torch.tensor(sorted(ranked[: max(size, len(always))]))
+
 
 def extend_vocabulary(head: Eagle3Head, target, token_ids: torch.Tensor, size: int) -> int:
     """Grow a trained head's draft vocabulary to ``size`` with the most frequent ids of ``token_ids``

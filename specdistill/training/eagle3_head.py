@@ -39,20 +39,19 @@ def build_head(config, target, rows, eos_ids: list[int], checkpoint: Path | None
     if checkpoint is not None:
         log.info("resuming the head from %s", checkpoint)
         return load_head(checkpoint, target, torch.float32).train()
+    answers = rows.input_ids[:, 1:][rows.loss_mask[:, :-1]]  # the tokens the head will learn to draft
     if config.draft:  # default: the shipped head, to fine-tune on the user's own answers
         where = Path(resolve_draft(config.draft))
         if not is_head_dir(where):
             raise ValueError(f"draft_type eagle3 starts from an EAGLE-3 head directory or default (the shipped "
                              f"head); {config.draft} is not one")
         head = load_head(where, target, torch.float32).train()
-        answers = rows.input_ids[:, 1:][rows.loss_mask[:, :-1]]
         added = extend_vocabulary(head, target, answers, config.head_vocab_size)
         covered = float(head.t2d[answers].float().mean())
         log.info("the head's draft vocabulary: %d ids (%d added), covering %.1f%% of the answer tokens",
                  len(head.d2t), added, 100 * covered)
         return head
-    ids = draft_vocabulary(rows.input_ids[:, 1:][rows.loss_mask[:, :-1]], target.config.vocab_size,
-                           config.head_vocab_size, eos_ids)
+    ids = draft_vocabulary(answers, target.config.vocab_size, config.head_vocab_size, eos_ids)
     return Eagle3Head.for_target(target, ids, parse_layers(config.head_layers), config.seed).float().train()
 
 
