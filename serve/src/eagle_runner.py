@@ -19,18 +19,28 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve import cpu_linear
-from specdistill.serve.llama_fast import _pad_length, tree_mask
+from specdistill.serve import cpu_linear, kv_rows
+from specdistill.serve.llama_fast import tree_mask
 
 
 @dataclass
 class EagleState:
-    keys: torch.Tensor  # [B, kv_heads, S, D]: the head's one layer
-    values: torch.Tensor
+    # The head's one layer, [capacity, kv_heads, S, D]: the first len(lengths) rows are live
+    # (``kv_rows``); rows leave and join without copying the others.
+    key_store: torch.Tensor
+    value_store: torch.Tensor
     lengths: list[int]  # tokens held per row (slots fed + 1)
     verified: list[int]  # the length up to which the fed slots carry the target's features
     pending: list[torch.Tensor]  # per row, target features [n, F] for the next slots, not fed yet
     last: torch.Tensor | None  # [B, H]: each row's latest head state (the next draft's feature)
+
+    @property
+    def keys(self) -> torch.Tensor:  # the live rows [B, kv_heads, S, D]
+        return self.key_store[: len(self.lengths)]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.value_store[: len(self.lengths)]
 
 
 class EagleRunner:
@@ -125,16 +135,14 @@ class EagleRunner:
                          zip(lengths, state.lengths, state.verified)]
 
     def select(self, state: EagleState, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=state.keys.device)
-        state.keys, state.values = state.keys.index_select(0, index), state.values.index_select(0, index)
+        kv_rows.keep_rows([state.key_store, state.value_store], rows, state.lengths)
         for name in ("lengths", "verified", "pending"):
             setattr(state, name, [getattr(state, name)[row] for row in rows])
         state.last = None  # every proposal starts from waiting features, which set it again
 
     def extend(self, state: EagleState, other: EagleState) -> None:
-        width = max(state.keys.shape[2], other.keys.shape[2])
-        state.keys = torch.cat([_pad_length(state.keys, width), _pad_length(other.keys, width)])
-        state.values = torch.cat([_pad_length(state.values, width), _pad_length(other.values, width)])
+        state.key_store, state.value_store = kv_rows.add_rows(
+            [state.key_store, state.value_store], len(state.lengths), [other.keys, other.values], other.lengths)
         for name in ("lengths", "verified", "pending"):
             setattr(state, name, getattr(state, name) + getattr(other, name))
         state.last = None
@@ -142,5 +150,5 @@ class EagleRunner:
 
 def _grow(state: EagleState, needed: int) -> None:
     """Rarely needed: a row past its budget still drafts along with the batch."""
-    width = max(needed, 2 * state.keys.shape[2])
-    state.keys, state.values = _pad_length(state.keys, width), _pad_length(state.values, width)
+    state.key_store, state.value_store = kv_rows.grow_length([state.key_store, state.value_store],
+                                                             len(state.lengths), needed)

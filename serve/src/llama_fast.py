@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve import cpu_linear
+from specdistill.serve import cpu_linear, kv_rows
 
 from specdistill.models.layers import apply_rotary, rms_norm
 
@@ -47,9 +47,19 @@ def unsupported_reason(model) -> str | None:
 
 @dataclass
 class FastState:
-    keys: list[torch.Tensor]  # per layer [B, kv_heads, max_length, head_dim]
-    values: list[torch.Tensor]
+    # Per layer [capacity, kv_heads, max_length, head_dim]: the first len(lengths) rows are
+    # live (``kv_rows``); rows leave and join without copying the others.
+    key_store: list[torch.Tensor]
+    value_store: list[torch.Tensor]
     lengths: list[int]  # tokens each row holds
+
+    @property
+    def keys(self) -> list[torch.Tensor]:  # the live rows, per layer [B, kv_heads, max_length, head_dim]
+        return [store[: len(self.lengths)] for store in self.key_store]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [store[: len(self.lengths)] for store in self.value_store]
 
 
 @dataclass
@@ -171,18 +181,15 @@ class LlamaRunner:
         state.lengths = [min(new, old) for new, old in zip(lengths, state.lengths)]
 
     def select(self, state: FastState, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=state.keys[0].device)
-        state.keys = [cache.index_select(0, index) for cache in state.keys]
-        state.values = [cache.index_select(0, index) for cache in state.values]
+        kv_rows.keep_rows(state.key_store + state.value_store, rows, state.lengths)
         state.lengths = [state.lengths[row] for row in rows]
 
     def extend(self, state: FastState, other: FastState) -> None:
-        """Rows of ``other`` join ``state`` (the batch grows; both caches are padded to one length)."""
-        width = max(state.keys[0].shape[2], other.keys[0].shape[2])
-        for cache_name in ("keys", "values"):
-            ours, theirs = getattr(state, cache_name), getattr(other, cache_name)
-            setattr(state, cache_name, [torch.cat([_pad_length(a, width), _pad_length(b, width)])
-                                        for a, b in zip(ours, theirs)])
+        """Rows of ``other`` join ``state``, copied into its free row slots."""
+        layers, live = len(state.key_store), len(state.lengths)
+        stores = kv_rows.add_rows(state.key_store + state.value_store, live, other.keys + other.values,
+                                  other.lengths)
+        state.key_store, state.value_store = stores[:layers], stores[layers:]
         state.lengths = state.lengths + other.lengths
 
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start,
@@ -258,17 +265,9 @@ def _check_subset(ids, vocab_size: int) -> torch.Tensor:
 
 def _grow(state: FastState, needed: int) -> None:
     """Rarely needed: a row past its budget still drafts along with the batch."""
-    extra = max(needed, 2 * state.keys[0].shape[2]) - state.keys[0].shape[2]
-
-    def grown(cache):
-        return torch.cat([cache, cache.new_zeros(*cache.shape[:2], extra, cache.shape[3])], dim=2)
-
-    state.keys = [grown(cache) for cache in state.keys]
-    state.values = [grown(cache) for cache in state.values]
-
-
-def _pad_length(cache: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(cache, (0, 0, 0, width - cache.shape[2]))
+    layers = len(state.key_store)
+    stores = kv_rows.grow_length(state.key_store + state.value_store, len(state.lengths), needed)
+    state.key_store, state.value_store = stores[:layers], stores[layers:]
 
 
 def _window(config, index: int) -> int | None:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from specdistill.serve import decode
+from specdistill.serve import decode, kv_rows
 from specdistill.serve.sampling import SamplingParams
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
@@ -356,7 +356,8 @@ class SpecEngine:
             if reason:
                 request.finish_reason = reason
                 out.append((request, StreamChunk([], "", reason, request.stats)))
-        still = [i for i, r in enumerate(self.running) if r not in leaving]
+        # The last rows fill the leavers' slots, so the runners move as few rows as they can.
+        still = kv_rows.fewest_moves([i for i, r in enumerate(self.running) if r not in leaving])
         if still:
             self.gen.target_runner.select(self._target_state, still)
             self.gen.draft_runner.select(self._draft_state, still)

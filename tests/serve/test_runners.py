@@ -159,3 +159,46 @@ def test_vocab_subset_runs_the_head_on_those_rows_only(tiny_models):
             LlamaRunner(draft, vocab_subset=bad)
     with pytest.raises(ValueError, match="subset needs the fast path"):
         SpeculativeGenerator(target, draft, fast_path=False, draft_vocab=[1, 2])
+
+
+def _fed_state(runner, prefixes: list[torch.Tensor], capacity: int):
+    """A new state holding each prefix as a row (right-padded, the padding rolled back)."""
+    state = runner.start(len(prefixes), capacity)
+    width = max(len(p) for p in prefixes)
+    runner.forward(state, torch.stack([torch.nn.functional.pad(p, (0, width - len(p))) for p in prefixes]), None)
+    runner.rollback(state, [len(p) for p in prefixes])
+    return state
+
+
+@pytest.mark.parametrize("runner_class", [LlamaRunner, HFRunner])
+def test_rows_joining_and_leaving_in_any_order_keep_their_caches(runner_class):
+    """Admissions (into a batch with room, then past its capacity and its length) and departures
+    (a prefix kept, rows moved forward, rows reordered) leave each row's logits as the model's."""
+    model = tiny_llama(num_layers=3)
+    torch.manual_seed(1)
+    ids = torch.randint(2, 64, (6, 40))
+    reference = model(ids).logits
+    lengths = [7, 11, 20, 5, 3, 9]
+    runner = runner_class(model)
+    state = _fed_state(runner, [ids[0, :7], ids[1, :11]], capacity=16)
+    rows = [0, 1]
+    for joining, capacity, keep in (([2], 40, [2, 0]), ([3, 4], 8, [0, 2, 3]), ([5], 12, [3, 1, 0])):
+        runner.extend(state, _fed_state(runner, [ids[r, : lengths[r]] for r in joining], capacity))
+        rows += joining
+        runner.select(state, keep)
+        rows = [rows[i] for i in keep]
+        assert state.lengths == [lengths[r] for r in rows]
+        step = torch.stack([ids[r, lengths[r]: lengths[r] + 1] for r in rows])
+        out = runner.forward(state, step, [0] * len(rows))
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(out[i], reference[r, lengths[r]], atol=1e-5, rtol=1e-5)
+            lengths[r] += 1
+
+
+def test_leaving_rows_are_filled_from_the_end():
+    from specdistill.serve.kv_rows import fewest_moves
+
+    assert fewest_moves([0, 1, 2]) == [0, 1, 2]  # a prefix: nothing moves
+    assert fewest_moves([1, 2, 3, 4]) == [4, 1, 2, 3]  # row 0 left: the last row takes its slot
+    assert fewest_moves([0, 2, 5, 7]) == [0, 5, 2, 7]
+    assert fewest_moves([]) == []
