@@ -19,6 +19,7 @@ from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import nested, option
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
+from specdistill.serve.tree_sampling import check_tree_sampling
 from specdistill.training.model_card import update_model_card
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -42,12 +43,16 @@ class MeasureConfig:
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
-                                     "of k (greedy rows): auto = 5,3,10 for a head, none = a chain")
+                                     "of k: auto = 5,3,10 for a head, none = a chain")
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
                                           "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
+    draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
+                                                "without replacement from the head), top (the likeliest "
+                                                "siblings), chain (no tree); exact either way")
 
     def __post_init__(self):
         decode_dtype(self.dtype)
+        check_tree_sampling(self.draft_tree_sampling)
         TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
         RetrievalBranch.parse(self.draft_retrieval)
         if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
@@ -74,13 +79,13 @@ class BenchConfig:
 
 
 def measure_row(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
-             draft_vocab=None, draft_tree=None, draft_retrieval=None) -> dict:
+             draft_vocab=None, draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample") -> dict:
     tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
     retrieval = RetrievalBranch.parse(draft_retrieval, tree=tree is not None)
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
                                  draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree,
-                                 draft_retrieval=retrieval)
+                                 draft_retrieval=retrieval, draft_tree_sampling=draft_tree_sampling)
     result["draft_tree"] = None if tree is None else str(tree)
     result["draft_retrieval"] = None if retrieval is None else str(retrieval)
     result.pop("stats")
@@ -100,15 +105,17 @@ def _row(name: str, result: dict, baseline: float) -> str:
     return f"{name:<34}{alpha:>8}{tau:>8}{rate:>10.2f}{rate / baseline:>9.2f}x"
 
 
-def measure_hf_baseline(target, tokenizer, prompts, max_new_tokens: int, dtype: torch.dtype) -> dict[str, dict]:
+def measure_hf_baseline(target, tokenizer, prompts, max_new_tokens: int, dtype: torch.dtype,
+                        temperature: float = 0.0) -> dict[str, dict]:
     """HF ``generate`` with the target alone in fp32 and in bf16 (on some CPUs plain
     decoding is faster in fp32: a speedup is only honest against the faster of the
-    two); the target is left in ``dtype``."""
+    two), greedy or sampling at ``temperature``; the target is left in ``dtype``."""
     rows = {}
     for name in ("fp32", "bf16"):
         target.to(DTYPES[name])
         warm_up(target, None, tokenizer)
-        rows[f"target alone (HF generate, {name})"] = measure_target(target, tokenizer, prompts, max_new_tokens)
+        rows[f"target alone (HF generate, {name})"] = measure_target(target, tokenizer, prompts, max_new_tokens,
+                                                                     temperature=temperature)
     target.to(dtype)
     return rows
 
@@ -149,10 +156,13 @@ def print_report(rows: dict[str, dict], main: str, measure: MeasureConfig, extra
         "measured_speedup_over_our_target": round(measured, 3),
         "num_draft_tokens": measure.num_draft_tokens,
         "draft_tree": after.get("draft_tree"),
+        "tree_step_share": round(after.get("tree_step_share", 0.0), 3),
+        "draft_tree_sampling": measure.draft_tree_sampling,
         "draft_confidence": measure.draft_confidence,
         "decode_dtype": measure.dtype,
-        "greedy_outputs_equal_target": {name: r["outputs"] == rows[baseline_name]["outputs"]
-                                        for name, r in rows.items() if "outputs" in r},
+        # Sampled outputs differ from run to run by design: the check is for greedy decoding only.
+        "greedy_outputs_equal_target": None if measure.decode_temperature else {
+            name: r["outputs"] == rows[baseline_name]["outputs"] for name, r in rows.items() if "outputs" in r},
         **extra,
     }
     print(json.dumps(summary))
@@ -192,19 +202,29 @@ def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation
     """HF ``generate``, our engine alone and the draft on these conversations: the table and its JSON line."""
     measure = config.measure
     k, max_new = measure.k, measure.max_new_tokens
-    rows = measure_hf_baseline(target, tokenizer, conversations, max_new, decode_dtype(measure.dtype))
+    temperature = measure.decode_temperature
+    rows = measure_hf_baseline(target, tokenizer, conversations, max_new, decode_dtype(measure.dtype), temperature)
     warm_up(target, draft, tokenizer)
-    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new)
+    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new, temperature)
     result = measure_row(target, draft, tokenizer, conversations, k, max_new, measure.decode_temperature,
                          draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree,
-                         draft_retrieval=measure.draft_retrieval)
-    name = f"speculative tree {result['draft_tree']}" if result["draft_tree"] else f"speculative k={k}"
+                         draft_retrieval=measure.draft_retrieval, draft_tree_sampling=measure.draft_tree_sampling)
+    name = drafted_label(result, k)
     name += f" + {result['draft_retrieval']}" if result["draft_retrieval"] else ""
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""
     rows[name] = result
     extra = {"decode_temperature": measure.decode_temperature, "draft": config.draft,
              "num_prompts": len(conversations), "turns": sum(len(c.turns) for c in conversations)}
     return print_report(rows, name, measure, extra | ({"category": category} if category else {}))
+
+
+def drafted_label(result: dict, k) -> str:
+    """A row's name says what its steps drafted: a tree (with the share of steps, when the policy
+    or a sampled request's settings put some on a chain), or a chain of k."""
+    share, tree = result.get("tree_step_share", 0.0), result["draft_tree"]
+    if not tree or share == 0:
+        return f"speculative k={k}"
+    return f"speculative tree {tree}" if share == 1 else f"speculative tree {tree} ({share:.0%}) / k={k}"
 
 
 def print_categories(summaries: dict[str, dict], config: BenchConfig) -> dict:

@@ -46,16 +46,19 @@ def answer_turns(tokenizer, prompt: str | Conversation, answer) -> list[list[int
 
 @torch.inference_mode()
 def measure_target(target, tokenizer, prompts: list[str | Conversation], max_new_tokens: int = 96,
-                   progress: bool = True) -> dict:
-    """Plain greedy decoding with Hugging Face ``generate``: tokens/s and the outputs (one per turn)."""
+                   progress: bool = True, temperature: float = 0.0) -> dict:
+    """Plain decoding with Hugging Face ``generate`` (greedy, or sampling at ``temperature`` with no
+    top-k / top-p, as our engine's rows): tokens/s and the outputs (one per turn)."""
     outputs, seconds = [], 0.0
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+        "do_sample": False}
 
     def answer(ids):
         nonlocal seconds
         ids = ids.to(target.device)
         start = time.perf_counter()
         out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                              do_sample=False, eos_token_id=_eos(tokenizer), pad_token_id=_eos(tokenizer))
+                              eos_token_id=_eos(tokenizer), pad_token_id=_eos(tokenizer), **sampling)
         seconds += time.perf_counter() - start
         return out[0, ids.shape[1]:].tolist()
 
@@ -69,12 +72,13 @@ def measure_target(target, tokenizer, prompts: list[str | Conversation], max_new
 def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversation], num_draft_tokens: int = 5,
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
                         progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None,
-                        draft_tree=None, draft_retrieval=None) -> dict:
+                        draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample") -> dict:
     """Speculative decoding over the prompts (every turn of each); merged raw counts and derived
     rates. ``draft=None`` measures the target alone on our engine."""
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
                                      draft_confidence=draft_confidence, draft_vocab=draft_vocab,
-                                     draft_tree=draft_tree, draft_retrieval=draft_retrieval)
+                                     draft_tree=draft_tree, draft_retrieval=draft_retrieval,
+                                     draft_tree_sampling=draft_tree_sampling)
     stats, outputs, seeds = SpecStats(), [], itertools.count(seed)  # a seed per answer
 
     def answer(ids):
@@ -90,6 +94,7 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversati
     summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
     summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)
     summary["mean_k"] = stats.proposed / max(stats.steps, 1)  # drafts per step actually proposed
+    summary["tree_step_share"] = stats.tree_steps / max(stats.steps, 1)  # what was drafted, for the row's label
     return {**summary, "stats": stats, "outputs": outputs}
 
 

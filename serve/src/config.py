@@ -10,6 +10,7 @@ import torch
 from specdistill.serve.generator import SpeculativeGenerator
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
+from specdistill.serve.tree_sampling import check_tree_sampling
 
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import load_draft, resolve_draft
@@ -33,13 +34,16 @@ class ServeConfig:
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
-    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES for greedy requests "
+    draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step "
                                      "(auto = 5,3,10 for a head, a chain for other drafts); none = a chain of k")
     draft_tree_max_batch: int = option(0, "0 = no cap: with --num-draft-tokens auto, each step drafts the tree, "
                                           "a chain or nothing by measured tokens/s; N = batches of more rows "
                                           "always draft a chain")
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
                                           "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
+    draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
+                                                "without replacement from the head), top (the likeliest "
+                                                "siblings), chain (no tree); exact either way")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -56,6 +60,7 @@ class ServeConfig:
         draft_length(self.num_draft_tokens)
         TreeShape.parse(self.draft_tree)
         RetrievalBranch.parse(self.draft_retrieval)
+        check_tree_sampling(self.draft_tree_sampling)
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -93,5 +98,5 @@ def load_generator(config: ServeConfig):
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
                                      draft_vocab=vocab, draft_tree=tree,
                                      draft_tree_max_batch=config.draft_tree_max_batch or None,
-                                     draft_retrieval=retrieval)
+                                     draft_retrieval=retrieval, draft_tree_sampling=config.draft_tree_sampling)
     return generator, tokenizer, config.draft

@@ -32,6 +32,7 @@ from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.tree import TreeShape
+from specdistill.serve.tree_sampling import check_tree_sampling, sampled_topology
 
 from specdistill.models import check_compatible, vocab_size
 from specdistill.models.eagle3 import Eagle3Head, check_head
@@ -78,7 +79,10 @@ class SpeculativeGenerator:
     ``draft_tree`` (a ``TreeShape`` or ``"DEPTH,TOP_K,NODES"``, head drafts only) drafts a
     tree of guesses and verifies it in one pass (``specdistill.serve.tree``): a higher τ for
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
-    Greedy rows use it; sampling rows keep the chain. With ``num_draft_tokens="auto"`` the
+    Greedy rows draft EAGLE-2's dynamic tree; sampled rows a fixed tree of the same size whose
+    siblings are drawn without replacement from the head's q and verified by recursive rejection
+    sampling, still exact (``specdistill.serve.tree_sampling``; ``draft_tree_sampling="top"`` drafts
+    the likeliest siblings instead, ``"chain"`` keeps sampled rows on a chain). With ``num_draft_tokens="auto"`` the
     cost-aware policy decides each step between the tree, a chain of k and no drafting, by
     expected tokens/s from the measured acceptance per depth and verification cost per token
     count (a large batch's rows x nodes tokens make the verification compute-bound, so it
@@ -91,7 +95,8 @@ class SpeculativeGenerator:
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None,
-                 draft_tree_max_batch: int | None = None, draft_retrieval: RetrievalBranch | str | None = None):
+                 draft_tree_max_batch: int | None = None, draft_retrieval: RetrievalBranch | str | None = None,
+                 draft_tree_sampling: str = "sample"):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -128,6 +133,8 @@ class SpeculativeGenerator:
         if draft_tree_max_batch is not None and draft_tree_max_batch < 1:
             raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
         self.draft_tree_max_batch = draft_tree_max_batch
+        self.draft_tree_sampling = check_tree_sampling(draft_tree_sampling)
+        self.sampled_topology = None if self.draft_tree is None else sampled_topology(self.draft_tree)
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None and self.draft_tree is None:
             raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "

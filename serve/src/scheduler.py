@@ -33,6 +33,7 @@ from specdistill.serve.sampling import SamplingParams
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.text import TextTracker, normalize_stop
 from specdistill.serve.tree import accept_tree, add_branches, draft_tree, verify_tree
+from specdistill.serve.tree_sampling import accept_sampled_tree, draft_sampled_tree
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
@@ -210,14 +211,17 @@ class SpecEngine:
         return gen.draft_retrieval.branches(rows, limits), time.perf_counter() - began
 
     def _use_tree(self, rows: list[Request], branches: list[list[int]]) -> bool:
-        """A tree for a batch of greedy rows whose nodes all fit in the target's context, within the
-        optional ``draft_tree_max_batch`` cap, when the draft-length policy prices it (with the rows'
-        retrieval ``branches``) above a chain (a policy that does not price trees, a fixed k, always takes it)."""
+        """A tree for a batch whose nodes all fit in the target's context (with sampled rows, unless
+        they draft chains: ``draft_tree_sampling``), within the optional ``draft_tree_max_batch`` cap,
+        when the draft-length policy prices it (with the rows' retrieval ``branches``) above a chain
+        (a policy that does not price trees, a fixed k, always takes it)."""
         gen = self.gen
         tree, cap, limit = gen.draft_tree, gen.draft_tree_max_batch, gen.max_positions
         if tree is None or (cap is not None and len(rows) > cap):
             return False
-        if not all(r.params.greedy and (not limit or len(r.tokens) + tree.depth <= limit) for r in rows):
+        if gen.draft_tree_sampling == "chain" and not all(r.params.greedy for r in rows):
+            return False
+        if limit and any(len(r.tokens) + tree.depth > limit for r in rows):
             return False
         use_tree = getattr(gen.draft_length, "use_tree", None)
         extra = max(map(len, branches))
@@ -228,19 +232,29 @@ class SpecEngine:
         """One step with a draft tree (``serve/src/tree.py``) and the rows' retrieval branches joined to it;
         None when the head has nothing to draft from."""
         gen = self.gen
-        tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
-                                                      self.device)
-        if tree is None:
-            return None
-        tree, draft_seconds = add_branches(tree, branches), draft_seconds + retrieval_seconds
+        limits = [r.max_new_tokens - r.new - 1 for r in rows]
+        if all(r.params.greedy for r in rows):  # EAGLE-2's dynamic tree, and the retrieval branches
+            tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
+                                                          self.device)
+            if tree is None:
+                return None
+            tree, draft_seconds = add_branches(tree, branches), draft_seconds + retrieval_seconds
+            accept = functools.partial(accept_tree, tree)
+            # The longest path a step can accept: the head's tree, or a longer branch.
+            longest = [max(min(gen.draft_tree.depth, gen.draft_tree.nodes), len(branch)) for branch in branches]
+        else:  # sampled rows: a fixed topology, verified by recursive rejection sampling
+            drafted, draft_seconds, draft_calls = draft_sampled_tree(
+                gen.draft_runner, self._draft_state, rows, gen.sampled_topology, gen.draft_tree_sampling, self.device)
+            if drafted is None:
+                return None
+            tree = drafted.tree
+            accept = functools.partial(accept_sampled_tree, drafted, rows)
+            longest = [gen.sampled_topology.depth] * len(rows)
         (logits, features), target_seconds, base = verify_tree(gen.target_runner, self._target_state, rows, tree,
                                                                gen.draft_runner.feature_layers)
-        limits = [r.max_new_tokens - r.new - 1 for r in rows]
-        accepted = accept_tree(tree, logits, limits)
-        # The longest path a step can accept: the head's tree, or a longer branch.
-        longest = [max(min(gen.draft_tree.depth, gen.draft_tree.nodes), len(branch)) for branch in branches]
+        accepted = accept(logits, limits)
         self._account(rows, [(min(most, limit), len(path)) for most, limit, (path, _) in
-                             zip(longest, limits, accepted)], draft_seconds, draft_calls, target_seconds)
+                             zip(longest, limits, accepted)], draft_seconds, draft_calls, target_seconds, tree=True)
         if hasattr(gen.draft_length, "update_tree"):
             gen.draft_length.update_tree([len(path) for path, _ in accepted], max(longest), tree.tokens.shape[1],
                                          draft_seconds, target_seconds)
@@ -267,12 +281,12 @@ class SpecEngine:
             results.append((request, produced, "eos" if done else "length" if full else None))
         return results
 
-    def _account(self, rows, outcomes, draft_seconds, draft_calls, target_seconds) -> None:
+    def _account(self, rows, outcomes, draft_seconds, draft_calls, target_seconds, tree: bool = False) -> None:
         """Each row its share of the shared forwards; the engine's totals count them once."""
         share = 1 / len(rows)
         for request, (k, n) in zip(rows, outcomes):
             for stats in (request.stats, self.stats):
-                stats.record_step(k, n)
+                stats.record_step(k, n, tree)
             request.stats.draft_seconds += draft_seconds * share
             request.stats.draft_calls += draft_calls * share
             request.stats.target_seconds += target_seconds * share

@@ -26,6 +26,7 @@ class SpecStats:
     rejected: int = 0  # steps that ended at a rejection
     steps: int = 0  # verification steps taken part in
     drafted_steps: int = 0  # of which with at least one draft token (vLLM's num_drafts)
+    tree_steps: int = 0  # of which verified a draft tree (the rest drafted a chain, or nothing)
     target_calls: float = 0.0  # share of the verification forwards (1/B of each batched call)
     draft_calls: float = 0.0  # share of the draft forwards
     target_seconds: float = 0.0  # verification calls only
@@ -36,9 +37,10 @@ class SpecStats:
     reached_at: list[int] = field(default_factory=list)
     accept_length_hist: list[int] = field(default_factory=list)  # steps by number of accepted drafts
 
-    def record_step(self, k: int, n: int) -> None:
-        """One verification step: k drafted, n accepted (n <= k)."""
+    def record_step(self, k: int, n: int, tree: bool = False) -> None:
+        """One verification step: k drafted (a tree: its longest path), n accepted (n <= k)."""
         self.steps += 1
+        self.tree_steps += int(tree)
         self.drafted_steps += int(k > 0)
         self.proposed += k
         self.accepted += n

@@ -117,8 +117,8 @@ def test_a_tree_accepts_more_per_step_than_its_chain(target, head):
     assert tree.stats.steps < chain.stats.steps
 
 
-def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_stay_exact(target, head):
-    gen = SpeculativeGenerator(target, head, draft_tree="3,3,9")
+def test_sampled_rows_told_to_keep_the_chain_do_and_the_greedy_rows_beside_them_stay_exact(target, head):
+    gen = SpeculativeGenerator(target, head, draft_tree="3,3,9", draft_tree_sampling="chain")
     engine = gen.engine(max_batch_size=4)
     greedy = engine.add(torch.tensor([3, 8, 1, 6]), max_new_tokens=16, eos_token_id=[])
     engine.step()  # tree steps while every row is greedy
@@ -127,6 +127,7 @@ def test_a_sampling_row_beside_tree_rows_keeps_the_chain_and_the_greedy_rows_sta
         engine.step()
     assert greedy.tokens == hf_greedy(target, torch.tensor([greedy.prompt]), 16)[0].tolist()
     assert sampled.finish_reason == "length" and len(sampled.tokens) == 12
+    assert greedy.stats.tree_steps >= 1 and sampled.stats.tree_steps == 0  # no tree while a row samples
 
 
 def test_batches_past_the_tree_cap_draft_a_chain_and_stay_exact(target, head):

@@ -258,16 +258,21 @@ def _slowed(generator, monkeypatch, seconds=0.05):
 
 
 def test_queue_full_is_a_429_with_retry_after(generator, tokenizer, monkeypatch):
-    _slowed(generator, monkeypatch, seconds=0.1)
+    # Slow enough that the first request (at least 15 steps of at most 4 tokens) still runs
+    # when the third one arrives, on a loaded machine too.
+    _slowed(generator, monkeypatch, seconds=0.25)
     with running_server(generator, tokenizer, max_batch_size=1, max_queue=1) as (url, engine):
-        body = {"model": MODEL, "prompt": "read lines", "max_tokens": 30, "temperature": 0}
+        body = {"model": MODEL, "prompt": "read lines", "max_tokens": 60, "temperature": 0}
         with httpx.stream("POST", url + "/v1/completions", json=body | {"stream": True}) as first:
             next(first.iter_lines())  # running: it holds the only row
-            waiting = threading.Thread(target=_post, args=(url, body), kwargs={"timeout": 60})
+            short = body | {"max_tokens": 2}
+            waiting = threading.Thread(target=_post, args=(url, short), kwargs={"timeout": 60})
             waiting.start()
+            deadline = time.monotonic() + 30
             while not engine.num_waiting:
+                assert time.monotonic() < deadline, "the second request never waited"
                 time.sleep(0.01)
-            refused = _post(url, body, timeout=30)  # a loaded CI machine may answer slowly; the status is the test
+            refused = _post(url, short, timeout=30)  # a loaded CI machine may answer slowly; the status is the test
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["code"] == "queue_full"
         waiting.join(timeout=60)

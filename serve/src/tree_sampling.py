@@ -1,0 +1,254 @@
+"""Draft trees for sampled rows, verified exactly: recursive rejection sampling over siblings.
+
+A greedy row may verify any tree (``tree.py``): the walk follows the target's argmax. A sampled
+row must come out distributed as the warped target p, so its tree is drafted and checked by a
+rule with a proof (SpecInfer's multi-step speculative sampling, with siblings drawn without
+replacement as in Recursive Speculative Decoding, Jeon et al. 2024):
+
+    draft   at a node v the head's warped distribution q_v gives v's children x_1, x_2, ...
+            drawn one after another without replacement (Gumbel top-m: the order of
+            log q + Gumbel noise is such a draw); ``mode="top"`` takes the m likeliest instead.
+    verify  the target scores every node in one pass, as for greedy trees.
+    accept  at v, with r = p_v: for i = 1, 2, ...: accept x_i with probability
+            min(1, r(x_i) / q_i(x_i)) and move to x_i; on rejection r <- norm(max(0, r - q_i)).
+            Here q_1 = q_v and q_{i+1} is q_i without x_i, renormalized ("sample"), or
+            q_i = one-hot(x_i) ("top"). When every child is rejected (or v is a leaf, or the row's
+            limit is reached) the next token is drawn from r.
+
+Why the output is p at every node (proof sketch): one stage is ordinary speculative sampling
+with target r and draft q_i, which outputs r exactly whatever q_i is, provided x_i ~ q_i given
+everything before it. Unrolled from the last stage: if stage i + 1 outputs r_{i+1} =
+norm(max(0, r_i - q_i)), stage i outputs min(r_i, q_i) + (1 - sum min(r_i, q_i)) r_{i+1} = r_i.
+So the node outputs r_1 = p_v, and by induction along the accepted path every token follows
+the target given the ones before it. Two conditions keep x_i ~ q_i: (1) q_i is the distribution
+x_i was drawn from (the residual uses it, not q_v), and (2) whether a node exists may not depend
+on its own token. Pruning a dynamic tree by its nodes' probabilities (EAGLE-2's selection)
+breaks (2), so sampled rows use a fixed topology (as in Sequoia): node j is "the i-th draw at
+its parent", and which nodes exist is decided before anything is drawn. The topology
+(``sampled_topology``) is the best ``nodes`` of such positions for given acceptance rates.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+from specdistill.serve.decode import clocked, right_padded, timed
+from specdistill.serve.sampling import warp_rows
+from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors
+
+# The chance that a node's i-th drawn child is accepted once the ones before it were rejected,
+# from sampled chat at T = 0.7 with the shipped head (first child ~0.6); later ones are guesses
+# that only shape the topology, never the output.
+SIBLING_ACCEPTANCE = (0.6, 0.3, 0.2, 0.15, 0.1)
+MODES = ("sample", "top")
+
+
+def check_tree_sampling(how: str) -> str:
+    """``draft_tree_sampling``: a drafting mode, or "chain" (sampled rows draft a chain)."""
+    if how not in (*MODES, "chain"):
+        raise ValueError(f"draft_tree_sampling must be one of {(*MODES, 'chain')}, got {how!r}")
+    return how
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A fixed tree: node j (1..N, parents first) is the ``ranks[j-1]``-th draw (0-based) at its
+    parent ``parents[j-1]`` (0 = the root, the row's last token), ``depths[j-1]`` below the root."""
+
+    parents: tuple[int, ...]
+    ranks: tuple[int, ...]
+    depths: tuple[int, ...]
+
+    @property
+    def nodes(self) -> int:
+        return len(self.parents)
+
+    @property
+    def depth(self) -> int:
+        return max(self.depths)
+
+    def children(self, node: int) -> list[int]:
+        """The node's children, in draw order."""
+        return [j for j, parent in enumerate(self.parents, start=1) if parent == node]
+
+
+def sampled_topology(shape: TreeShape, acceptance=SIBLING_ACCEPTANCE) -> Topology:
+    """The ``shape.nodes`` positions (at most ``shape.depth`` deep, ``shape.top_k`` draws per node)
+    with the highest chance of being reached and accepted, when the i-th draw at a node is
+    accepted with ``acceptance[i]`` after the ones before it were rejected. Grown best first,
+    so parents come before children and a node's draws keep their order."""
+    rates = [acceptance[min(i, len(acceptance) - 1)] for i in range(shape.top_k)]
+    # The chance that draw i is the accepted one: the ones before it rejected, it accepted.
+    share = [rate * _prod(1 - r for r in rates[:i]) for i, rate in enumerate(rates)]
+    parents, ranks, depths, value = [], [], [], [1.0]
+    heap = [(-share[0], 0, 0, 0, 1)]  # (-value, order, parent, rank, depth)
+    order = 1
+    while heap and len(parents) < shape.nodes:
+        negative, _, parent, rank, depth = heapq.heappop(heap)
+        parents.append(parent), ranks.append(rank), depths.append(depth), value.append(-negative)
+        node = len(parents)
+        if rank + 1 < shape.top_k:  # the next draw at the same parent
+            heapq.heappush(heap, (-value[parent] * share[rank + 1], order, parent, rank + 1, depth))
+            order += 1
+        if depth < shape.depth:  # the node's first draw
+            heapq.heappush(heap, (-value[node] * share[0], order, node, 0, depth + 1))
+            order += 1
+    return Topology(tuple(parents), tuple(ranks), tuple(depths))
+
+
+def _prod(values) -> float:
+    out = 1.0
+    for v in values:
+        out *= v
+    return out
+
+
+@dataclass
+class SampledTree:
+    """A drafted tree (``tree``, as the target verifies it) and what its acceptance needs: the
+    warped draft distribution at each node with children (``q[node]``: [B, V]) and which drawn
+    nodes exist (``valid`` [B, N]: a draw past the support of q did not happen)."""
+
+    tree: DraftTree
+    topology: Topology
+    q: dict[int, torch.Tensor]
+    valid: torch.Tensor
+    mode: str
+
+
+def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, device):
+    """Each row's tree of the fixed ``topology``: sampled rows draw children from the head's
+    warped q (``mode``), greedy rows take the likeliest. Returns (SampledTree | None, seconds,
+    head calls); None when the head has nothing to draft from."""
+    if mode not in MODES:
+        raise ValueError(f"a sampled tree drafts by {MODES}, got {mode!r}")
+    pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
+    if not all(pending):
+        return None, 0.0, 0
+    inputs = right_padded(pending, max(map(len, pending)), device)
+    logits, seconds = timed(runner, state, inputs, [len(p) - 1 for p in pending])
+    runner.rollback(state, [len(row.tokens) for row in rows])  # the right-padding
+    batch, nodes = len(rows), topology.nodes
+    tokens = torch.zeros(batch, nodes, dtype=torch.long, device=device)
+    valid = torch.ones(batch, nodes, dtype=torch.bool, device=device)
+    q, head_state = {}, {0: state.last}  # head state at each fed node (0: the root)
+    fed, slot_of = torch.zeros(batch, 0, 0, dtype=torch.bool, device=device), {}
+    calls = 1
+    for depth in range(topology.depth):
+        expanding = [v for v in ([0] if depth == 0 else _at_depth(topology, depth)) if topology.children(v)]
+        if depth > 0:  # feed the expanding nodes to the head: their states and next-token logits
+            if not expanding:
+                break
+            parent_slots = torch.tensor([slot_of.get(topology.parents[v - 1], -1) for v in expanding],
+                                        device=device).expand(batch, -1)
+            fed = _grow_ancestors(fed, parent_slots)
+            start = fed.shape[1] - len(expanding)
+            features = torch.stack([head_state[topology.parents[v - 1]] for v in expanding], 1)
+            out, elapsed = clocked(runner.forward_tree, state, tokens[:, [v - 1 for v in expanding]], features,
+                                   depth, start, fed[:, start:])
+            seconds, calls = seconds + elapsed, calls + 1
+            for i, v in enumerate(expanding):
+                slot_of[v], head_state[v] = start + i, out[:, i]
+            logits = runner.head.full_logits(out)  # [B, E, V]
+        else:
+            logits = logits[:, None]
+        _draw_children(rows, topology, expanding, logits, mode, tokens, valid, q)
+    depths = torch.tensor(topology.depths, device=device).expand(batch, -1)
+    parents = torch.tensor(topology.parents, device=device).expand(batch, -1)
+    tree = DraftTree(tokens, parents, depths, _ancestors(parents))
+    return SampledTree(tree, topology, q, valid, mode), seconds, calls
+
+
+def _at_depth(topology: Topology, depth: int) -> list[int]:
+    return [j for j, d in enumerate(topology.depths, start=1) if d == depth]
+
+
+def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode: str, tokens, valid, q) -> None:
+    """Fill in the children of the ``expanding`` nodes (their logits [B, E, V]) for every row."""
+    params = [row.params for row in rows]
+    probs = warp_rows(logits, params)  # [B, E, V]; None when every row is greedy
+    most = max(len(topology.children(v)) for v in expanding)
+    for b, row in enumerate(rows):
+        if row.params.greedy:
+            keys = logits[b].float()
+        elif mode == "top":  # the likeliest within the warped support
+            keys = probs[b].log()
+        else:  # Gumbel top-m: the order of log q + Gumbel noise is a draw without replacement
+            uniform = torch.rand(probs[b].shape, generator=row.generator, device=probs.device)
+            keys = probs[b].log() - (-uniform.clamp_min(1e-20).log()).log()
+        order = keys.topk(most, dim=-1)
+        for e, v in enumerate(expanding):
+            for rank, child in enumerate(topology.children(v)):
+                tokens[b, child - 1] = order.indices[e, rank]
+                # A draw past q's support (top-k / top-p) did not happen; nor did any below a missing node.
+                exists = bool(order.values[e, rank] > float("-inf")) and (v == 0 or bool(valid[b, v - 1]))
+                valid[b, child - 1] = exists
+    for e, v in enumerate(expanding):
+        if probs is not None:
+            q[v] = probs[:, e]
+
+
+def accept_sampled_tree(drafted: SampledTree, rows, target_logits: torch.Tensor,
+                        limits: list[int]) -> list[tuple[list[int], int]]:
+    """Per row, (the accepted path's node indices, root excluded, at most ``limits[b]`` long; the
+    next token): greedy rows follow the target's argmax, sampled rows the rule of the module doc."""
+    target_probs = warp_rows(target_logits, [row.params for row in rows])
+    topology, tokens = drafted.topology, drafted.tree.tokens.tolist()
+    valid = drafted.valid.tolist()
+    results = []
+    for b, (row, limit) in enumerate(zip(rows, limits)):
+        if row.params.greedy:
+            results.append(_greedy_walk(topology, tokens[b], valid[b], target_logits[b], limit))
+        else:
+            results.append(_sampled_walk(drafted, b, tokens[b], valid[b], target_probs[b], limit, row.generator))
+    return results
+
+
+def _greedy_walk(topology: Topology, tokens: list[int], valid: list[bool], logits, limit: int):
+    choice = logits.argmax(-1).tolist()
+    path, node = [], 0
+    while len(path) < limit:
+        child = next((c for c in topology.children(node) if valid[c - 1] and tokens[c - 1] == choice[node]), None)
+        if child is None:
+            break
+        path.append(child)
+        node = child
+    return path, choice[node]
+
+
+def _sampled_walk(drafted: SampledTree, b: int, tokens: list[int], valid: list[bool], probs, limit: int,
+                  generator):
+    """Recursive rejection sampling from the root (see the module doc)."""
+    path, node = [], 0
+    while True:
+        residual = probs[node]
+        children = [c for c in drafted.topology.children(node) if valid[c - 1]] if len(path) < limit else []
+        draft = drafted.q[node][b] if children else None
+        accepted = None
+        for child in children:
+            x = tokens[child - 1]
+            stage_q = draft if drafted.mode == "sample" else _one_hot(x, residual)
+            if torch.rand((), generator=generator, device=residual.device) * stage_q[x] < residual[x]:
+                accepted = child
+                break
+            residual = _normalized((residual - stage_q).clamp_min(0), fallback=residual)
+            if drafted.mode == "sample":
+                draft = _normalized(draft.index_fill(0, torch.tensor([x], device=draft.device), 0), fallback=draft)
+        if accepted is None:
+            return path, int(torch.multinomial(residual, 1, generator=generator))
+        path.append(accepted)
+        node = accepted
+
+
+def _one_hot(token: int, like: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(like)
+    out[token] = 1.0
+    return out
+
+
+def _normalized(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    total = weights.sum()
+    # A zero residual means r == q there, where a rejection has probability 0: never reached.
+    return weights / total if total > 0 else fallback
