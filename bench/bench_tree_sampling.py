@@ -47,7 +47,8 @@ def measure_set(target, draft, tokenizer, prompts, temperature: float, args) -> 
         tree = "none" if mode == "chain" else args.draft_tree
         result = measure_row(target, draft, tokenizer, prompts, args.num_draft_tokens, args.max_new_tokens,
                              temperature, draft_tree=tree, draft_retrieval="none",
-                             draft_tree_sampling="sample" if mode == "chain" else mode)
+                             draft_tree_sampling="sample" if mode == "chain" else mode,
+                             sampled_tree=args.sampled_tree)
         out[mode] = {"tau": round(result["tau"], 3), "tokens_per_s": round(result["tokens_per_s"], 2),
                      "over_hf": round(result["tokens_per_s"] / hf, 3),
                      "tree_step_share": round(result["tree_step_share"], 3)}
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--num-draft-tokens", default="4", help="the chain's k (an int), or auto")
     parser.add_argument("--draft-tree", default="auto")
+    parser.add_argument("--sampled-tree", default="4,2,6", help="a sampled row's tree DEPTH,TOP_K,NODES")
     args = parser.parse_args()
     args.num_draft_tokens = args.num_draft_tokens if args.num_draft_tokens == "auto" else int(args.num_draft_tokens)
     target, tokenizer = load_target(DEFAULT_TARGET, torch.bfloat16)
@@ -87,7 +89,7 @@ def main() -> None:
             result = measure_set(target, draft, tokenizer, sets[name], temperature, args)
             print_set(name, temperature, result)
             results[f"{name}@T{temperature}"] = result
-    print(json.dumps({"draft": args.draft, "max_new_tokens": args.max_new_tokens, "draft_tree": args.draft_tree,
+    print(json.dumps({"draft": args.draft, "max_new_tokens": args.max_new_tokens, "sampled_tree": args.sampled_tree,
                       "num_draft_tokens": args.num_draft_tokens, "prompts": {n: len(sets[n]) for n in args.sets},
                       "results": results}))
 

@@ -49,10 +49,12 @@ class MeasureConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
+    sampled_tree: str = option("4,2,6", "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
 
     def __post_init__(self):
         decode_dtype(self.dtype)
         check_tree_sampling(self.draft_tree_sampling)
+        TreeShape.parse(self.sampled_tree)
         TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
         RetrievalBranch.parse(self.draft_retrieval)
         if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():
@@ -79,13 +81,15 @@ class BenchConfig:
 
 
 def measure_row(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
-             draft_vocab=None, draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample") -> dict:
+             draft_vocab=None, draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample",
+             sampled_tree="4,2,6") -> dict:
     tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
     retrieval = RetrievalBranch.parse(draft_retrieval, tree=tree is not None)
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,
                                  max_new_tokens=max_new_tokens, temperature=temperature,
                                  draft_confidence=draft_confidence, draft_vocab=draft_vocab, draft_tree=tree,
-                                 draft_retrieval=retrieval, draft_tree_sampling=draft_tree_sampling)
+                                 draft_retrieval=retrieval, draft_tree_sampling=draft_tree_sampling,
+                                 sampled_tree=sampled_tree)
     result["draft_tree"] = None if tree is None else str(tree)
     result["draft_retrieval"] = None if retrieval is None else str(retrieval)
     result.pop("stats")
@@ -208,7 +212,8 @@ def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation
     rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new, temperature)
     result = measure_row(target, draft, tokenizer, conversations, k, max_new, measure.decode_temperature,
                          draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree,
-                         draft_retrieval=measure.draft_retrieval, draft_tree_sampling=measure.draft_tree_sampling)
+                         draft_retrieval=measure.draft_retrieval, draft_tree_sampling=measure.draft_tree_sampling,
+                         sampled_tree=measure.sampled_tree)
     name = drafted_label(result, k)
     name += f" + {result['draft_retrieval']}" if result["draft_retrieval"] else ""
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""

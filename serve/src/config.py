@@ -44,6 +44,7 @@ class ServeConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
+    sampled_tree: str = option("4,2,6", "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -61,6 +62,7 @@ class ServeConfig:
         TreeShape.parse(self.draft_tree)
         RetrievalBranch.parse(self.draft_retrieval)
         check_tree_sampling(self.draft_tree_sampling)
+        TreeShape.parse(self.sampled_tree)
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -98,5 +100,6 @@ def load_generator(config: ServeConfig):
                                      tokenizer=tokenizer, draft_confidence=config.draft_confidence if model else 0.0,
                                      draft_vocab=vocab, draft_tree=tree,
                                      draft_tree_max_batch=config.draft_tree_max_batch or None,
-                                     draft_retrieval=retrieval, draft_tree_sampling=config.draft_tree_sampling)
+                                     draft_retrieval=retrieval, draft_tree_sampling=config.draft_tree_sampling,
+                                     sampled_tree=config.sampled_tree)
     return generator, tokenizer, config.draft

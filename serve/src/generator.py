@@ -81,8 +81,9 @@ class SpeculativeGenerator:
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
     Greedy rows draft EAGLE-2's dynamic tree; sampled rows a fixed tree of the same size whose
     siblings are drawn without replacement from the head's q and verified by recursive rejection
-    sampling, still exact (``specdistill.serve.tree_sampling``; ``draft_tree_sampling="top"`` drafts
-    the likeliest siblings instead, ``"chain"`` keeps sampled rows on a chain). With ``num_draft_tokens="auto"`` the
+    sampling, still exact (``specdistill.serve.tree_sampling``; ``sampled_tree`` is its size,
+    ``draft_tree_sampling="top"`` drafts the likeliest siblings instead, ``"chain"`` keeps sampled
+    rows on a chain). With ``num_draft_tokens="auto"`` the
     cost-aware policy decides each step between the tree, a chain of k and no drafting, by
     expected tokens/s from the measured acceptance per depth and verification cost per token
     count (a large batch's rows x nodes tokens make the verification compute-bound, so it
@@ -96,7 +97,7 @@ class SpeculativeGenerator:
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None,
                  draft_tree_max_batch: int | None = None, draft_retrieval: RetrievalBranch | str | None = None,
-                 draft_tree_sampling: str = "sample"):
+                 draft_tree_sampling: str = "sample", sampled_tree: TreeShape | str = "4,2,6"):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -134,7 +135,9 @@ class SpeculativeGenerator:
             raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
         self.draft_tree_max_batch = draft_tree_max_batch
         self.draft_tree_sampling = check_tree_sampling(draft_tree_sampling)
-        self.sampled_topology = None if self.draft_tree is None else sampled_topology(self.draft_tree)
+        # Sampled rows gain less from a tree than greedy ones, so their tree is smaller (on 2 CPU cores at
+        # T = 0.7, 4,2,6 drafted 47 tok/s against the chain's 43 and 5,3,10's 35: bench/RESULTS.md).
+        self.sampled_topology = None if self.draft_tree is None else sampled_topology(TreeShape.parse(sampled_tree))
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None and self.draft_tree is None:
             raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "
