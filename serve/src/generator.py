@@ -136,7 +136,7 @@ class SpeculativeGenerator:
         self.draft_tree_max_batch = draft_tree_max_batch
         self.draft_tree_sampling = check_tree_sampling(draft_tree_sampling)
         # Sampled rows gain less from a tree than greedy ones, so their tree is smaller (on 2 CPU cores at
-        # T = 0.7, 4,2,6 drafted 47 tok/s against the chain's 43 and 5,3,10's 35: bench/RESULTS.md).
+        # T = 0.7, 4,2,6 drafted 44-47 tok/s against the chain's 43 and 5,3,10's 35: bench/RESULTS.md).
         self.sampled_topology = None if self.draft_tree is None else sampled_topology(TreeShape.parse(sampled_tree))
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None and self.draft_tree is None:
