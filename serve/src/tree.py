@@ -76,15 +76,25 @@ class DraftTree:
     ancestors: torch.Tensor  # [B, N + 1, N + 1]: j is i or an ancestor of i (root included)
 
 
-def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, float, int]:
-    """The head's tree for each row (None when it has nothing to draft from), the seconds
-    spent and the number of head calls."""
+def root_logits(runner, state, rows, device) -> tuple[torch.Tensor | None, float]:
+    """The head's first call of a tree: it takes each row's waiting tokens and features and gives
+    the logits [B, V] at the root (the row's last token), and the seconds; None when a row has
+    nothing to draft from."""
     pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
     if not all(pending):
-        return None, 0.0, 0
+        return None, 0.0
     inputs = right_padded(pending, max(map(len, pending)), device)
     logits, seconds = timed(runner, state, inputs, [len(p) - 1 for p in pending])
     runner.rollback(state, [len(row.tokens) for row in rows])  # the right-padding
+    return logits, seconds
+
+
+def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, float, int]:
+    """The head's tree for each row (None when it has nothing to draft from), the seconds
+    spent and the number of head calls."""
+    logits, seconds = root_logits(runner, state, rows, device)
+    if logits is None:
+        return None, 0.0, 0
     head, k = runner.head, shape.top_k
     scores, tokens = logits.float().log_softmax(-1).topk(k, dim=-1)  # level 1: the root's children
     batch, fed = len(rows), torch.zeros(len(rows), 0, 0, dtype=torch.bool, device=device)

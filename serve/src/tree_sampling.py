@@ -34,9 +34,9 @@ import heapq
 from dataclasses import dataclass
 
 import torch
-from specdistill.serve.decode import clocked, right_padded, timed
+from specdistill.serve.decode import clocked
 from specdistill.serve.sampling import warp_rows
-from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors
+from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors, root_logits
 
 # The chance that a node's i-th drawn child is accepted once the ones before it were rejected,
 # from sampled chat at T = 0.7 with the shipped head (first child ~0.6); later ones are guesses
@@ -124,12 +124,9 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
     head calls); None when the head has nothing to draft from."""
     if mode not in MODES:
         raise ValueError(f"a sampled tree drafts by {MODES}, got {mode!r}")
-    pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
-    if not all(pending):
+    logits, seconds = root_logits(runner, state, rows, device)
+    if logits is None:
         return None, 0.0, 0
-    inputs = right_padded(pending, max(map(len, pending)), device)
-    logits, seconds = timed(runner, state, inputs, [len(p) - 1 for p in pending])
-    runner.rollback(state, [len(row.tokens) for row in rows])  # the right-padding
     batch, nodes = len(rows), topology.nodes
     tokens = torch.zeros(batch, nodes, dtype=torch.long, device=device)
     valid = torch.ones(batch, nodes, dtype=torch.bool, device=device)

@@ -4,6 +4,23 @@ import torch
 from scipy.stats import chisquare
 
 
+def sharp_tiny_target():
+    """A tiny random target over 16 tokens whose head is sharpened, so drafts get accepted at times."""
+    from specdistill.models import tiny_llama
+
+    model = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6)
+    return model
+
+
+def tiny_head(target):
+    """A random EAGLE-3 head for ``sharp_tiny_target``: draft vocabulary 2..15, features of layers 0, 2, 3."""
+    from specdistill.models.eagle3 import Eagle3Head
+
+    return Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1)
+
+
 def hf_greedy(target, ids, n):
     # eos_token_id=None and min_new_tokens=n: exactly n tokens, like eos_token_id=[] below.
     return target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,

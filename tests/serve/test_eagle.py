@@ -3,7 +3,7 @@ test trains, and decoding with it stays lossless (greedy equality, exact samplin
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
+from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs, sharp_tiny_target, tiny_head
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.tree import TreeShape
@@ -16,15 +16,12 @@ from specdistill.models.eagle3_io import load_head
 
 @pytest.fixture(scope="module")
 def target():
-    model = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
-    with torch.no_grad():  # a sharper random model: drafts get accepted at times
-        model.lm_head.weight.mul_(6)
-    return model
+    return sharp_tiny_target()
 
 
 @pytest.fixture(scope="module")
 def head(target):
-    return Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1)
+    return tiny_head(target)
 
 
 def _features(target, head, ids):

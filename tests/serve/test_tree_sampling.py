@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint
+from serve_helpers import assert_follows, exact_joint, hf_greedy, sharp_tiny_target, tiny_head
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.sampling import SamplingParams, warp_probs
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors
@@ -17,9 +17,6 @@ from specdistill.serve.tree_sampling import (
     sampled_topology,
 )
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
-from specdistill.models import tiny_llama
-from specdistill.models.eagle3 import Eagle3Head
 
 VOCAB, LENGTH = 4, 3  # the joint of 3 tokens over 4 (64 cells)
 
@@ -111,15 +108,12 @@ def test_the_topology_keeps_parents_first_and_draws_in_order():
 
 @pytest.fixture(scope="module")
 def target():
-    model = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3)
-    with torch.no_grad():  # a sharper random model: drafts get accepted at times
-        model.lm_head.weight.mul_(6)
-    return model
+    return sharp_tiny_target()
 
 
 @pytest.fixture(scope="module")
 def head(target):
-    return Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1)
+    return tiny_head(target)
 
 
 def test_sampled_rows_in_the_engine_follow_the_target_with_trees(target, head):
@@ -138,8 +132,6 @@ def test_sampled_rows_in_the_engine_follow_the_target_with_trees(target, head):
 
 
 def test_longer_sampled_runs_accept_deep_paths_and_greedy_rows_beside_them_stay_exact(target, head):
-    from serve_helpers import hf_greedy
-
     gen = SpeculativeGenerator(target, head, draft_tree="4,3,9")
     engine = gen.engine(max_batch_size=4)
     greedy = engine.add(torch.tensor([3, 8, 1, 6]), max_new_tokens=24, eos_token_id=[])
