@@ -15,6 +15,7 @@ import time
 
 import torch
 from specdistill.serve import SpeculativeGenerator
+from specdistill.serve.tree_sampling import SAMPLED_TREE
 
 from specdistill.data.prompts import HELDOUT_PROMPTS, chat_prompt_ids
 from specdistill.models import DEFAULT_TARGET, load_target
@@ -27,7 +28,7 @@ METHODS = [("chain T0.7", None, None, 0.7), ("tree 5,3,10 T0.7", "5,3,10", "5,3,
 
 
 def measure(target, draft, prompts, tree, sampled, temperature: float) -> dict:
-    gen = SpeculativeGenerator(target, draft, num_draft_tokens=4, draft_tree=tree, sampled_tree=sampled or "4,2,6")
+    gen = SpeculativeGenerator(target, draft, num_draft_tokens=4, draft_tree=tree, sampled_tree=sampled or SAMPLED_TREE)
     gen.generate(prompts[0], max_new_tokens=8, temperature=temperature, seed=0)  # warm-up
     steps = new = drafting = verifying = total = 0.0
     for seed, ids in enumerate(prompts):

@@ -22,6 +22,7 @@ import argparse
 import json
 
 import torch
+from specdistill.serve.tree_sampling import SAMPLED_TREE
 
 from specdistill.bench import measure_hf_baseline, measure_row
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--num-draft-tokens", default="4", help="the chain's k (an int), or auto")
     parser.add_argument("--draft-tree", default="auto")
-    parser.add_argument("--sampled-tree", default="4,2,6", help="a sampled row's tree DEPTH,TOP_K,NODES")
+    parser.add_argument("--sampled-tree", default=SAMPLED_TREE, help="a sampled row's tree DEPTH,TOP_K,NODES")
     args = parser.parse_args()
     args.num_draft_tokens = args.num_draft_tokens if args.num_draft_tokens == "auto" else int(args.num_draft_tokens)
     target, tokenizer = load_target(DEFAULT_TARGET, torch.bfloat16)

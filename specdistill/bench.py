@@ -19,7 +19,7 @@ from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import nested, option
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import check_tree_sampling
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling
 from specdistill.training.model_card import update_model_card
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,7 +49,7 @@ class MeasureConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
-    sampled_tree: str = option("4,2,6", "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
+    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
 
     def __post_init__(self):
         decode_dtype(self.dtype)
@@ -82,7 +82,7 @@ class BenchConfig:
 
 def measure_row(target, draft, tokenizer, prompts, k, max_new_tokens, temperature=0.0, draft_confidence=0.0,
              draft_vocab=None, draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample",
-             sampled_tree="4,2,6") -> dict:
+             sampled_tree=SAMPLED_TREE) -> dict:
     tree = TreeShape.parse(draft_tree, head=isinstance(draft, Eagle3Head))
     retrieval = RetrievalBranch.parse(draft_retrieval, tree=tree is not None)
     result = measure_speculative(target, draft, tokenizer, prompts, num_draft_tokens=k,

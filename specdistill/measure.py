@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from specdistill.data.prompts import Conversation, chat_ids, chat_prompt_ids
 from specdistill.serve import SpecStats, SpeculativeGenerator
+from specdistill.serve.tree_sampling import SAMPLED_TREE
 
 
 def expected_tokens_per_call(alpha: float, k: int) -> float:
@@ -73,7 +74,7 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversati
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
                         progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None,
                         draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample",
-                        sampled_tree="4,2,6") -> dict:
+                        sampled_tree=SAMPLED_TREE) -> dict:
     """Speculative decoding over the prompts (every turn of each); merged raw counts and derived
     rates. ``draft=None`` measures the target alone on our engine."""
     generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,

@@ -10,7 +10,7 @@ import torch
 from specdistill.serve.generator import SpeculativeGenerator
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import check_tree_sampling
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling
 
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import load_draft, resolve_draft
@@ -44,7 +44,7 @@ class ServeConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
-    sampled_tree: str = option("4,2,6", "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
+    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")

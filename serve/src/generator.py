@@ -32,7 +32,7 @@ from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import check_tree_sampling, sampled_topology
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling, sampled_topology
 
 from specdistill.models import check_compatible, vocab_size
 from specdistill.models.eagle3 import Eagle3Head, check_head
@@ -97,7 +97,7 @@ class SpeculativeGenerator:
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
                  compile: bool = False, draft_vocab=None, draft_tree: TreeShape | str | None = None,
                  draft_tree_max_batch: int | None = None, draft_retrieval: RetrievalBranch | str | None = None,
-                 draft_tree_sampling: str = "sample", sampled_tree: TreeShape | str = "4,2,6"):
+                 draft_tree_sampling: str = "sample", sampled_tree: TreeShape | str = SAMPLED_TREE):
         model_free, head = isinstance(draft, str), isinstance(draft, Eagle3Head)
         if head:
             check_head(target, draft)
@@ -135,8 +135,6 @@ class SpeculativeGenerator:
             raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
         self.draft_tree_max_batch = draft_tree_max_batch
         self.draft_tree_sampling = check_tree_sampling(draft_tree_sampling)
-        # Sampled rows gain less from a tree than greedy ones, so their tree is smaller (on 2 CPU cores at
-        # T = 0.7, 4,2,6 drafted 44-47 tok/s against the chain's 43 and 5,3,10's 35: bench/RESULTS.md).
         self.sampled_topology = None if self.draft_tree is None else sampled_topology(TreeShape.parse(sampled_tree))
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None and self.draft_tree is None:

@@ -31,6 +31,7 @@ its parent", and which nodes exist is decided before anything is drawn. The topo
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,9 @@ from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ances
 # that only shape the topology, never the output.
 SIBLING_ACCEPTANCE = (0.6, 0.3, 0.2, 0.15, 0.1)
 MODES = ("sample", "top")
+# A sampled row's tree is smaller than a greedy one's: on 2 CPU cores at T = 0.7, 4,2,6 drafted 44-47 tok/s
+# against the chain's 43 and 5,3,10's 35 (bench/RESULTS.md, "Trees for sampled requests").
+SAMPLED_TREE = "4,2,6"
 
 
 def check_tree_sampling(how: str) -> str:
@@ -81,7 +85,7 @@ def sampled_topology(shape: TreeShape, acceptance=SIBLING_ACCEPTANCE) -> Topolog
     so parents come before children and a node's draws keep their order."""
     rates = [acceptance[min(i, len(acceptance) - 1)] for i in range(shape.top_k)]
     # The chance that draw i is the accepted one: the ones before it rejected, it accepted.
-    share = [rate * _prod(1 - r for r in rates[:i]) for i, rate in enumerate(rates)]
+    share = [rate * math.prod(1 - r for r in rates[:i]) for i, rate in enumerate(rates)]
     parents, ranks, depths, value = [], [], [], [1.0]
     heap = [(-share[0], 0, 0, 0, 1)]  # (-value, order, parent, rank, depth)
     order = 1
@@ -96,13 +100,6 @@ def sampled_topology(shape: TreeShape, acceptance=SIBLING_ACCEPTANCE) -> Topolog
             heapq.heappush(heap, (-value[node] * share[0], order, node, 0, depth + 1))
             order += 1
     return Topology(tuple(parents), tuple(ranks), tuple(depths))
-
-
-def _prod(values) -> float:
-    out = 1.0
-    for v in values:
-        out *= v
-    return out
 
 
 @dataclass
@@ -182,9 +179,8 @@ def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode:
                 # A draw past q's support (top-k / top-p) did not happen; nor did any below a missing node.
                 exists = bool(order.values[e, rank] > float("-inf")) and (v == 0 or bool(valid[b, v - 1]))
                 valid[b, child - 1] = exists
-    for e, v in enumerate(expanding):
-        if probs is not None:
-            q[v] = probs[:, e]
+    if probs is not None:
+        q.update((v, probs[:, e]) for e, v in enumerate(expanding))
 
 
 def accept_sampled_tree(drafted: SampledTree, rows, target_logits: torch.Tensor,
