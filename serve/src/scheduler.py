@@ -219,13 +219,16 @@ class SpecEngine:
         tree, cap, limit = gen.draft_tree, gen.draft_tree_max_batch, gen.max_positions
         if tree is None or (cap is not None and len(rows) > cap):
             return False
-        if gen.draft_tree_sampling == "chain" and not all(r.params.greedy for r in rows):
+        greedy = all(r.params.greedy for r in rows)
+        if not greedy and gen.draft_tree_sampling == "chain":
             return False
-        if limit and any(len(r.tokens) + tree.depth > limit for r in rows):
+        # The tree the step would draft: the greedy shape, or a sampled batch's fixed topology.
+        depth, nodes = (tree.depth, tree.nodes) if greedy else (gen.sampled_topology.depth, gen.sampled_topology.nodes)
+        if limit and any(len(r.tokens) + depth > limit for r in rows):
             return False
         use_tree = getattr(gen.draft_length, "use_tree", None)
         extra = max(map(len, branches))
-        return use_tree is None or use_tree(len(rows), max(tree.depth, extra), tree.nodes + extra)
+        return use_tree is None or use_tree(len(rows), max(depth, extra), nodes + extra)
 
     def _decode_tree(self, rows: list[Request], branches: list[list[int]],
                      retrieval_seconds: float) -> list[tuple[Request, list[int], str | None]] | None:

@@ -141,3 +141,15 @@ def test_longer_sampled_runs_accept_deep_paths_and_greedy_rows_beside_them_stay_
         engine.step()
     assert greedy.tokens == hf_greedy(target, torch.tensor([greedy.prompt]), 24)[0].tolist()
     assert sampled.stats.tree_steps == sampled.stats.steps and len(sampled.stats.accept_length_hist) >= 3
+
+
+def test_a_sampled_batch_is_sized_by_its_own_tree_not_the_greedy_one():
+    from specdistill.models import tiny_llama
+
+    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3, max_positions=24)
+    gen = SpeculativeGenerator(target, tiny_head(target), draft_tree="5,3,10", sampled_tree="2,1,2")
+    engine = gen.engine(max_batch_size=2)
+    prompt = torch.arange(2, 22) % 16  # 20 tokens: a 2-deep tree fits in the context of 24, a 5-deep one not
+    sampled = engine.add(prompt, max_new_tokens=2, temperature=0.7, seed=0, eos_token_id=[])
+    greedy = engine.add(prompt, max_new_tokens=2, eos_token_id=[])
+    assert engine._use_tree([sampled], [[]]) and not engine._use_tree([greedy], [[]])
