@@ -23,6 +23,7 @@ does that).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -49,6 +50,7 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._swaps: list[tuple[tuple, concurrent.futures.Future]] = []
         self.steps = 0  # decode steps run (for health checks and metrics)
 
     def start(self) -> None:
@@ -66,6 +68,9 @@ class AsyncEngine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._thread = None
+        for _, future in self._swaps:
+            future.set_exception(RuntimeError("the engine closed before the draft was swapped"))
+        self._swaps.clear()
 
     @property
     def num_running(self) -> int:
@@ -111,8 +116,25 @@ class AsyncEngine:
             self.engine.cancel(request)
             self._wake.set()
 
+    def swap_draft(self, draft, name: str, draft_vocab=None) -> concurrent.futures.Future:
+        """Swap the draft between two steps (``SpecEngine.swap_draft``), from any thread. The future
+        gives the new ``DraftVersion``, or the ValueError that left the old draft serving."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._swaps.append(((draft, name, draft_vocab), future))
+        self._wake.set()
+        return future
+
+    def _swap(self) -> None:
+        while self._swaps:
+            arguments, future = self._swaps.pop(0)
+            try:
+                future.set_result(self.engine.swap_draft(*arguments))
+            except Exception as err:  # a bad draft, or no memory for its cache: the old one serves on
+                future.set_exception(err)
+
     def _loop(self) -> None:
         while not self._closed:
+            self._swap()
             if not self.engine.has_work():
                 self._wake.wait()
                 self._wake.clear()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from specdistill.serve.admin import admin_networks
 from specdistill.serve.generator import SpeculativeGenerator
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
@@ -54,6 +55,13 @@ class ServeConfig:
     retry_after: int = option(1, "seconds, in the Retry-After header of a 429")
     api_key: str = option("", "when set, /v1 requests need 'Authorization: Bearer <key>'")
     model_name: str = option("", "the model id clients send (default: the target's name)")
+    capture: str = option("", "append each finished request (prompt, answer ids, sampling, acceptance) to JSON-lines "
+                              "files in this directory, for `specdistill train --data DIR`; they hold users' prompts: "
+                              "keep them as you keep logs (empty = off)")
+    capture_sample: float = option(1.0, "the share of requests captured")
+    capture_max_mb: int = option(64, "a capture file is rotated at this size (MiB)")
+    admin_from: str = option("loopback", "clients that may call /admin (swap the draft): loopback, any, or "
+                                         "IPs/networks separated by commas; --api-key guards it too")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -68,6 +76,10 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.draft_tree_max_batch < 0:
             raise ValueError(f"draft_tree_max_batch must be >= 0 (0 = no cap), got {self.draft_tree_max_batch}")
+        if not 0 < self.capture_sample <= 1 or self.capture_max_mb < 1:
+            raise ValueError(f"capture_sample must be in (0, 1] and capture_max_mb >= 1, got {self.capture_sample} "
+                             f"and {self.capture_max_mb}")
+        admin_networks(self.admin_from)
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
 
@@ -102,4 +114,5 @@ def load_generator(config: ServeConfig):
                                      draft_tree_max_batch=config.draft_tree_max_batch or None,
                                      draft_retrieval=retrieval, draft_tree_sampling=config.draft_tree_sampling,
                                      sampled_tree=config.sampled_tree)
+    generator.draft_name = config.draft
     return generator, tokenizer, config.draft

@@ -116,15 +116,12 @@ class SpeculativeGenerator:
         self.target = target.eval()
         self.draft = None if draft is None or model_free else draft.eval()
         self.target_runner = make_runner(self.target, fast_path, compile)
+        self.fast_path, self.compile = fast_path, compile
         if model_free:
             self.draft_runner = ModelFreeDrafter(draft, vocab_size(target))
-        elif head:
-            if draft_vocab is not None:
-                raise ValueError("a draft head has its own draft vocabulary; do not pass draft_vocab with it")
-            self.draft_runner = EagleRunner(draft)
         else:
-            self.draft_runner = NoDraft() if draft is None else make_runner(self.draft, fast_path, compile,
-                                                                             draft_vocab)
+            self.draft_runner = self._model_runner(self.draft, draft_vocab)
+        self.draft_name = draft if model_free else type(draft).__name__ if draft is not None else "none"
         self.draft_tree = TreeShape.parse(draft_tree, head=head)
         if self.draft_tree is not None and not (head and isinstance(self.target_runner, LlamaRunner)):
             raise ValueError("draft_tree needs an EAGLE-3 head as the draft and a Llama-family target on the fast "
@@ -143,6 +140,36 @@ class SpeculativeGenerator:
         self.num_draft_tokens = num_draft_tokens
         self.tokenizer = tokenizer
         self.max_positions = getattr(target.config, "max_position_embeddings", None)
+
+    def _model_runner(self, draft, draft_vocab=None):
+        """The draft runner of a model draft (an EAGLE-3 head or a causal LM), or of none."""
+        if isinstance(draft, Eagle3Head):
+            if draft_vocab is not None:
+                raise ValueError("a draft head has its own draft vocabulary; do not pass draft_vocab with it")
+            return EagleRunner(draft)
+        return NoDraft() if draft is None else make_runner(draft, self.fast_path, self.compile, draft_vocab)
+
+    def draft_runner_for(self, draft, draft_vocab=None):
+        """A runner for ``draft``, to replace the serving draft (``SpecEngine.swap_draft``): it must be
+        a model of the same kind (an EAGLE-3 head for a head, a causal LM for an LM) made for this
+        target; ValueError says why not."""
+        serving = self.draft
+        if serving is None or isinstance(self.draft_runner, ModelFreeDrafter):
+            raise ValueError(f"this generator drafts with {self.draft_name!r}; only a model draft can be swapped")
+        if not isinstance(draft, torch.nn.Module):
+            raise ValueError(f"{draft!r} is not a model: only a model draft (a head or a causal LM) swaps in")
+        if isinstance(serving, Eagle3Head) != isinstance(draft, Eagle3Head):
+            kind = "an EAGLE-3 head" if isinstance(serving, Eagle3Head) else "a causal-LM draft"
+            raise ValueError(f"the serving draft is {kind}; give one of the same kind")
+        if isinstance(draft, Eagle3Head):
+            check_head(self.target, draft)
+        else:
+            check_compatible(self.target, draft, self.tokenizer, None)
+        return self._model_runner(draft.eval(), draft_vocab)
+
+    def use_draft(self, draft, runner, name: str) -> None:
+        """Draft with ``draft`` (through ``runner``, from ``draft_runner_for``) from now on."""
+        self.draft, self.draft_runner, self.draft_name = draft, runner, name
 
     def engine(self, max_batch_size: int = 32) -> SpecEngine:
         """A continuous-batching engine over these models: ``add`` requests (from any

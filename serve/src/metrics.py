@@ -4,7 +4,9 @@ Speculative decoding (read from the engine's raw counts at scrape time, as vLLM'
 counters are defined): ``…:spec_decode_num_drafts`` (steps that drafted),
 ``…_num_draft_tokens``, ``…_num_accepted_tokens`` and ``…_num_accepted_tokens_per_pos``
 (label ``position``). Acceptance rate = accepted / draft tokens; mean acceptance
-length = 1 + accepted / drafts. Also queue depth, running rows, request counts,
+length = 1 + accepted / drafts. The same three ``…_by_draft`` per draft version (labels ``draft``,
+``draft_version``; ``POST /admin/draft`` adds versions), and ``…:draft_info`` names the serving one.
+Also queue depth, running rows, request counts,
 tokens, time to first token and inter-token latency.
 """
 
@@ -79,3 +81,24 @@ class _EngineCollector:
         for position, count in enumerate(list(stats.accepted_at)):
             per_position.add_metric([*values, str(position)], count)
         yield per_position
+        yield from self._drafts(names, values)
+
+    def _drafts(self, names: list[str], values: list[str]):
+        """The serving draft (``draft_info``), and each draft version's own counts, so a swapped-in
+        draft's acceptance reads apart from its predecessors'."""
+        engine = self.engine.engine
+        info = GaugeMetricFamily(f"{PREFIX}:draft_info", "The draft serving now (value 1), by name and version",
+                                 labels=[*names, "draft", "draft_version"])
+        current = engine.draft_versions[-1]
+        info.add_metric([*values, current.name, str(current.version)], 1)
+        yield info
+        now = engine.stats.counts()
+        for key, help_text in (("drafts", "Steps that drafted, by draft version"),
+                               ("draft_tokens", "Draft tokens proposed, by draft version"),
+                               ("accepted", "Draft tokens accepted, by draft version")):
+            name = {"drafts": "num_drafts", "draft_tokens": "num_draft_tokens", "accepted": "num_accepted_tokens"}[key]
+            counter = CounterMetricFamily(f"{PREFIX}:spec_decode_{name}_by_draft", help_text,
+                                          labels=[*names, "draft", "draft_version"])
+            for version in engine.draft_versions:
+                counter.add_metric([*values, version.name, str(version.version)], version.counts(now)[key])
+            yield counter

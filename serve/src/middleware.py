@@ -36,7 +36,7 @@ class BodyLimit:
 
 
 class Guard:
-    """``--api-key`` on /v1, and error counts by status for /metrics."""
+    """``--api-key`` on /v1 and /admin, and error counts by status for /metrics."""
 
     def __init__(self, app, api_key: str, metrics: ServerMetrics):
         self.app, self.api_key, self.metrics = app, api_key, metrics
@@ -44,7 +44,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.api_key and scope["path"].startswith("/v1"):
+        if self.api_key and scope["path"].startswith(("/v1", "/admin")):
             given = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
             if given != f"Bearer {self.api_key}":
                 self.metrics.error(401)

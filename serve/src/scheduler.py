@@ -50,6 +50,22 @@ class StreamChunk:
     stats: SpecStats  # running counts of this request (the same object every chunk)
 
 
+@dataclass
+class DraftVersion:
+    """One draft the engine served with, and the engine's counts (``SpecStats.counts``) when it began
+    and, once swapped out, when it ended: its own acceptance is the difference."""
+
+    version: int
+    name: str
+    start: dict
+    end: dict | None = None
+    since: float = field(default_factory=time.time)
+
+    def counts(self, now: dict) -> dict:
+        end = self.end or now
+        return {key: end[key] - self.start[key] for key in end}
+
+
 @dataclass(eq=False)
 class Request:
     """One request and its row's state: everything that differs between rows lives here."""
@@ -93,6 +109,7 @@ class SpecEngine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Lock()
         self._target_state = self._draft_state = None
+        self.draft_versions = [DraftVersion(1, generator.draft_name, self.stats.counts())]
 
     # ---- requests in, from any thread --------------------------------------------------------
 
@@ -314,6 +331,29 @@ class SpecEngine:
         request.stats.total_seconds = time.perf_counter() - request.arrival
         request.finish_reason = reason
         return StreamChunk(produced, delta, reason, request.stats)
+
+    # ---- swapping the draft ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def swap_draft(self, draft, name: str, draft_vocab=None) -> DraftVersion:
+        """Draft with ``draft`` from the next step on; call between steps, from the thread that steps.
+        Running rows keep their places: the new draft's cache is prefilled over their tokens so far
+        (a head's from a pass of the target that keeps nothing), so they continue with it at once and
+        their output stays the target's. A draft of the wrong kind or target raises ValueError and the
+        old one keeps drafting."""
+        gen = self.gen
+        runner = gen.draft_runner_for(draft, draft_vocab)
+        state = None
+        if self.running:
+            capacity = max(len(r.prompt) + r.max_new_tokens for r in self.running) + self._lookahead()
+            state = runner.start(len(self.running), capacity)
+            scratch = gen.target_runner.start(len(self.running), capacity)  # its cache is thrown away
+            decode.prefill(gen.target_runner, scratch, runner, state, self.running, self.device)
+        gen.use_draft(draft, runner, name)
+        self._draft_state = state
+        self.draft_versions[-1].end = self.stats.counts()
+        self.draft_versions.append(DraftVersion(self.draft_versions[-1].version + 1, name, self.stats.counts()))
+        return self.draft_versions[-1]
 
     # ---- joining and leaving -------------------------------------------------------------------
 

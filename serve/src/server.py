@@ -2,13 +2,16 @@
 
     POST /v1/completions, POST /v1/chat/completions   (stream: true for server-sent events)
     GET  /v1/models, /health, /metrics                 (Prometheus text format)
+    POST /admin/draft {"draft": "DIR"}                  (swap the draft between steps: ``admin.py``)
 
 The routes only translate: a request body becomes engine requests (one per prompt
 and per ``n``), their chunks become OpenAI responses. Load and faults: a bounded
 queue answers 429 with Retry-After, a per-request timeout ends a request, a client
 that goes away frees its row at the next step, bodies and ``max_tokens`` are
-bounded, ``--api-key`` guards /v1. Every bad input is a 4xx with an OpenAI error
+bounded, ``--api-key`` guards /v1 and /admin. Every bad input is a 4xx with an OpenAI error
 object and the server keeps serving; a failed decode step fails its requests only.
+With ``--capture DIR`` each finished request is appended to JSON-lines files there
+(``capture.py``), off the decode thread.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from specdistill.serve.admin import DraftSwapRequest, swap_draft
 from specdistill.serve.async_engine import AsyncEngine, EngineError, QueueFull
+from specdistill.serve.capture import TrafficCapture, choice_records
 from specdistill.serve.config import ServeConfig, load_generator
 from specdistill.serve.metrics import ServerMetrics
 from specdistill.serve.middleware import BodyLimit, Guard
@@ -48,6 +53,7 @@ from specdistill.serve.protocol import (
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from specdistill.data.captured import target_identity
 from specdistill.data.prompts import chat_ids
 
 
@@ -61,6 +67,7 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     start_engine: bool  # the app starts the engine in a thread of its own, else the caller steps it
+    capture: TrafficCapture | None = None
 
     @property
     def context(self) -> int | None:
@@ -73,7 +80,9 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     with the app (``start_engine``), or which the caller steps (``run_forever``)."""
     metrics = ServerMetrics(engine, model_name)
     app = FastAPI(title="specdistill", lifespan=_lifespan)
-    app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine)
+    capture = TrafficCapture(config.capture, config.capture_sample, config.capture_max_mb << 20) \
+        if config.capture else None
+    app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine, capture)
     app.state.metrics = metrics
     # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
@@ -86,6 +95,7 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/admin/draft", admin_draft, methods=["POST"])
     return app
 
 
@@ -97,6 +107,8 @@ async def _lifespan(app: FastAPI):
     yield
     if state.start_engine:
         state.engine.close()
+    if state.capture is not None:
+        state.capture.close()
 
 
 def _state(request: Request) -> ServerState:
@@ -138,6 +150,10 @@ async def completions(raw: Request, body: CompletionRequest):
 
 async def chat_completions(raw: Request, body: ChatCompletionRequest):
     return await _respond(_state(raw), raw, body)
+
+
+async def admin_draft(raw: Request, body: DraftSwapRequest):
+    return await swap_draft(raw, body)
 
 
 def _encode(state: ServerState, body, prompt) -> list[int]:
@@ -208,22 +224,25 @@ async def _respond(state: ServerState, raw: Request, body):
     engine, metrics, timeout, model = state.engine, state.metrics, state.config.request_timeout, state.model_name
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    capture = _capturer(state, raw, body, ident, created, choices)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream_events(engine, metrics, choices, arrival, timeout, chat, ident, created, model,
                                 prompt_tokens, include_usage)
         # Runs after the stream, also when the client left before it began: no row outlives it.
-        cleanup = BackgroundTask(_cancel_all, engine, choices)
-        return StreamingResponse(events, media_type="text/event-stream", background=cleanup)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 background=BackgroundTask(_end_all, engine, choices, capture))
+    status = None
     try:
         await asyncio.wait_for(_collect_all(engine, metrics, raw, choices, arrival), timeout)
     except TimeoutError as err:
+        status = "timeout"
         raise APIError(408, f"the request took longer than {timeout} s; lower max_tokens or retry",
                        type="timeout_error", code="request_timeout") from err
     except EngineError as err:
         raise APIError(500, str(err), type="server_error") from err
     finally:
-        _cancel_all(engine, choices)
+        _end_all(engine, choices, capture, status)
     build = chat_response if chat else completion_response
     return JSONResponse(build(ident, created, model, choices, usage(prompt_tokens, choices)))
 
@@ -231,6 +250,28 @@ async def _respond(state: ServerState, raw: Request, body):
 def _cancel_all(engine: AsyncEngine, choices: list[Choice]) -> None:
     for choice in choices:
         engine.cancel(choice.request)
+
+
+def _end_all(engine: AsyncEngine, choices: list[Choice], capture, status: str | None = None) -> None:
+    """No row outlives its response; its record (if captured) goes to the capture's writer."""
+    _cancel_all(engine, choices)
+    if capture is not None:
+        capture(status)
+
+
+def _capturer(state: ServerState, raw: Request, body, ident: str, created: int, choices: list[Choice]):
+    """What records this response when it ends (None: not captured): a sampled share of requests."""
+    if state.capture is None or not state.capture.wants():
+        return None
+    base = {"request_id": ident, "time": created, "route": raw.url.path,
+            "target": target_identity(state.config.target), "model": state.model_name}
+
+    def capture(status: str | None) -> None:
+        version = state.engine.engine.draft_versions[-1]  # the draft at the end drafted most of it
+        draft = {"draft": version.name, "draft_version": version.version}
+        for record in choice_records(base | draft, body, choices, status):
+            state.capture.add(record)
+    return capture
 
 
 async def _observed(engine: AsyncEngine, metrics: ServerMetrics, choice: Choice, arrival: float):

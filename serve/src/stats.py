@@ -52,6 +52,10 @@ class SpecStats:
         _grow(self.accept_length_hist, n + 1)
         self.accept_length_hist[n] += 1
 
+    def counts(self) -> dict:
+        """The counts a draft's acceptance is read from (vLLM's names): drafts, draft tokens, accepted."""
+        return {"drafts": self.drafted_steps, "draft_tokens": self.proposed, "accepted": self.accepted}
+
     def merge(self, other: SpecStats) -> SpecStats:
         out = SpecStats()
         for name, value in asdict(self).items():

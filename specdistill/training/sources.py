@@ -8,6 +8,7 @@ from pathlib import Path
 
 from specdistill.data.batches import TokenRows, pack_records
 from specdistill.data.builtin_prompts import prompt_texts
+from specdistill.data.captured import is_capture_dir, read_capture
 from specdistill.data.corpora import corpus_files, split_files, token_chunks
 from specdistill.data.dataset_records import dataset_records, dataset_texts, is_dataset, read_dataset
 from specdistill.models import DEFAULT_TARGET
@@ -21,8 +22,8 @@ class DataConfig:
     temperature and precision. ``specdistill train`` and ``cache-teacher`` share it."""
 
     target: str = option(DEFAULT_TARGET, "the embedded default or a local HF model directory")
-    data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet or a saved "
-                                 "dataset")
+    data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet, a saved "
+                                 "dataset, or a folder of traffic captured by `specdistill serve --capture`")
     text_field: str = option("text", "the text column of a dataset of plain text")
     generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
     answer_prompts: str = option("builtin:python", "with data 'target': the prompts it answers, comma-separated: "
@@ -55,6 +56,8 @@ def read_data(config: DataConfig):
     if config.data == "target":
         prompt_texts(config.answer_prompts)  # a missing prompt file fails now
         return None
+    if is_capture_dir(config.data):
+        return read_capture(config.data, config.target), "ids"
     if is_dataset(config.data):
         return read_dataset(config.data, config.text_field)
     return corpus_files(config.data)

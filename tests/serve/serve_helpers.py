@@ -1,7 +1,19 @@
-"""Shared references for the engine's tests: HF greedy output, exact sampled distributions."""
+"""Shared references for the engine's tests: HF greedy output, exact sampled distributions, and
+the HTTP server's tiny setup."""
+
+import contextlib
+import socket
+import threading
+import time
 
 import torch
+import uvicorn
 from scipy.stats import chisquare
+from specdistill.serve import AsyncEngine, SpeculativeGenerator
+from specdistill.serve.config import ServeConfig
+from specdistill.serve.server import build_app
+
+from specdistill.models import prune_draft, tiny_llama
 
 
 def sharp_tiny_target():
@@ -64,3 +76,67 @@ def assert_follows(counts, expected):
     if exp[-1] == 0:
         obs, exp = obs[:-1], exp[:-1]
     assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+# ---- the HTTP server's tiny setup (test_server.py, test_admin_capture.py) ----
+
+MODEL = "tiny"
+CONTEXT = 96
+
+
+def char_chat_tokenizer():
+    """One token per character, with a decoder and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(["<eos>", "<unk>", *sorted(set("abcdefghijklmnopqrstuvwxyz _=():?\n"))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters back to back, no spaces between them
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant: {% endif %}")
+    return tokenizer
+
+
+def tiny_generator(tokenizer):
+    target = tiny_llama(vocab_size=len(tokenizer), num_layers=3, max_positions=CONTEXT, seed=2)
+    target.generation_config.eos_token_id = 0
+    with torch.no_grad():  # a random model says <eos> too often for long answers: make it rarer
+        target.lm_head.weight[0] = -target.lm_head.weight[2:].mean(0)
+    return SpeculativeGenerator(target, prune_draft(target, [0, -1]), num_draft_tokens=3, tokenizer=tokenizer)
+
+
+@contextlib.contextmanager
+def running_server(generator, tokenizer, start_engine=True, **overrides):
+    """The app on 127.0.0.1 in a thread; its engine steps in a thread of its own, or
+    (``start_engine=False``) wherever the caller runs ``engine.run_forever()``."""
+    config = ServeConfig(**({"max_batch_size": 8, "max_queue": 64, "max_tokens_limit": 64} | overrides))
+    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
+    app = build_app(engine, tokenizer, config, MODEL, start_engine=start_engine)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", engine
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def slowed(generator, monkeypatch, seconds=0.05):
+    """Each target forward takes ``seconds`` more, so a request is still running when a test acts."""
+    real = generator.target_runner.forward
+
+    def slow(*args):
+        time.sleep(seconds)
+        return real(*args)
+
+    monkeypatch.setattr(generator.target_runner, "forward", slow)

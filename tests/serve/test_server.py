@@ -2,7 +2,6 @@
 httpx for what a client library would refuse to send). Tiny models, a real tokenizer."""
 
 import asyncio
-import contextlib
 import json
 import socket
 import threading
@@ -12,15 +11,8 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
-from specdistill.serve import AsyncEngine, SpeculativeGenerator
-from specdistill.serve.config import ServeConfig
-from specdistill.serve.server import build_app
+from serve_helpers import CONTEXT, MODEL, char_chat_tokenizer, running_server, slowed, tiny_generator
 
-from specdistill.models import prune_draft, tiny_llama
-
-MODEL = "tiny"
-CONTEXT = 96
 WORDS = ["what is a set", "sort a list", "open a file", "define a class", "read lines", "zip two lists",
          "a dict of sets", "print it", "map and filter", "sum of squares", "use a queue", "raise an error"]
 
@@ -30,56 +22,9 @@ def tokenizer():
     return char_chat_tokenizer()
 
 
-def char_chat_tokenizer():
-    """One token per character, with a decoder and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(["<eos>", "<unk>", *sorted(set("abcdefghijklmnopqrstuvwxyz _=():?\n"))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()  # characters back to back, no spaces between them
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}assistant: {% endif %}")
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def generator(tokenizer):
     return tiny_generator(tokenizer)
-
-
-def tiny_generator(tokenizer):
-    target = tiny_llama(vocab_size=len(tokenizer), num_layers=3, max_positions=CONTEXT, seed=2)
-    target.generation_config.eos_token_id = 0
-    with torch.no_grad():  # a random model says <eos> too often for long answers: make it rarer
-        target.lm_head.weight[0] = -target.lm_head.weight[2:].mean(0)
-    return SpeculativeGenerator(target, prune_draft(target, [0, -1]), num_draft_tokens=3, tokenizer=tokenizer)
-
-
-@contextlib.contextmanager
-def running_server(generator, tokenizer, start_engine=True, **overrides):
-    """The app on 127.0.0.1 in a thread; its engine steps in a thread of its own, or
-    (``start_engine=False``) wherever the caller runs ``engine.run_forever()``."""
-    config = ServeConfig(**({"max_batch_size": 8, "max_queue": 64, "max_tokens_limit": 64} | overrides))
-    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, MODEL, start_engine=start_engine)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", engine
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +153,7 @@ def test_malformed_json_and_bad_chat_messages(server):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_goes_away_frees_its_row(generator, tokenizer, monkeypatch, stream):
-    _slowed(generator, monkeypatch)
+    slowed(generator, monkeypatch)
     with running_server(generator, tokenizer) as (url, engine):
         body = {"model": MODEL, "prompt": "define a class", "max_tokens": 64, "stream": stream, "temperature": 0}
         if stream:
@@ -247,20 +192,10 @@ def test_metrics_use_vllm_names_under_our_prefix(server):
     assert 'specdistill:request_success_total{finished_reason="length",model_name="tiny"}' in text
 
 
-def _slowed(generator, monkeypatch, seconds=0.05):
-    real = generator.target_runner.forward
-
-    def slow(*args):
-        time.sleep(seconds)
-        return real(*args)
-
-    monkeypatch.setattr(generator.target_runner, "forward", slow)
-
-
 def test_queue_full_is_a_429_with_retry_after(generator, tokenizer, monkeypatch):
     # Slow enough that the first request (at least 15 steps of at most 4 tokens) still runs
     # when the third one arrives, on a loaded machine too.
-    _slowed(generator, monkeypatch, seconds=0.25)
+    slowed(generator, monkeypatch, seconds=0.25)
     with running_server(generator, tokenizer, max_batch_size=1, max_queue=1) as (url, engine):
         body = {"model": MODEL, "prompt": "read lines", "max_tokens": 60, "temperature": 0}
         with httpx.stream("POST", url + "/v1/completions", json=body | {"stream": True}) as first:
@@ -279,7 +214,7 @@ def test_queue_full_is_a_429_with_retry_after(generator, tokenizer, monkeypatch)
 
 
 def test_timeouts_end_requests_cleanly(generator, tokenizer, monkeypatch):
-    _slowed(generator, monkeypatch)
+    slowed(generator, monkeypatch)
     with running_server(generator, tokenizer, request_timeout=0.3) as (url, engine):
         body = {"model": MODEL, "prompt": "map and filter", "max_tokens": 60, "temperature": 0}
         response = _post(url, body)

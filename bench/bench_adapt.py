@@ -1,0 +1,200 @@
+"""One capture-adapt-swap cycle on a domain the shipped head drafts poorly (translation by default).
+
+    python bench/bench_adapt.py                     # ~1,000 captured requests, 15 minutes of adapting
+    python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
+
+1. before   the shipped head, measured as served (k auto, tree, retrieval) on held-out requests of the
+            domain (``--heldout``'s category: hand-written, never trained on) and on the held-out chat prompts
+2. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
+            ``--capture-requests`` requests of the domain, made from the standard library's documentation
+            (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
+3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE`` for the minutes given
+            (a feature cache first; the head's vocabulary grows by the answers' tokens it lacks)
+4. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
+5. after    the adapted head, measured as in 1
+
+Prints a table, then ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import torch
+import uvicorn
+from specdistill.serve import AsyncEngine
+from specdistill.serve.config import ServeConfig, load_generator
+from specdistill.serve.server import build_app
+
+from specdistill.bench import measure_row
+from specdistill.data.corpora import stdlib_files
+from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
+from specdistill.data.task_prompts import module_docs, task_prompts
+from specdistill.models import load_target
+from specdistill.models.drafts import load_draft
+from specdistill.training.config import TrainConfig
+from specdistill.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", default="translation", help="a task of make-prompts --source tasks")
+    parser.add_argument("--heldout", default=str(ROOT / "bench/prompts/broad-heldout.jsonl"))
+    parser.add_argument("--capture-requests", type=int, default=1000)
+    parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--out", default="runs/adapt")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def domain_prompts(domain: str, count: int, seed: int) -> list[str]:
+    """First turns of the domain's task prompts, from the standard library's documentation."""
+    rng = random.Random(seed)
+    docs = module_docs(stdlib_files())
+    rows = task_prompts(domain, docs, count, rng)
+    return [row["prompt"] if "prompt" in row else row["turns"][0] for row in rows][:count]
+
+
+def measure(target, tokenizer, head, sets: dict[str, list[Conversation]], max_tokens: int) -> dict:
+    """τ and tokens/s of ``head`` on each set, as the server drafts (k auto, tree, retrieval)."""
+    out = {}
+    for name, conversations in sets.items():
+        row = measure_row(target, head, tokenizer, conversations, "auto", max_tokens, draft_confidence=0.4,
+                          draft_tree="auto", draft_retrieval="auto")
+        out[name] = {"tau": round(row["tau"], 3), "tokens_per_s": round(row["tokens_per_s"], 2)}
+        print(f"  {name:12} tau {row['tau']:.2f}  {row['tokens_per_s']:.1f} tok/s", flush=True)
+    return out
+
+
+@contextlib.contextmanager
+def serving(config: ServeConfig):
+    """The real server on loopback; yields its URL and engine."""
+    generator, tokenizer, _ = load_generator(config)
+    engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
+    app = build_app(engine, tokenizer, config, config.served_name())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", engine
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, clients: int,
+                   during=None) -> tuple[int, int, object]:
+    """Every prompt as a streamed chat request, ``clients`` at a time (greedy and T = 0.7 in turn);
+    ``during`` (a coroutine function) runs once the first wave is in flight. Returns (finished, failed,
+    what ``during`` returned)."""
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    gate, finished, failed = asyncio.Semaphore(clients), 0, 0
+
+    async def one(i: int, prompt: str):
+        nonlocal finished, failed
+        async with gate:
+            try:
+                stream = await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                    temperature=0.0 if i % 2 == 0 else 0.7, seed=i, stream=True)
+                reason = None
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        reason = chunk.choices[0].finish_reason
+                finished += reason is not None
+                failed += reason is None
+            except openai.OpenAIError:
+                failed += 1
+
+    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(prompts)]
+    extra = None
+    if during is not None:
+        await asyncio.sleep(2.0)  # the first wave is decoding
+        extra = await during()
+    await asyncio.gather(*tasks)
+    return finished, failed, extra
+
+
+def adapt(capture: Path, out: Path, minutes: float, seed: int) -> tuple[Path, dict]:
+    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), output_dir=str(out / "head"),
+                         feature_cache=str(out / "features"), seq_len=1024, batch_size=4, steps=100000,
+                         max_minutes=max(minutes - 2.0, 0.5), lr=3e-4, warmup_steps=5, ttt_steps=4,
+                         head_vocab_size=9216, save_every=25, log_every=10, report_to="none", seed=seed)
+    start = time.perf_counter()
+    result = train(config)
+    return out / "head" / "final", {"minutes": round((time.perf_counter() - start) / 60, 2),
+                                    "steps": result["steps"]}
+
+
+def main():
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    heldout = by_category(read_conversations(args.heldout))
+    if args.domain not in heldout:
+        raise SystemExit(f"{args.heldout} has no {args.domain!r} records; its categories: {sorted(heldout)}")
+    sets = {args.domain: heldout[args.domain], "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS]}
+    target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
+    shipped, _ = load_draft("default", target, torch.bfloat16)
+    print("before: the shipped head", flush=True)
+    before = measure(target, tokenizer, shipped, sets, args.max_tokens)
+
+    capture = out / "capture"
+    prompts = domain_prompts(args.domain, args.capture_requests + 64, args.seed)
+    config = ServeConfig(capture=str(capture), max_batch_size=args.clients, max_queue=4 * args.capture_requests)
+    with serving(config) as (url, engine):
+        start = time.perf_counter()
+        captured, lost, _ = asyncio.run(send_all(url, config.served_name(), prompts[: args.capture_requests],
+                                                 args.max_tokens, args.clients))
+        capture_minutes = (time.perf_counter() - start) / 60
+        print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
+        adapted, trained = adapt(capture, out, args.adapt_minutes, args.seed)
+        print(f"adapted for {trained['minutes']} min, {trained['steps']} steps", flush=True)
+
+        async def swap():
+            response = await asyncio.to_thread(httpx.post, url + "/admin/draft", json={"draft": str(adapted)},
+                                               timeout=600)
+            return response.status_code, response.json()
+        done, dropped, (status, swapped) = asyncio.run(send_all(url, config.served_name(), prompts[-64:],
+                                                                args.max_tokens, args.clients, during=swap))
+        print(f"swap: HTTP {status} {swapped}; {done} requests finished around it, {dropped} dropped", flush=True)
+        metrics = httpx.get(url + "/metrics").text
+    head, _ = load_draft(str(adapted), target, torch.bfloat16)
+    print("after: the adapted head", flush=True)
+    after = measure(target, tokenizer, head, sets, args.max_tokens)
+    report = {"domain": args.domain, "captured": captured, "capture_failed": lost,
+              "capture_minutes": round(capture_minutes, 2), "adapt": trained, "swap_status": status,
+              "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
+              "before": before, "after": after,
+              "tau_gain": {k: round(after[k]["tau"] - before[k]["tau"], 3) for k in sets},
+              "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},
+              "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(f"\n{'set':12} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6}")
+    for name in sets:
+        print(f"{name:12} {before[name]['tau']:10.2f} {after[name]['tau']:6.2f} {before[name]['tokens_per_s']:13.1f} "
+              f"{after[name]['tokens_per_s']:6.1f} {report['speedup'][name]:6.2f}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

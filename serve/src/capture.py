@@ -1,0 +1,116 @@
+"""Capture of served traffic (``specdistill serve --capture DIR``): each finished request
+becomes one JSON line, which ``specdistill train --data DIR`` reads back as (prompt, answer)
+records. The files hold users' prompts: keep them as you keep logs.
+
+A record (one per choice of a response):
+
+    request_id, index, time, route     the response's id, the choice, unix seconds, the route
+    target, model, draft, draft_version the target that answered (training checks it), the served
+                                        name, the draft that drafted and its version
+    messages | prompt                   the request as sent: chat messages, or completion text/ids
+    prompt_ids, answer_ids              the token ids the target read and wrote (answer_ids: its output,
+                                        EOS included when it ended there, cut after a stop string)
+    sampling                            temperature, top_p, top_k, seed, max_tokens, stop
+    finish_reason, status               the OpenAI finish reason; status finished, cancelled, failed
+                                        or timeout (only finished records train)
+    drafted, accepted                   draft tokens proposed and accepted for it
+
+Writing happens in a thread of its own, fed by a queue, so a decode step never waits for a
+disk; files rotate at ``max_bytes`` (capture-<start>-<n>.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PATTERN = "capture-*.jsonl"
+_END = object()
+
+
+class TrafficCapture:
+    """Appends records to rotated JSON-lines files in ``directory`` from a background thread.
+    ``sample`` is the share of requests kept (decided per request by ``wants``)."""
+
+    def __init__(self, directory: str | Path, sample: float = 1.0, max_bytes: int = 64 << 20, seed: int | None = None):
+        if not 0 < sample <= 1:
+            raise ValueError(f"capture sample must be in (0, 1], got {sample}")
+        if max_bytes < 1:
+            raise ValueError(f"capture max_bytes must be >= 1, got {max_bytes}")
+        self.directory = Path(directory).expanduser()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.sample, self.max_bytes = sample, max_bytes
+        self._random = random.Random(seed)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._prefix = f"capture-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._file, self._index, self._size = None, 0, 0
+        self.written = 0
+        self._thread = threading.Thread(target=self._write_all, name="specdistill-capture", daemon=True)
+        self._thread.start()
+
+    def wants(self) -> bool:
+        return self.sample >= 1 or self._random.random() < self.sample
+
+    def add(self, record: dict) -> None:
+        """Queue a record; never blocks."""
+        self._queue.put(record)
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put(_END)
+        self._thread.join(timeout=30)
+
+    def _write_all(self) -> None:
+        while (record := self._queue.get()) is not _END:
+            try:
+                self._write(json.dumps(record, ensure_ascii=False) + "\n")
+            except Exception:  # a full disk must not stop serving; the record is lost, and said so
+                log.exception("capture: a record could not be written")
+        if self._file is not None:
+            self._file.close()
+
+    def _write(self, line: str) -> None:
+        size = len(line.encode())
+        if self._file is None or (self._size and self._size + size > self.max_bytes):
+            if self._file is not None:
+                self._file.close()
+            self._index += 1
+            self._file = open(self.directory / f"{self._prefix}-{self._index:04d}.jsonl", "a", encoding="utf-8")
+            self._size = 0
+        self._file.write(line)
+        self._file.flush()
+        self._size += size
+        self.written += 1
+
+
+STATUS = {"eos": "finished", "stop": "finished", "length": "finished", "error": "failed"}
+
+
+def status_of(finish_reason: str | None) -> str:
+    """A request's capture status from its engine finish reason (None: ended before it finished)."""
+    return STATUS.get(finish_reason, "cancelled")
+
+
+def choice_records(base: dict, body, choices, status: str | None = None) -> list[dict]:
+    """The records of a response's choices. ``base`` holds what they share (ids, route, names);
+    ``status`` overrides each choice's own (a timeout, say)."""
+    prompts = body.prompts() if hasattr(body, "prompts") else None
+    request_part = ({"messages": [m.as_template_input() for m in body.messages]} if prompts is None else {})
+    sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed,
+                "max_tokens": body.budget() if prompts is None else body.max_tokens, "stop": body.stop}
+    records = []
+    for choice in choices:
+        request = choice.request
+        prompt = {} if prompts is None else {"prompt": prompts[choice.index // body.n]}
+        records.append(base | request_part | prompt | {
+            "index": choice.index, "prompt_ids": request.prompt, "answer_ids": request.tokens[len(request.prompt):],
+            "sampling": sampling, "finish_reason": choice.finish_reason,
+            "status": status or status_of(request.finish_reason),
+            "drafted": request.stats.proposed, "accepted": request.stats.accepted})
+    return records
