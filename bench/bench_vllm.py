@@ -4,17 +4,23 @@ one request at a time and at higher concurrency, tokens/s and τ side by side.
 
     make vllm-venv                                   # once: vLLM's CPU build in .venv-vllm (not part of make test)
     python bench/bench_vllm.py                       # 12 held-out chat prompts, 64 tokens, greedy, bf16
-    python bench/bench_vllm.py --concurrency 1,4,16 --draft default --k 4
+    python bench/bench_vllm.py --concurrency 1,4,16 --draft default --k 4 --compiled --dtype float32
+    python bench/bench_vllm.py --lm-draft DIR        # also a causal-LM draft (vLLM's draft_model method)
 
 vLLM runs in its own virtualenv (``bench/vllm_side.py``, one process per configuration, so the two
 never share a process); both engines decode the same token ids (the chat template applied here).
-Greedy outputs are compared token for token. Prints a table, then ONE JSON line.
+Concurrency 1 runs the held-out prompts one at a time; higher concurrency runs ``--batch-prompts``
+requests (the prompts cycled) through each engine's continuous batching. vLLM gets its documented CPU
+setup: OpenMP threads on every core (its default reserves one of our two), Intel OpenMP and tcmalloc
+preloaded where found, prefix caching off (cycled prompts must not be free). Greedy outputs are
+compared token for token. Prints a table, then ONE JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,11 +42,14 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="smollm2-135m")
     parser.add_argument("--draft", default="default", help="an EAGLE-3 head directory, or default (the shipped one)")
+    parser.add_argument("--lm-draft", default="", help="also a causal-LM draft directory (vLLM: method draft_model)")
     parser.add_argument("--k", type=int, default=4, help="the chain's length, both engines")
     parser.add_argument("--num-prompts", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--batch-prompts", type=int, default=32, help="requests at concurrency above 1")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="both engines")
     parser.add_argument("--compiled", action="store_true", help="also vLLM's compiled mode (slow to start)")
     return parser.parse_args()
 
@@ -66,59 +75,95 @@ def ours(target, head, prompts: list[list[int]], max_tokens: int, concurrency: i
     return result
 
 
-def vllm(args, prompts_file: str, target_dir: Path, draft: str = "", compiled: bool = False) -> dict:
+def vllm_environment(vllm_python: str) -> dict:
+    """vLLM's documented CPU setup: OpenMP threads bound to every core (on 2 cores its default binds
+    one and reserves the other), Intel OpenMP and tcmalloc preloaded when they are installed."""
+    preload = [path for path in (Path(vllm_python).parents[1] / "lib" / "libiomp5.so",
+                                 Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")) if path.exists()]
+    return os.environ | {"VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                         "LD_PRELOAD": ":".join(map(str, preload))}
+
+
+def vllm(args, prompts_file: str, target_dir: Path, draft: str = "", compiled: bool = False,
+         method: str = "eagle3") -> dict:
     command = [args.vllm_python, str(ROOT / "bench" / "vllm_side.py"), "--model", str(target_dir), "--prompts",
-               prompts_file, "--max-tokens", str(args.max_tokens), "--concurrency", args.concurrency]
+               prompts_file, "--max-tokens", str(args.max_tokens), "--concurrency", args.concurrency,
+               "--dtype", args.dtype, "--batch-prompts", str(args.batch_prompts)]
     if draft:
-        command += ["--draft", draft, "--method", "eagle3", "--k", str(args.k)]
+        command += ["--draft", draft, "--method", method, "--k", str(args.k)]
     if compiled:
         command.append("--compiled")
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=vllm_environment(args.vllm_python))
     if done.returncode != 0:
         sys.exit(f"vLLM failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def requests_at(prompts: list, concurrency: int, batch_prompts: int) -> list:
+    """One at a time: the prompts as they are; above: ``batch_prompts`` requests, the prompts cycled."""
+    return prompts if concurrency == 1 else [prompts[i % len(prompts)] for i in range(batch_prompts)]
 
 
 def main():
     args = parse_args()
     if not Path(args.vllm_python).exists():
         sys.exit(f"no vLLM at {args.vllm_python}: run `make vllm-venv` first")
-    target, tokenizer = load_target(args.target, dtype=torch.bfloat16)
-    head, _ = load_draft(args.draft, target, torch.bfloat16)
+    dtype = getattr(torch, args.dtype)
+    target, tokenizer = load_target(args.target, dtype=dtype)
+    head, _ = load_draft(args.draft, target, dtype)
+    lm_draft = load_draft(args.lm_draft, target, dtype)[0] if args.lm_draft else None
     prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in HELDOUT_PROMPTS[: args.num_prompts]]
     target_dir, head_dir = resolve_model_dir(args.target), str(resolve_draft(args.draft))
     rows = {}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(prompts, handle)
     for concurrency in map(int, args.concurrency.split(",")):
-        rows[("ours", "plain", concurrency)] = ours(target, None, prompts, args.max_tokens, concurrency)
+        batch = requests_at(prompts, concurrency, args.batch_prompts)
+        rows[("ours", "plain", concurrency)] = ours(target, None, batch, args.max_tokens, concurrency)
         rows[("ours", f"chain of {args.k}", concurrency)] = ours(
-            target, head, prompts, args.max_tokens, concurrency, num_draft_tokens=args.k, draft_tree=None,
+            target, head, batch, args.max_tokens, concurrency, num_draft_tokens=args.k, draft_tree=None,
             draft_confidence=0.0)
         rows[("ours", "auto (tree + ngram:8)", concurrency)] = ours(
-            target, head, prompts, args.max_tokens, concurrency, num_draft_tokens="auto", draft_tree="auto",
+            target, head, batch, args.max_tokens, concurrency, num_draft_tokens="auto", draft_tree="auto",
             draft_retrieval="auto")
+        if lm_draft is not None:
+            rows[("ours", f"LM draft, chain of {args.k}", concurrency)] = ours(
+                target, lm_draft, batch, args.max_tokens, concurrency, num_draft_tokens=args.k)
+    drafts = [("", "plain", "eagle3"), (head_dir, f"eagle3 chain of {args.k}", "eagle3")]
+    if lm_draft is not None:
+        drafts.append((args.lm_draft, f"LM draft, chain of {args.k}", "draft_model"))
     for compiled in (False, True) if args.compiled else (False,):
         mode = "compiled" if compiled else "eager"
-        for draft, label in (("", "plain"), (head_dir, f"eagle3 chain of {args.k}")):
-            for run in vllm(args, handle.name, target_dir, draft, compiled)["runs"]:
+        for draft, label, method in drafts:
+            for run in vllm(args, handle.name, target_dir, draft, compiled, method)["runs"]:
                 rows[(f"vllm ({mode})", label, run["concurrency"])] = run
-    report(rows)
+    report(rows, vars(args))
 
 
-def report(rows: dict) -> None:
-    reference = {c: run["outputs"] for (engine, label, c), run in rows.items() if engine == "ours" and label == "plain"}
-    print(f"{'engine':16} {'decoding':24} {'conc.':>5} {'tok/s':>8} {'tau':>6} {'same output':>12}")
+def report(rows: dict, settings: dict) -> None:
+    """The table and the JSON line. Greedy outputs are compared per request with our plain decoding and
+    with the same engine's plain decoding (in bf16, a batch's shape changes the rounding, so equal
+    outputs are expected from fp32 runs; in bf16 the count says how far they drift)."""
+    plain = {(engine, c): run["outputs"] for (engine, label, c), run in rows.items() if label == "plain"}
+    print(f"{'engine':16} {'decoding':24} {'conc.':>5} {'tok/s':>8} {'tau':>6} {'= ours plain':>12} "
+          f"{'= own plain':>11}")
     table = []
     for (engine, label, concurrency), run in rows.items():
-        same = run["outputs"] == reference[concurrency]
+        ours_equal = _equal(run["outputs"], plain[("ours", concurrency)])
+        own_equal = _equal(run["outputs"], plain[(engine, concurrency)])
         tau = run.get("tau", "")
-        print(f"{engine:16} {label:24} {concurrency:5d} {run['tokens_per_s']:8.2f} {tau:>6} {same!s:>12}")
+        print(f"{engine:16} {label:24} {concurrency:5d} {run['tokens_per_s']:8.2f} {tau:>6} {ours_equal:>12} "
+              f"{own_equal:>11}")
         table.append({"engine": engine, "decoding": label, "concurrency": concurrency,
-                      "tokens_per_s": run["tokens_per_s"], "tau": run.get("tau"), "outputs_equal_ours_plain": same}
+                      "tokens_per_s": run["tokens_per_s"], "tau": run.get("tau"),
+                      "outputs_equal_ours_plain": ours_equal, "outputs_equal_own_plain": own_equal}
                      | ({"accepted_per_position": run["accepted_per_position"]} if "accepted_per_position" in run
                         else {}))
-    print(json.dumps({"rows": table}))
+    print(json.dumps({"settings": settings, "rows": table}))
+
+
+def _equal(outputs: list, reference: list) -> str:
+    return f"{sum(a == b for a, b in zip(outputs, reference))}/{len(reference)}"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def parse_args():
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1", help="comma-separated max_num_seqs values")
     parser.add_argument("--compiled", action="store_true", help="vLLM's compiled mode (default: enforce_eager)")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch-prompts", type=int, default=32, help="requests at concurrency above 1 (cycled)")
     return parser.parse_args()
 
 
@@ -77,13 +79,15 @@ def main():
     prompts = json.load(open(args.prompts))
     results = []
     for concurrency in map(int, args.concurrency.split(",")):
-        config = dict(model=args.model, dtype="bfloat16", max_num_seqs=concurrency, enforce_eager=not args.compiled,
-                      disable_log_stats=False, max_model_len=4096)
+        config = dict(model=args.model, dtype=args.dtype, max_num_seqs=concurrency, enforce_eager=not args.compiled,
+                      disable_log_stats=False, max_model_len=4096,
+                      enable_prefix_caching=False)
         if args.draft:
             config["speculative_config"] = {"method": args.method, "model": args.draft,
                                             "num_speculative_tokens": args.k}
         llm = LLM(**config)
-        results.append(run(llm, prompts, args.max_tokens, concurrency))
+        batch = prompts if concurrency == 1 else [prompts[i % len(prompts)] for i in range(args.batch_prompts)]
+        results.append(run(llm, batch, args.max_tokens, concurrency))
         del llm
     print(json.dumps({"engine": "vllm", "draft": args.draft or None, "method": args.method if args.draft else None,
                       "k": args.k if args.draft else None, "compiled": args.compiled, "runs": results}))

@@ -128,6 +128,16 @@ class CostAwareDraftLength:
         self._drafted_last = False
         self._zero_gap, self._tree_gap = probe_every, tree_probe_every  # steps until the next probe
 
+    def new_draft(self) -> None:
+        """A new draft serves (``SpecEngine.swap_draft``): what the old one accepted says nothing of it,
+        so its acceptance starts again from the prior (and its draft costs are timed again); the target's
+        verification costs stay."""
+        self.accepted_at, self.reached_at = [0.0] * self.k_max, [0.0] * self.k_max
+        self.tree_accepted_at, self.tree_reached_at = [], []
+        self.draft_step_seconds = self.tree_draft_seconds = None
+        self._zero_steps = self._chain_steps = self._tree_steps = 0
+        self._zero_gap, self._tree_gap = self.probe_every, self.tree_probe_every
+
     # ---- decisions -------------------------------------------------------------------------------
 
     def next_k(self) -> int:

@@ -351,6 +351,8 @@ class SpecEngine:
             decode.prefill(gen.target_runner, scratch, runner, state, self.running, self.device)
         gen.use_draft(draft, runner, name)
         self._draft_state = state
+        if hasattr(gen.draft_length, "new_draft"):  # the old draft's acceptance must not price the new one
+            gen.draft_length.new_draft()
         self.draft_versions[-1].end = self.stats.counts()
         self.draft_versions.append(DraftVersion(self.draft_versions[-1].version + 1, name, self.stats.counts()))
         return self.draft_versions[-1]

@@ -53,8 +53,8 @@ from specdistill.serve.protocol import (
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from specdistill.data.captured import target_identity
 from specdistill.data.prompts import chat_ids
+from specdistill.models.loading import target_identity
 
 
 @dataclass
@@ -369,6 +369,30 @@ async def _stream_events(engine, metrics, choices, arrival, timeout, chat, ident
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout: float = 60.0):
+    """The app served by uvicorn in a thread of its own on a free port of ``host``; yields its URL
+    (for tests and benchmarks that drive a real server from the same process)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="specdistill-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
 
 
 def run_serve(config: ServeConfig) -> dict:

@@ -14,14 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from specdistill.models import DEFAULT_TARGET
+from specdistill.models.loading import target_identity
 
 CAPTURE_PATTERN = "capture-*.jsonl"
-
-
-def target_identity(spec: str) -> str:
-    """How a capture names its target: the embedded default's name, else the absolute folder."""
-    return spec if spec == DEFAULT_TARGET else str(Path(spec).expanduser().resolve())
 
 
 def is_capture_dir(spec: str) -> bool:

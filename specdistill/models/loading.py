@@ -57,6 +57,14 @@ def _smollm2_dir() -> Path:
     return cached
 
 
+def target_identity(name_or_path: str | os.PathLike) -> str:
+    """A target's name as records of its answers carry it (``serve --capture``): the embedded default's
+    name, else its absolute folder."""
+    if str(name_or_path) == DEFAULT_TARGET:
+        return DEFAULT_TARGET
+    return str(Path(name_or_path).expanduser().resolve())
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """The embedded default name, or an existing local model directory."""
     if str(name_or_path) == DEFAULT_TARGET:

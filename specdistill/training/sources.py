@@ -3,6 +3,7 @@ the rows they name (text chunks, target answers, dataset records)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class DataConfig:
     data: str = option("stdlib", "stdlib, target (its answers), a text file/folder, .jsonl, .parquet, a saved "
                                  "dataset, or a folder of traffic captured by `specdistill serve --capture`")
     text_field: str = option("text", "the text column of a dataset of plain text")
+    replay: str = option("", "records (a dataset or capture folder) mixed into --data's records, so a draft adapting "
+                             "to new traffic keeps what it knew: say, the data it was trained on")
+    replay_share: float = option(0.3, "the share of the training records drawn from --replay")
     generate_tokens: int = option(40000, "with data 'target': answer tokens to generate (cached in output_dir)")
     answer_prompts: str = option("builtin:python", "with data 'target': the prompts it answers, comma-separated: "
                                                    "builtin (python + stdlib), builtin:python, builtin:stdlib, "
@@ -47,12 +51,16 @@ class DataConfig:
             raise ValueError(f"generate_temperature must be >= 0 (0 = greedy), got {self.generate_temperature}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.replay_share < 1:
+            raise ValueError(f"replay_share must be in (0, 1), got {self.replay_share}")
 
 
 def read_data(config: DataConfig):
     """What ``config.data`` names, read without any model: the dataset and its kind, or
     the text files (None for the target's answers). Missing, empty or wrongly shaped
     data fails here, before any model loads."""
+    if config.replay:
+        _replay_source(config)  # a bad replay fails now too
     if config.data == "target":
         prompt_texts(config.answer_prompts)  # a missing prompt file fails now
         return None
@@ -81,10 +89,35 @@ def data_rows(config: DataConfig, target, tokenizer, max_tokens: int, workdir: P
         if kind == "text":
             texts = dataset_texts(dataset, config.text_field)
             return TokenRows.from_chunks(token_chunks(tokenizer, texts, config.seq_len, max_tokens, progress))
-        return pack_records(dataset_records(dataset, kind, tokenizer), config.seq_len, pad)
+        records = dataset_records(dataset, kind, tokenizer)
+        return pack_records(with_replay(records, config, tokenizer) if config.replay else records, config.seq_len, pad)
     files, _ = split_files(source, heldout_fraction=0.05, seed=config.seed)
     return TokenRows.from_chunks(token_chunks(tokenizer, files, config.seq_len, max_tokens, progress=progress))
 
 
 def pad_id(tokenizer) -> int:
     return (tokenizer.eos_token_id if tokenizer is not None else None) or 0
+
+
+def _replay_source(config: DataConfig):
+    if is_capture_dir(config.replay):
+        return read_capture(config.replay, config.target), "ids"
+    if not is_dataset(config.replay):
+        raise ValueError(f"replay {config.replay!r} must be records: .jsonl, .parquet, a saved dataset or a capture "
+                         "folder")
+    dataset, kind = read_dataset(config.replay, config.text_field)
+    if kind == "text":
+        raise ValueError(f"replay {config.replay!r} is plain text; it must hold records (prompt and answer)")
+    return dataset, kind
+
+
+def with_replay(records: list, config: DataConfig, tokenizer) -> list:
+    """``records`` with ``--replay``'s records mixed in (``replay_share`` of the result, drawn at
+    random, all of them if there are fewer), shuffled so every packed row holds both."""
+    dataset, kind = _replay_source(config)
+    pool = dataset_records(dataset, kind, tokenizer)
+    rng = random.Random(config.seed)
+    wanted = round(len(records) * config.replay_share / (1 - config.replay_share))
+    mixed = records + rng.sample(pool, min(wanted, len(pool)))
+    rng.shuffle(mixed)
+    return mixed

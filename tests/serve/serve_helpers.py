@@ -2,16 +2,13 @@
 the HTTP server's tiny setup."""
 
 import contextlib
-import socket
-import threading
 import time
 
 import torch
-import uvicorn
 from scipy.stats import chisquare
 from specdistill.serve import AsyncEngine, SpeculativeGenerator
 from specdistill.serve.config import ServeConfig
-from specdistill.serve.server import build_app
+from specdistill.serve.server import build_app, serving_in_thread
 
 from specdistill.models import prune_draft, tiny_llama
 
@@ -114,21 +111,8 @@ def running_server(generator, tokenizer, start_engine=True, **overrides):
     config = ServeConfig(**({"max_batch_size": 8, "max_queue": 64, "max_tokens_limit": 64} | overrides))
     engine = AsyncEngine(generator.engine(config.max_batch_size), config.max_queue)
     app = build_app(engine, tokenizer, config, MODEL, start_engine=start_engine)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", engine
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving_in_thread(app, timeout=20) as url:
+        yield url, engine
 
 
 def slowed(generator, monkeypatch, seconds=0.05):

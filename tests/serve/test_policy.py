@@ -37,6 +37,17 @@ def test_no_acceptance_drafts_nothing_but_probes():
     assert policy._zero_gap == 80
 
 
+def test_a_new_draft_is_priced_afresh_and_the_target_costs_are_kept():
+    policy = CostAwareDraftLength(k_max=8, probe_every=5)
+    _feed(policy, alpha=0.0, draft_seconds=0.01, verify_seconds=lambda k: 0.05)
+    assert policy.next_k() == 0
+    verify = dict(policy.verify_points)
+    policy.new_draft()  # the old draft's misses say nothing of the new one
+    assert policy.next_k() == policy.warmup_k and policy.verify_points == verify
+    _feed(policy, alpha=0.97, draft_seconds=0.002, verify_seconds=lambda k: 0.05, steps=60)
+    assert policy.next_k() == 8
+
+
 def test_an_expensive_draft_drafts_little():
     policy = CostAwareDraftLength(k_max=8)
     _feed(policy, alpha=0.6, draft_seconds=0.05, verify_seconds=lambda k: 0.05)  # c = 1

@@ -85,3 +85,18 @@ def test_training_on_a_chat_jsonl_end_to_end(tmp_path, chat_tokenizer):
                          batch_size=2, steps=3, keep_layers="0", bf16=False, device="cpu")
     result = train(config, target=target, tokenizer=chat_tokenizer, progress=False)
     assert result["steps"] == 3 and all(h["loss"] > 0 for h in result["history"])
+
+
+def test_replay_mixes_its_share_of_records_and_refuses_plain_text(tmp_path, chat_tokenizer):
+    from specdistill.training.sources import DataConfig, with_replay
+
+    replay = _jsonl(tmp_path / "replay.jsonl", [{"prompt_ids": [1, 2], "answer_ids": [9, i]} for i in range(100)])
+    records = [([3, 4], [5, i]) for i in range(10)]
+    mixed = with_replay(records, DataConfig(data="unused.jsonl", replay=replay, replay_share=0.5), chat_tokenizer)
+    assert len(mixed) == 20 and sorted(r for r in mixed if r[1][0] == 5) == sorted(records)
+    assert mixed != records + mixed[10:]  # shuffled, so packed rows hold both
+    text = _jsonl(tmp_path / "text.jsonl", [{"text": "plain words"}])
+    with pytest.raises(ValueError, match="plain text"):
+        with_replay(records, DataConfig(data="unused.jsonl", replay=text), chat_tokenizer)
+    with pytest.raises(ValueError, match="replay_share"):
+        DataConfig(replay=replay, replay_share=1.0)
