@@ -54,6 +54,7 @@ def check_admin_client(raw: Request, spec: str) -> None:
     host = raw.client.host if raw.client else ""
     try:
         address = ipaddress.ip_address(host)
+        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 on dual-stack sockets
     except ValueError:
         address = None
     if address is None or not any(address in network for network in networks):
@@ -76,6 +77,10 @@ async def swap_draft(raw: Request, body: DraftSwapRequest):
                                          SWAP_TIMEOUT)
     except ValueError as err:  # another kind of draft, or one for another target
         raise _refused(body.draft, err, previous) from err
+    except TimeoutError as err:  # the engine did not reach it in time; the cancelled swap is skipped
+        raise APIError(503, f"the swap to {body.draft!r} did not happen within {SWAP_TIMEOUT:.0f} s and was "
+                            f"abandoned; the draft {previous.name!r} serves on; retry", type="server_error",
+                       code="swap_timeout") from err
     return {"draft": version.name, "version": version.version, "previous": {"draft": previous.name,
             "version": previous.version}, "seconds": round(time.perf_counter() - start, 3)}
 

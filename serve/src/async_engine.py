@@ -69,7 +69,8 @@ class AsyncEngine:
             self._thread.join(timeout=30)
         self._thread = None
         for _, future in self._swaps:
-            future.set_exception(RuntimeError("the engine closed before the draft was swapped"))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError("the engine closed before the draft was swapped"))
         self._swaps.clear()
 
     @property
@@ -119,6 +120,8 @@ class AsyncEngine:
     def swap_draft(self, draft, name: str, draft_vocab=None) -> concurrent.futures.Future:
         """Swap the draft between two steps (``SpecEngine.swap_draft``), from any thread. The future
         gives the new ``DraftVersion``, or the ValueError that left the old draft serving."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._swaps.append(((draft, name, draft_vocab), future))
         self._wake.set()
@@ -127,6 +130,8 @@ class AsyncEngine:
     def _swap(self) -> None:
         while self._swaps:
             arguments, future = self._swaps.pop(0)
+            if not future.set_running_or_notify_cancel():  # its caller gave up (a timeout): do not swap
+                continue
             try:
                 future.set_result(self.engine.swap_draft(*arguments))
             except Exception as err:  # a bad draft, or no memory for its cache: the old one serves on

@@ -102,11 +102,12 @@ def choice_records(base: dict, body, choices, status: str | None = None) -> list
     ``status`` overrides each choice's own (a timeout, say)."""
     prompts = body.prompts() if hasattr(body, "prompts") else None
     request_part = ({"messages": [m.as_template_input() for m in body.messages]} if prompts is None else {})
-    sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed,
-                "max_tokens": body.budget() if prompts is None else body.max_tokens, "stop": body.stop}
     records = []
     for choice in choices:
         request = choice.request
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+                    "seed": None if body.seed is None else body.seed + choice.index,  # as the choice was seeded
+                    "max_tokens": request.max_new_tokens, "stop": body.stop}
         prompt = {} if prompts is None else {"prompt": prompts[choice.index // body.n]}
         records.append(base | request_part | prompt | {
             "index": choice.index, "prompt_ids": request.prompt, "answer_ids": request.tokens[len(request.prompt):],

@@ -31,12 +31,19 @@ def read_capture(spec: str, target: str):
 
     records, skipped, want = [], 0, target_identity(target)
     for path in sorted(Path(spec).expanduser().glob(CAPTURE_PATTERN)):
-        for number, line in enumerate(path.open(encoding="utf-8"), 1):
+        with path.open(encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
                 status, answer = record["status"], record["answer_ids"]
                 prompt, served_by = record["prompt_ids"], record["target"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
+                if number == len(lines) and isinstance(err, json.JSONDecodeError):
+                    skipped += 1  # a last line cut short: the server stopped, or is still writing it
+                    continue
                 raise ValueError(f"{path}:{number} is not a capture record ({err!r}); was it written by "
                                  "`specdistill serve --capture`?") from err
             if served_by != want:

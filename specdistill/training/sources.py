@@ -61,13 +61,19 @@ def read_data(config: DataConfig):
     data fails here, before any model loads."""
     if config.replay:
         _replay_source(config)  # a bad replay fails now too
+        if config.data == "target" or not (is_capture_dir(config.data) or is_dataset(config.data)):
+            raise ValueError("replay mixes records into records: --data must be a dataset of records or a capture "
+                             "folder (not target or plain text)")
     if config.data == "target":
         prompt_texts(config.answer_prompts)  # a missing prompt file fails now
         return None
     if is_capture_dir(config.data):
         return read_capture(config.data, config.target), "ids"
     if is_dataset(config.data):
-        return read_dataset(config.data, config.text_field)
+        dataset, kind = read_dataset(config.data, config.text_field)
+        if config.replay and kind == "text":
+            raise ValueError(f"replay mixes records into records, and {config.data} is plain text")
+        return dataset, kind
     return corpus_files(config.data)
 
 

@@ -3,6 +3,7 @@ without dropping a request or changing an output, and requests captured to JSON 
 (``--capture``) that ``specdistill train --data DIR`` reads back."""
 
 import asyncio
+import copy
 import json
 
 import httpx
@@ -41,7 +42,7 @@ def _greedy_through_a_swap(gen, new_draft, prompts, n, steps_before=3):
     for _ in range(steps_before):
         engine.step()
     assert all(not r.finished for r in requests)
-    version = engine.swap_draft(new_draft, "new")
+    version = engine.swap_draft(new_draft, "new") if new_draft is not None else None
     while engine.has_work():
         engine.step()
     return engine, requests, version
@@ -63,6 +64,16 @@ def test_a_head_swapped_mid_generation_keeps_every_row_exact():
     before = engine.draft_versions[0].counts(engine.stats.counts())
     assert after["draft_tokens"] > 0 and before["draft_tokens"] > 0  # both versions drafted, counted apart
     assert before["draft_tokens"] + after["draft_tokens"] == engine.stats.proposed
+    # The new head's cache, prefilled at the swap, is what the head would have built itself: the same
+    # head swapped in accepts exactly what it accepts with no swap.
+    same = tiny_head(target)
+    runs = []
+    for swap in (False, True):
+        gen = SpeculativeGenerator(target, same, num_draft_tokens=3, draft_tree="3,2,4")
+        engine, requests, _ = _greedy_through_a_swap(gen, copy.deepcopy(same), prompts, 24) if swap else \
+            _greedy_through_a_swap(gen, None, prompts, 24)
+        runs.append(([r.tokens for r in requests], [r.stats.accepted for r in requests]))
+    assert runs[0] == runs[1]
 
 
 def test_an_lm_draft_swapped_mid_generation_and_a_wrong_one_refused(tokenizer):
@@ -90,7 +101,7 @@ def _swap(url, draft, **headers):
     return httpx.post(url + "/admin/draft", json={"draft": draft}, headers=headers, timeout=60)
 
 
-def test_the_draft_is_swapped_over_http_while_requests_stream(tmp_path, tokenizer):
+def test_the_draft_is_swapped_over_http_while_requests_stream(tmp_path, tokenizer, monkeypatch):
     gen = tiny_generator(tokenizer)
     saved = tmp_path / "new-draft"
     prune_draft(gen.target, [0, 1, -1]).save_pretrained(saved)
@@ -105,10 +116,14 @@ def test_the_draft_is_swapped_over_http_while_requests_stream(tmp_path, tokenize
                                                      stream=True)
             return "".join([c.choices[0].text async for c in chunks])
         tasks = [asyncio.create_task(one(p)) for p in prompts]
-        await asyncio.sleep(0.3)  # the rows are running
+        while engine.engine.stats.new_tokens < 8:  # the rows are decoding
+            await asyncio.sleep(0.02)
+        running = engine.num_running
         swapped = await asyncio.to_thread(_swap, url, str(saved))
+        assert running == len(prompts)
         return swapped, await asyncio.gather(*tasks)
 
+    slowed(gen, monkeypatch)
     with running_server(gen, tokenizer) as (url, engine):
         swapped, texts = asyncio.run(stream_all(url))
         assert swapped.status_code == 200, swapped.text
@@ -172,6 +187,8 @@ def test_captured_requests_are_records_the_trainer_reads(tmp_path, tokenizer, mo
     assert len(dataset) == 5 and dataset[0]["answer_ids"] == first["answer_ids"]
     with pytest.raises(ValueError, match="answered by the target"):
         read_capture(str(capture), str(tmp_path))
+    (capture / "capture-z-0001.jsonl").write_text("\n" + json.dumps(first) + "\n" + '{"request_id": "cut sh')
+    assert len(read_capture(str(capture), "smollm2-135m")) == 6  # a blank line and a last line cut short skipped
     config = TrainConfig(data=str(capture), output_dir=str(tmp_path / "run"), seq_len=48, batch_size=2, steps=2,
                          keep_layers="0", bf16=False, device="cpu")
     result = train(config, target=gen.target, tokenizer=tokenizer, progress=False)
