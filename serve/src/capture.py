@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-PATTERN = "capture-*.jsonl"
 _END = object()
 
 
@@ -50,7 +49,6 @@ class TrafficCapture:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._prefix = f"capture-{time.strftime('%Y%m%d-%H%M%S')}"
         self._file, self._index, self._size = None, 0, 0
-        self.written = 0
         self._thread = threading.Thread(target=self._write_all, name="specdistill-capture", daemon=True)
         self._thread.start()
 
@@ -86,7 +84,6 @@ class TrafficCapture:
         self._file.write(line)
         self._file.flush()
         self._size += size
-        self.written += 1
 
 
 STATUS = {"eos": "finished", "stop": "finished", "length": "finished", "error": "failed"}

@@ -93,10 +93,9 @@ class _EngineCollector:
         info.add_metric([*values, current.name, str(current.version)], 1)
         yield info
         now = engine.stats.counts()
-        for key, help_text in (("drafts", "Steps that drafted, by draft version"),
-                               ("draft_tokens", "Draft tokens proposed, by draft version"),
-                               ("accepted", "Draft tokens accepted, by draft version")):
-            name = {"drafts": "num_drafts", "draft_tokens": "num_draft_tokens", "accepted": "num_accepted_tokens"}[key]
+        for key, name, help_text in (("drafts", "num_drafts", "Steps that drafted, by draft version"),
+                                     ("draft_tokens", "num_draft_tokens", "Draft tokens proposed, by draft version"),
+                                     ("accepted", "num_accepted_tokens", "Draft tokens accepted, by draft version")):
             counter = CounterMetricFamily(f"{PREFIX}:spec_decode_{name}_by_draft", help_text,
                                           labels=[*names, "draft", "draft_version"])
             for version in engine.draft_versions:

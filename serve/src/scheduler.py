@@ -59,7 +59,6 @@ class DraftVersion:
     name: str
     start: dict
     end: dict | None = None
-    since: float = field(default_factory=time.time)
 
     def counts(self, now: dict) -> dict:
         end = self.end or now

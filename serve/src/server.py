@@ -68,6 +68,7 @@ class ServerState:
     metrics: ServerMetrics
     start_engine: bool  # the app starts the engine in a thread of its own, else the caller steps it
     capture: TrafficCapture | None = None
+    captured_target: str = ""  # the target's name in capture records (``target_identity``, resolved once)
 
     @property
     def context(self) -> int | None:
@@ -82,7 +83,8 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     app = FastAPI(title="specdistill", lifespan=_lifespan)
     capture = TrafficCapture(config.capture, config.capture_sample, config.capture_max_mb << 20) \
         if config.capture else None
-    app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine, capture)
+    app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine, capture,
+                                   target_identity(config.target) if capture else "")
     app.state.metrics = metrics
     # Pure ASGI middlewares (not @app.middleware, whose wrapper hides client disconnects).
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
@@ -264,7 +266,7 @@ def _capturer(state: ServerState, raw: Request, body, ident: str, created: int, 
     if state.capture is None or not state.capture.wants():
         return None
     base = {"request_id": ident, "time": created, "route": raw.url.path,
-            "target": target_identity(state.config.target), "model": state.model_name}
+            "target": state.captured_target, "model": state.model_name}
 
     def capture(status: str | None) -> None:
         version = state.engine.engine.draft_versions[-1]  # the draft at the end drafted most of it

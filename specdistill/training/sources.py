@@ -59,22 +59,26 @@ def read_data(config: DataConfig):
     """What ``config.data`` names, read without any model: the dataset and its kind, or
     the text files (None for the target's answers). Missing, empty or wrongly shaped
     data fails here, before any model loads."""
-    if config.replay:
-        _replay_source(config)  # a bad replay fails now too
-        if config.data == "target" or not (is_capture_dir(config.data) or is_dataset(config.data)):
-            raise ValueError("replay mixes records into records: --data must be a dataset of records or a capture "
-                             "folder (not target or plain text)")
     if config.data == "target":
         prompt_texts(config.answer_prompts)  # a missing prompt file fails now
-        return None
-    if is_capture_dir(config.data):
-        return read_capture(config.data, config.target), "ids"
-    if is_dataset(config.data):
-        dataset, kind = read_dataset(config.data, config.text_field)
-        if config.replay and kind == "text":
-            raise ValueError(f"replay mixes records into records, and {config.data} is plain text")
-        return dataset, kind
-    return corpus_files(config.data)
+        source = None
+    else:
+        source = _dataset_of(config.data, config) or corpus_files(config.data)
+    if config.replay:
+        _replay_source(config)  # a bad replay fails now too
+        if not (isinstance(source, tuple) and source[1] != "text"):
+            raise ValueError("replay mixes records into records: --data must be a dataset of records or a capture "
+                             "folder (not target or plain text)")
+    return source
+
+
+def _dataset_of(spec: str, config: DataConfig):
+    """The dataset and its kind of a capture folder or a dataset file/folder; None for anything else."""
+    if is_capture_dir(spec):
+        return read_capture(spec, config.target), "ids"
+    if is_dataset(spec):
+        return read_dataset(spec, config.text_field)
+    return None
 
 
 def data_rows(config: DataConfig, target, tokenizer, max_tokens: int, workdir: Path, progress: bool = True,
@@ -106,15 +110,11 @@ def pad_id(tokenizer) -> int:
 
 
 def _replay_source(config: DataConfig):
-    if is_capture_dir(config.replay):
-        return read_capture(config.replay, config.target), "ids"
-    if not is_dataset(config.replay):
-        raise ValueError(f"replay {config.replay!r} must be records: .jsonl, .parquet, a saved dataset or a capture "
-                         "folder")
-    dataset, kind = read_dataset(config.replay, config.text_field)
-    if kind == "text":
-        raise ValueError(f"replay {config.replay!r} is plain text; it must hold records (prompt and answer)")
-    return dataset, kind
+    source = _dataset_of(config.replay, config)
+    if source is None or source[1] == "text":
+        raise ValueError(f"replay {config.replay!r} must hold records (prompt and answer), not plain text: .jsonl, "
+                         ".parquet, a saved dataset or a capture folder")
+    return source
 
 
 def with_replay(records: list, config: DataConfig, tokenizer) -> list:
