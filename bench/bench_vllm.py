@@ -51,6 +51,7 @@ def parse_args():
     parser.add_argument("--batch-prompts", type=int, default=32, help="requests at concurrency above 1")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="both engines")
     parser.add_argument("--compiled", action="store_true", help="also vLLM's compiled mode (slow to start)")
+    parser.add_argument("--ours-only", action="store_true", help="skip vLLM (a quick look at our side)")
     return parser.parse_args()
 
 
@@ -106,7 +107,7 @@ def requests_at(prompts: list, concurrency: int, batch_prompts: int) -> list:
 
 def main():
     args = parse_args()
-    if not Path(args.vllm_python).exists():
+    if not args.ours_only and not Path(args.vllm_python).exists():
         sys.exit(f"no vLLM at {args.vllm_python}: run `make vllm-venv` first")
     dtype = getattr(torch, args.dtype)
     target, tokenizer = load_target(args.target, dtype=dtype)
@@ -132,7 +133,7 @@ def main():
     drafts = [("", "plain", "eagle3"), (head_dir, f"eagle3 chain of {args.k}", "eagle3")]
     if lm_draft is not None:
         drafts.append((args.lm_draft, f"LM draft, chain of {args.k}", "draft_model"))
-    for compiled in (False, True) if args.compiled else (False,):
+    for compiled in () if args.ours_only else (False, True) if args.compiled else (False,):
         mode = "compiled" if compiled else "eager"
         for draft, label, method in drafts:
             for run in vllm(args, handle.name, target_dir, draft, compiled, method)["runs"]:

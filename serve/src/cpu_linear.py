@@ -20,10 +20,13 @@ import copy
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from specdistill.serve.packed_linear import PackedWeight, pack, packed_linear
+from specdistill.serve.packed_linear import available as packed_available
 
 log = logging.getLogger(__name__)
 
@@ -148,30 +151,67 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return linear(x, weight, bias)
 
 
-class KernelLinear(torch.nn.Module):
-    """An ``nn.Linear``'s weights, multiplied through ``bf16_linear``."""
+# Up to this many tokens a bf16 step multiplies through the kernel; more go through packed fp32
+# weights (``packed_linear``) where those exist (``python bench/bench_linears.py`` measures both).
+KERNEL_MAX_TOKENS = 24
 
-    def __init__(self, linear: torch.nn.Linear):
+
+def bf16_packed_linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``bf16_linear`` with the many-token case through the weight's packed fp32 copy."""
+    tokens = x.numel() // x.shape[-1]
+    if tokens == 1:
+        return F.linear(x, weight.weight, bias)
+    if tokens <= KERNEL_MAX_TOKENS:
+        return linear(x, weight.weight, bias)
+    return packed_linear(x, weight, bias)
+
+
+def linears_for(weight: torch.Tensor, packing: bool = True) -> tuple[Callable, Callable]:
+    """How a model whose weights look like ``weight`` multiplies on this machine:
+    ``(prepare, linear)``, where ``prepare(w)`` runs once per weight at load and
+    ``linear(x, prepared, bias)`` on each call. fp32 on a CPU: oneDNN-packed weights. bf16 on a
+    CPU without bf16 instructions: the kernel for a few tokens, packed fp32 copies for many.
+    Otherwise (GPUs, CPUs with bf16, ``packing=False`` for ``torch.compile``): ``F.linear``."""
+    kernel = weight.dtype == torch.bfloat16 and wanted(weight)
+    packs = packing and packed_available(weight)
+    if packs and (weight.dtype == torch.float32 or kernel):
+        return pack, bf16_packed_linear if kernel else packed_linear
+    return _unchanged, bf16_linear if kernel else F.linear
+
+
+def _unchanged(weight: torch.Tensor) -> torch.Tensor:
+    return weight
+
+
+class PreparedLinear(torch.nn.Module):
+    """An ``nn.Linear`` that multiplies through ``linears_for``'s choice. ``weight`` and ``bias``
+    stay the original parameters."""
+
+    def __init__(self, linear: torch.nn.Linear, prepare: Callable, multiply: Callable):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
+        self.prepared, self.multiply = prepare(linear.weight), multiply
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bf16_linear(x, self.weight, self.bias)
+        return self.multiply(x, self.prepared, self.bias)
 
 
 def with_kernel_linears(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` itself where the kernel does not serve its weights; else a copy that shares its
-    parameters and runs each ``nn.Linear`` through the kernel (a draft head's levels feed a few
-    tokens at once, as a verification does)."""
+    """``module`` itself where ``F.linear`` is already the best this machine has; else a copy that
+    shares its parameters and runs each ``nn.Linear`` through ``linears_for``'s choice (a draft
+    head's levels feed a few tokens at once, as a verification does)."""
     linears = [name for name, child in module.named_modules() if isinstance(child, torch.nn.Linear)]
-    if not linears or not wanted(module.get_submodule(linears[0]).weight):
+    if not linears:
+        return module
+    prepare, multiply = linears_for(module.get_submodule(linears[0]).weight)
+    if multiply is F.linear:
         return module
     shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
     copy_ = copy.deepcopy(module, memo=shared)
     for name in linears:
         parent, _, leaf = name.rpartition(".")
         owner = copy_.get_submodule(parent) if parent else copy_
-        setattr(owner, leaf, KernelLinear(getattr(owner, leaf)))
+        setattr(owner, leaf, PreparedLinear(getattr(owner, leaf), prepare, multiply))
     return copy_
 
 

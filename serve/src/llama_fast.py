@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from specdistill.serve import cpu_linear, kv_rows
+from specdistill.serve.packed_linear import PackedWeight
 
 from specdistill.models.layers import apply_rotary, rms_norm
+from specdistill.models.loading import native_bf16
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
@@ -65,12 +67,14 @@ class FastState:
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
+    # The linears' weights, as cpu_linear.linears_for's ``prepare`` made them (a tensor, or a
+    # PackedWeight holding it): the runner multiplies them only through its ``_linear``.
+    qkv: torch.Tensor | PackedWeight  # [(heads + 2 kv_heads) * head_dim, hidden]
     qkv_bias: torch.Tensor | None
-    out: torch.Tensor
+    out: torch.Tensor | PackedWeight
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor
+    gate_up: torch.Tensor | PackedWeight  # [2 * intermediate, hidden]
+    down: torch.Tensor | PackedWeight
     window: int | None  # sliding attention window, None = full
 
 
@@ -78,8 +82,9 @@ class LlamaRunner:
     """The lean runner. Note that it re-views the caller's model in place: each layer's
     q/k/v (and gate/up) parameters become views of one fused tensor (``_fuse_in_place``).
     Values, dtypes and devices stay as they were and the model still works as before,
-    but a ``param.data = ...`` assignment made later no longer reaches this runner; build
-    a new runner after replacing weights."""
+    but a ``param.data = ...`` assignment made later no longer reaches this runner, nor does
+    an in-place change reach its packed copies on a CPU (``packed_linear``); build a new
+    runner after changing weights."""
 
     name = "fast"
     max_rows = None
@@ -94,18 +99,27 @@ class LlamaRunner:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
-        self.layers = [_fuse_layer(layer, _window(config, i)) for i, layer in enumerate(model.model.layers)]
         self.embed = model.model.embed_tokens.weight
+        # On a CPU: weights prepacked for oneDNN, and for bf16 without bf16 instructions a kernel
+        # for the few tokens of a verification (cpu_linear.linears_for). The layers and the head
+        # hold what ``prepare`` made of each weight; the embedding stays a plain lookup table.
+        prepare, self._linear = cpu_linear.linears_for(self.embed, packing=not compile)
+        self.layers = [_fuse_layer(layer, _window(config, i), prepare) for i, layer in enumerate(model.model.layers)]
         self.final_norm = model.model.norm.weight
-        self.head = model.lm_head.weight
-        self.vocab_size = self.head.shape[0]
+        head = model.lm_head.weight
+        self.vocab_size = head.shape[0]
         self.vocab_subset = None
         if vocab_subset is not None:
-            self.vocab_subset = _check_subset(vocab_subset, self.vocab_size).to(self.head.device)
-            self.head = self.head[self.vocab_subset]  # a copy of those rows only
+            self.vocab_subset = _check_subset(vocab_subset, self.vocab_size).to(head.device)
+            head = head[self.vocab_subset]  # a copy of those rows only
+        self.head = prepare(head)
         self.rotary = model.model.rotary_emb
-        # bf16 on a CPU without bf16 instructions: a kernel for the few tokens of a verification.
-        self._linear = cpu_linear.bf16_linear if cpu_linear.wanted(self.embed) else F.linear
+        # bf16 on a CPU without bf16 instructions: PyTorch's bf16 attention is emulated there and
+        # takes 2x the fp32 time for 16 rows, so the cache holds fp32 (every bf16 key is one) and
+        # attention runs in fp32, its output rounded back to bf16 for the out projection.
+        self.cache_dtype = self.embed.dtype
+        if self.embed.dtype == torch.bfloat16 and not native_bf16(self.embed.device):
+            self.cache_dtype = torch.float32
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
     @property
@@ -115,7 +129,7 @@ class LlamaRunner:
 
     def start(self, batch_size: int, max_length: int) -> FastState:
         shape = (batch_size, self.kv_heads, max_length, self.head_dim)
-        device, dtype = self.embed.device, self.embed.dtype
+        device, dtype = self.embed.device, self.cache_dtype
         return FastState([torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers],
                          [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers], [0] * batch_size)
 
@@ -195,7 +209,7 @@ class LlamaRunner:
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start,
                        hidden_layers=None, captured=None, mask=None):
         x = F.embedding(input_ids, self.embed)
-        cos, sin = self.rotary(x, positions)
+        cos, sin = self.rotary(x.new_empty(0, dtype=self.cache_dtype), positions)  # in the cache's dtype
         masks = self._masks(positions, span) if mask is None else {None: mask}
         for index, (layer, layer_keys, layer_values) in enumerate(zip(self.layers, keys, values)):
             if hidden_layers and index in hidden_layers:
@@ -225,7 +239,7 @@ class LlamaRunner:
 
     def _attention(self, layer, x, cos, sin, positions, layer_keys, layer_values, mask, span, common_start):
         batch, width, _ = x.shape
-        q, k, v = self._linear(x, layer.qkv, layer.qkv_bias).split(
+        q, k, v = self._linear(x, layer.qkv, layer.qkv_bias).to(self.cache_dtype).split(
             [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
         q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -240,7 +254,7 @@ class LlamaRunner:
             layer_values.scatter_(2, index, v)
         out = F.scaled_dot_product_attention(q, layer_keys[:, :, :span], layer_values[:, :, :span], attn_mask=mask,
                                              enable_gqa=self.heads != self.kv_heads)
-        return self._linear(out.transpose(1, 2).reshape(batch, width, -1), layer.out)
+        return self._linear(out.transpose(1, 2).reshape(batch, width, -1).to(x.dtype), layer.out)
 
     def _norm(self, x, weight):
         return rms_norm(x, weight, self.eps)
@@ -278,17 +292,17 @@ def _window(config, index: int) -> int | None:
     return window if config.model_type == "mistral" else None
 
 
-def _fuse_layer(layer, window) -> _Layer:
+def _fuse_layer(layer, window, prepare) -> _Layer:
     attention, mlp = layer.self_attn, layer.mlp
-    qkv = _fuse_in_place([attention.q_proj, attention.k_proj, attention.v_proj])
+    qkv = prepare(_fuse_in_place([attention.q_proj, attention.k_proj, attention.v_proj]))
     biases = [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]
     qkv_bias = None if biases[0] is None else _fuse_in_place(
         [attention.q_proj, attention.k_proj, attention.v_proj], attr="bias")
     if attention.o_proj.bias is not None:
         raise ValueError("the fast path does not support a bias on o_proj")
-    return _Layer(layer.input_layernorm.weight, qkv, qkv_bias, attention.o_proj.weight,
-                  layer.post_attention_layernorm.weight, _fuse_in_place([mlp.gate_proj, mlp.up_proj]),
-                  mlp.down_proj.weight, window)
+    return _Layer(layer.input_layernorm.weight, qkv, qkv_bias, prepare(attention.o_proj.weight),
+                  layer.post_attention_layernorm.weight, prepare(_fuse_in_place([mlp.gate_proj, mlp.up_proj])),
+                  prepare(mlp.down_proj.weight), window)
 
 
 def _fuse_in_place(linears, attr: str = "weight") -> torch.Tensor:
