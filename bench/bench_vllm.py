@@ -6,6 +6,8 @@ one request at a time and at higher concurrency, tokens/s and τ side by side.
     python bench/bench_vllm.py                       # 12 held-out chat prompts, 64 tokens, greedy, bf16
     python bench/bench_vllm.py --concurrency 1,4,16 --draft default --k 4 --compiled --dtype float32
     python bench/bench_vllm.py --lm-draft DIR        # also a causal-LM draft (vLLM's draft_model method)
+    python bench/bench_vllm.py --concurrency 1,4,16 --compiled --dtype float32 --ours-dtypes bfloat16,float32
+                                                     # each engine at its best dtype on an AVX2 CPU, in one run
 
 vLLM runs in its own virtualenv (``bench/vllm_side.py``, one process per configuration, so the two
 never share a process); both engines decode the same token ids (the chat template applied here).
@@ -50,6 +52,8 @@ def parse_args():
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--batch-prompts", type=int, default=32, help="requests at concurrency above 1")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="both engines")
+    parser.add_argument("--ours-dtypes", default="", help="ours in these dtypes instead (comma-separated), e.g. "
+                        "bfloat16,float32: each engine at its best dtype in one run")
     parser.add_argument("--compiled", action="store_true", help="also vLLM's compiled mode (slow to start)")
     parser.add_argument("--ours-only", action="store_true", help="skip vLLM (a quick look at our side)")
     return parser.parse_args()
@@ -95,8 +99,9 @@ def vllm(args, prompts_file: str, target_dir: Path, draft: str = "", compiled: b
     if compiled:
         command.append("--compiled")
     done = subprocess.run(command, capture_output=True, text=True, env=vllm_environment(args.vllm_python))
-    if done.returncode != 0:
-        sys.exit(f"vLLM failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # one configuration failing must not lose the others' half hour
+        print(f"vLLM failed, its rows are left out ({' '.join(command)}):\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"runs": [], "failed": " ".join(command[2:])}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -109,36 +114,49 @@ def main():
     args = parse_args()
     if not args.ours_only and not Path(args.vllm_python).exists():
         sys.exit(f"no vLLM at {args.vllm_python}: run `make vllm-venv` first")
-    dtype = getattr(torch, args.dtype)
-    target, tokenizer = load_target(args.target, dtype=dtype)
-    head, _ = load_draft(args.draft, target, dtype)
-    lm_draft = load_draft(args.lm_draft, target, dtype)[0] if args.lm_draft else None
-    prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in HELDOUT_PROMPTS[: args.num_prompts]]
-    target_dir, head_dir = resolve_model_dir(args.target), str(resolve_draft(args.draft))
-    rows = {}
+    dtypes = args.ours_dtypes.split(",") if args.ours_dtypes else [args.dtype]
+    rows, failed = {}, []
+    for dtype in dtypes:
+        engine = "ours" if dtypes == [args.dtype] else f"ours ({SHORT[dtype]})"
+        prompts = run_ours(args, getattr(torch, dtype), engine, rows)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(prompts, handle)
-    for concurrency in map(int, args.concurrency.split(",")):
-        batch = requests_at(prompts, concurrency, args.batch_prompts)
-        rows[("ours", "plain", concurrency)] = ours(target, None, batch, args.max_tokens, concurrency)
-        rows[("ours", f"chain of {args.k}", concurrency)] = ours(
-            target, head, batch, args.max_tokens, concurrency, num_draft_tokens=args.k, draft_tree=None,
-            draft_confidence=0.0)
-        rows[("ours", "auto (tree + ngram:8)", concurrency)] = ours(
-            target, head, batch, args.max_tokens, concurrency, num_draft_tokens="auto", draft_tree="auto",
-            draft_retrieval="auto")
-        if lm_draft is not None:
-            rows[("ours", f"LM draft, chain of {args.k}", concurrency)] = ours(
-                target, lm_draft, batch, args.max_tokens, concurrency, num_draft_tokens=args.k)
+    target_dir, head_dir = resolve_model_dir(args.target), str(resolve_draft(args.draft))
     drafts = [("", "plain", "eagle3"), (head_dir, f"eagle3 chain of {args.k}", "eagle3")]
-    if lm_draft is not None:
+    if args.lm_draft:
         drafts.append((args.lm_draft, f"LM draft, chain of {args.k}", "draft_model"))
     for compiled in () if args.ours_only else (False, True) if args.compiled else (False,):
         mode = "compiled" if compiled else "eager"
         for draft, label, method in drafts:
-            for run in vllm(args, handle.name, target_dir, draft, compiled, method)["runs"]:
+            result = vllm(args, handle.name, target_dir, draft, compiled, method)
+            failed += [result["failed"]] if "failed" in result else []
+            for run in result["runs"]:
                 rows[(f"vllm ({mode})", label, run["concurrency"])] = run
-    report(rows, vars(args))
+    report(rows, vars(args) | {"vllm_failed": failed})
+
+
+SHORT = {"bfloat16": "bf16", "float32": "fp32"}
+
+
+def run_ours(args, dtype: torch.dtype, engine: str, rows: dict) -> list[list[int]]:
+    """Our rows in one dtype (into ``rows``); returns the prompts' token ids."""
+    target, tokenizer = load_target(args.target, dtype=dtype)
+    head, _ = load_draft(args.draft, target, dtype)
+    lm_draft = load_draft(args.lm_draft, target, dtype)[0] if args.lm_draft else None
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in HELDOUT_PROMPTS[: args.num_prompts]]
+    for concurrency in map(int, args.concurrency.split(",")):
+        batch = requests_at(prompts, concurrency, args.batch_prompts)
+        rows[(engine, "plain", concurrency)] = ours(target, None, batch, args.max_tokens, concurrency)
+        rows[(engine, f"chain of {args.k}", concurrency)] = ours(
+            target, head, batch, args.max_tokens, concurrency, num_draft_tokens=args.k, draft_tree=None,
+            draft_confidence=0.0)
+        rows[(engine, "auto (tree + ngram:8)", concurrency)] = ours(
+            target, head, batch, args.max_tokens, concurrency, num_draft_tokens="auto", draft_tree="auto",
+            draft_retrieval="auto")
+        if lm_draft is not None:
+            rows[(engine, f"LM draft, chain of {args.k}", concurrency)] = ours(
+                target, lm_draft, batch, args.max_tokens, concurrency, num_draft_tokens=args.k)
+    return prompts
 
 
 def report(rows: dict, settings: dict) -> None:
@@ -146,11 +164,14 @@ def report(rows: dict, settings: dict) -> None:
     with the same engine's plain decoding (in bf16, a batch's shape changes the rounding, so equal
     outputs are expected from fp32 runs; in bf16 the count says how far they drift)."""
     plain = {(engine, c): run["outputs"] for (engine, label, c), run in rows.items() if label == "plain"}
+    ours_engine = {engine: engine for engine, _ in plain if engine.startswith("ours")}
+    # "= ours plain": against ours in the run's --dtype where ours ran in it, else the first of ours
+    reference = ours_engine.get(f"ours ({SHORT[settings['dtype']]})", ours_engine.get("ours", next(iter(ours_engine))))
     print(f"{'engine':16} {'decoding':24} {'conc.':>5} {'tok/s':>8} {'tau':>6} {'= ours plain':>12} "
           f"{'= own plain':>11}")
     table = []
     for (engine, label, concurrency), run in rows.items():
-        ours_equal = _equal(run["outputs"], plain[("ours", concurrency)])
+        ours_equal = _equal(run["outputs"], plain[(reference, concurrency)])
         own_equal = _equal(run["outputs"], plain[(engine, concurrency)])
         tau = run.get("tau", "")
         print(f"{engine:16} {label:24} {concurrency:5d} {run['tokens_per_s']:8.2f} {tau:>6} {ours_equal:>12} "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 import torch
-from specdistill.serve.sampling import accept_greedy, accept_sampled, warp_rows
+from specdistill.serve.sampling import accept_greedy, accept_sampled, draw, warp_rows
 
 
 def timed(runner, state, input_ids, keep, hidden_layers=None):
@@ -96,7 +96,7 @@ def propose(runner, state, rows, limits: list[int], draft_confidence: float, dev
         q = warp_rows(logits, params) if sampled else None
         for i in sampled:
             if limits[i] > step:
-                tokens[i] = torch.multinomial(q[i], 1, generator=rows[i].generator)[0]
+                tokens[i] = draw(q[i], rows[i].generator)
         if q is not None:
             probs.append(q)
         drafts.append(tokens)

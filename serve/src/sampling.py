@@ -76,7 +76,7 @@ def accept_sampled(
     all k are accepted, a bonus token is drawn from p_{k+1}."""
     k = draft_tokens.shape[0]
     if k == 0:
-        return 0, int(torch.multinomial(target_probs[0], 1, generator=generator))
+        return 0, draw(target_probs[0], generator)
     rows = torch.arange(k, device=draft_tokens.device)
     p = target_probs[rows, draft_tokens]
     q = draft_probs[rows, draft_tokens]
@@ -89,12 +89,28 @@ def accept_sampled(
         dist = (target_probs[n] - draft_probs[n]).clamp_min(0)
         if not dist.sum() > 0:  # p == q there: a rejection has probability 0; fall back to p
             dist = target_probs[n]
-    token = torch.multinomial(dist, 1, generator=generator)
-    return n, int(token)
+    return n, draw(dist, generator)
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:  # [V] -> scalar
-    return torch.multinomial(probs, 1, generator=generator)[0]
+def draw(weights: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index drawn with probability proportional to ``weights`` [V] (non-negative, some
+    positive; they need not sum to 1), by inverting the float64 running sum at one uniform.
+    ``torch.multinomial`` draws one exponential per vocabulary entry: 2 ms for 49k on one core,
+    against 0.2 ms here, and a sampled step draws several times per row."""
+    cdf = weights.double().cumsum(0)
+    u = torch.rand(1, dtype=torch.float64, generator=generator, device=weights.device) * cdf[-1]
+    # The first index whose running sum passes u: zero-weight entries (flat steps) are never it.
+    return min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
+
+
+def draw_distinct(weights: torch.Tensor, count: int, generator: torch.Generator | None) -> list[int]:
+    """Up to ``count`` distinct indices drawn one after another without replacement, each with
+    probability proportional to the weights left (fewer when the weights run out)."""
+    left, drawn = weights.double(), []
+    while len(drawn) < count and bool(left.sum() > 0):
+        drawn.append(draw(left, generator))
+        left = left.index_fill(0, torch.tensor(drawn[-1:], device=left.device), 0.0)
+    return drawn
 
 
 def warp_rows(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor | None:  # [B, ..., V]

@@ -6,8 +6,8 @@ rule with a proof (SpecInfer's multi-step speculative sampling, with siblings dr
 replacement as in Recursive Speculative Decoding, Jeon et al. 2024):
 
     draft   at a node v the head's warped distribution q_v gives v's children x_1, x_2, ...
-            drawn one after another without replacement (Gumbel top-m: the order of
-            log q + Gumbel noise is such a draw); ``mode="top"`` takes the m likeliest instead.
+            drawn one after another without replacement (``sampling.draw_distinct``);
+            ``mode="top"`` takes the m likeliest instead.
     verify  the target scores every node in one pass, as for greedy trees.
     accept  at v, with r = p_v: for i = 1, 2, ...: accept x_i with probability
             min(1, r(x_i) / q_i(x_i)) and move to x_i; on rejection r <- norm(max(0, r - q_i)).
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from specdistill.serve.decode import clocked
-from specdistill.serve.sampling import warp_rows
+from specdistill.serve.sampling import draw, draw_distinct, warp_rows
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors, root_logits
 
 # The chance that a node's i-th drawn child is accepted once the ones before it were rejected,
@@ -165,19 +165,18 @@ def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode:
     probs = warp_rows(logits, params)  # [B, E, V]; None when every row is greedy
     most = max(len(topology.children(v)) for v in expanding)
     for b, row in enumerate(rows):
-        if row.params.greedy:
-            keys = logits[b].float()
-        elif mode == "top":  # the likeliest within the warped support
-            keys = probs[b].log()
-        else:  # Gumbel top-m: the order of log q + Gumbel noise is a draw without replacement
-            uniform = torch.rand(probs[b].shape, generator=row.generator, device=probs.device)
-            keys = probs[b].log() - (-uniform.clamp_min(1e-20).log()).log()
-        order = keys.topk(most, dim=-1)
+        if row.params.greedy or mode == "top":  # the likeliest (within the warped support)
+            keys = logits[b].float() if row.params.greedy else probs[b].log()
+            order = keys.topk(most, dim=-1)
+            choices = [[int(i) for i, key in zip(*order_e) if key > float("-inf")]
+                       for order_e in zip(order.indices.tolist(), order.values.tolist())]
+        else:  # drawn one after another from q without replacement
+            choices = [draw_distinct(probs[b, e], most, row.generator) for e in range(len(expanding))]
         for e, v in enumerate(expanding):
             for rank, child in enumerate(topology.children(v)):
-                tokens[b, child - 1] = order.indices[e, rank]
                 # A draw past q's support (top-k / top-p) did not happen; nor did any below a missing node.
-                exists = bool(order.values[e, rank] > float("-inf")) and (v == 0 or bool(valid[b, v - 1]))
+                exists = rank < len(choices[e]) and (v == 0 or bool(valid[b, v - 1]))
+                tokens[b, child - 1] = choices[e][rank] if rank < len(choices[e]) else 0
                 valid[b, child - 1] = exists
     if probs is not None:
         q.update((v, probs[:, e]) for e, v in enumerate(expanding))
@@ -230,7 +229,7 @@ def _sampled_walk(drafted: SampledTree, b: int, tokens: list[int], valid: list[b
             if drafted.mode == "sample":
                 draft = _normalized(draft.index_fill(0, torch.tensor([x], device=draft.device), 0), fallback=draft)
         if accepted is None:
-            return path, int(torch.multinomial(residual, 1, generator=generator))
+            return path, draw(residual, generator)
         path.append(accepted)
         node = accepted
 
