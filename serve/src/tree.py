@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from specdistill.serve.decode import clocked, right_padded, timed
+from specdistill.serve.sampling import argmax
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def verify_tree(runner, state, rows, tree: DraftTree, hidden_layers=None):
 def accept_tree(tree: DraftTree, target_logits: torch.Tensor, limits: list[int]) -> list[tuple[list[int], int]]:
     """Per row, (the accepted path's node indices, root excluded, at most ``limits[b]`` long;
     the next token): the walk from the root along the target's argmax."""
-    choice = target_logits.argmax(-1).tolist()  # [B][N + 1]
+    choice = argmax(target_logits).tolist()  # [B][N + 1]
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     results = []
     for b, limit in enumerate(limits):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from specdistill.serve.decode import clocked
-from specdistill.serve.sampling import draw, draw_distinct, warp_rows
+from specdistill.serve.sampling import argmax, draw, draw_distinct, warp_rows
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors, root_logits
 
 # The chance that a node's i-th drawn child is accepted once the ones before it were rejected,
@@ -199,7 +199,7 @@ def accept_sampled_tree(drafted: SampledTree, rows, target_logits: torch.Tensor,
 
 
 def _greedy_walk(topology: Topology, tokens: list[int], valid: list[bool], logits, limit: int):
-    choice = logits.argmax(-1).tolist()
+    choice = argmax(logits).tolist()
     path, node = [], 0
     while len(path) < limit:
         child = next((c for c in topology.children(node) if valid[c - 1] and tokens[c - 1] == choice[node]), None)

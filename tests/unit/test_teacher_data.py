@@ -131,7 +131,10 @@ def test_the_local_teacher_writes_the_same_records_and_they_train_a_draft(tmp_pa
     for alpha in (0.0, 0.5):
         run = train(TrainConfig(**base, keep_layers="0,-1", alpha=alpha, output_dir=str(tmp_path / f"a{alpha}")),
                     progress=False)
-        assert run["steps"] == 12 and run["history"][-1]["loss"] < run["history"][0]["loss"]
+        # A random teacher's T = 1 text is near noise: the loss falls slowly and each step's is noisy,
+        # so the last 4 steps are compared with the first 4.
+        losses = [entry["loss"] for entry in run["history"]]
+        assert run["steps"] == 12 and sum(losses[-4:]) < sum(losses[:4])
 
 
 def test_prompt_sets_presets_and_made_prompts(tmp_path):
