@@ -3,7 +3,7 @@
 ``F.linear`` hands each call's plain [N, K] weight to MKL's GEMM, which on AMD CPUs takes a
 generic path and repacks the weight on every call. oneDNN's packed layout is built once, at
 load; each call then streams it straight into its micro-kernels. On the 2-core EPYC (AVX2) a
-step of the default target in fp32 takes 1.3x less time for one token, 1.6x less for 16 rows
+step of the default target in fp32 takes 1.5x less time for one token, 1.5x less for 16 rows
 of one token (``python bench/bench_linears.py``). PyTorch ships the op its own compiler uses
 for this (``torch.ops.mkldnn._linear_pointwise``), so nothing is built here.
 
