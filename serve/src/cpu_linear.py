@@ -157,13 +157,10 @@ KERNEL_MAX_TOKENS = 24
 
 
 def bf16_packed_linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``bf16_linear`` with the many-token case through the weight's packed fp32 copy."""
-    tokens = x.numel() // x.shape[-1]
-    if tokens == 1:
-        return F.linear(x, weight.weight, bias)
-    if tokens <= KERNEL_MAX_TOKENS:
-        return linear(x, weight.weight, bias)
-    return packed_linear(x, weight, bias)
+    """``bf16_linear`` with more than ``KERNEL_MAX_TOKENS`` tokens through the weight's packed fp32 copy."""
+    if x.numel() // x.shape[-1] > KERNEL_MAX_TOKENS:
+        return packed_linear(x, weight, bias)
+    return bf16_linear(x, weight.weight, bias)
 
 
 def linears_for(weight: torch.Tensor, packing: bool = True) -> tuple[Callable, Callable]:

@@ -168,8 +168,9 @@ def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode:
         if row.params.greedy or mode == "top":  # the likeliest (within the warped support)
             keys = logits[b].float() if row.params.greedy else probs[b].log()
             order = keys.topk(most, dim=-1)
-            choices = [[int(i) for i, key in zip(*order_e) if key > float("-inf")]
-                       for order_e in zip(order.indices.tolist(), order.values.tolist())]
+            # A key of -inf is outside the support: that draw did not happen.
+            choices = [[index for index, key in zip(indices, values) if key > float("-inf")]
+                       for indices, values in zip(order.indices.tolist(), order.values.tolist())]
         else:  # drawn one after another from q without replacement
             choices = [draw_distinct(probs[b, e], most, row.generator) for e in range(len(expanding))]
         for e, v in enumerate(expanding):
