@@ -26,6 +26,11 @@ on its own token. Pruning a dynamic tree by its nodes' probabilities (EAGLE-2's 
 breaks (2), so sampled rows use a fixed topology (as in Sequoia): node j is "the i-th draw at
 its parent", and which nodes exist is decided before anything is drawn. The topology
 (``sampled_topology``) is the best ``nodes`` of such positions for given acceptance rates.
+
+A head with a draft vocabulary (an EAGLE-3 head's 8-9k of the target's 49k tokens) has q = 0 outside
+it, so q is kept, warped and drawn from over that vocabulary only (``SampledTree.vocab``), and a
+rejection subtracts it from the residual at those ids: the same numbers as over the whole vocabulary,
+at a fifth of the cost of every operation on q.
 """
 
 from __future__ import annotations
@@ -105,14 +110,17 @@ def sampled_topology(shape: TreeShape, acceptance=SIBLING_ACCEPTANCE) -> Topolog
 @dataclass
 class SampledTree:
     """A drafted tree (``tree``, as the target verifies it) and what its acceptance needs: the
-    warped draft distribution at each node with children (``q[node]``: [B, V]) and which drawn
-    nodes exist (``valid`` [B, N]: a draw past the support of q did not happen)."""
+    warped draft distribution at each node with children (``q[node]``: [B, V], or [B, V_draft] over
+    the target ids ``vocab``), which drawn nodes exist (``valid`` [B, N]: a draw past the support of
+    q did not happen) and, with a ``vocab``, each node's index into it (``picks`` [B, N])."""
 
     tree: DraftTree
     topology: Topology
     q: dict[int, torch.Tensor]
     valid: torch.Tensor
     mode: str
+    vocab: torch.Tensor | None = None
+    picks: torch.Tensor | None = None
 
 
 def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, device):
@@ -125,7 +133,9 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
     if logits is None:
         return None, 0.0, 0
     batch, nodes = len(rows), topology.nodes
+    vocab = runner.head.draft_ids
     tokens = torch.zeros(batch, nodes, dtype=torch.long, device=device)
+    picks = None if vocab is None else torch.zeros_like(tokens)
     valid = torch.ones(batch, nodes, dtype=torch.bool, device=device)
     q, head_state = {}, {0: state.last}  # head state at each fed node (0: the root)
     fed, slot_of = torch.zeros(batch, 0, 0, dtype=torch.bool, device=device), {}
@@ -145,22 +155,24 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
             seconds, calls = seconds + elapsed, calls + 1
             for i, v in enumerate(expanding):
                 slot_of[v], head_state[v] = start + i, out[:, i]
-            logits = runner.head.full_logits(out)  # [B, E, V]
+            logits = runner.head.full_logits(out) if vocab is None else runner.head.logits(out)  # [B, E, V]
         else:
-            logits = logits[:, None]
-        _draw_children(rows, topology, expanding, logits, mode, tokens, valid, q)
+            logits = (logits if vocab is None else logits[:, vocab])[:, None]
+        _draw_children(rows, topology, expanding, logits, mode, tokens, valid, q, vocab, picks)
     depths = torch.tensor(topology.depths, device=device).expand(batch, -1)
     parents = torch.tensor(topology.parents, device=device).expand(batch, -1)
     tree = DraftTree(tokens, parents, depths, _ancestors(parents))
-    return SampledTree(tree, topology, q, valid, mode), seconds, calls
+    return SampledTree(tree, topology, q, valid, mode, vocab, picks), seconds, calls
 
 
 def _at_depth(topology: Topology, depth: int) -> list[int]:
     return [j for j, d in enumerate(topology.depths, start=1) if d == depth]
 
 
-def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode: str, tokens, valid, q) -> None:
-    """Fill in the children of the ``expanding`` nodes (their logits [B, E, V]) for every row."""
+def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode: str, tokens, valid, q,
+                   vocab: torch.Tensor | None = None, picks: torch.Tensor | None = None) -> None:
+    """Fill in the children of the ``expanding`` nodes (their logits [B, E, V]) for every row. With a
+    ``vocab``, the logits are over those target ids, and ``picks`` gets each child's index into it."""
     params = [row.params for row in rows]
     probs = warp_rows(logits, params)  # [B, E, V]; None when every row is greedy
     most = max(len(topology.children(v)) for v in expanding)
@@ -177,7 +189,10 @@ def _draw_children(rows, topology: Topology, expanding: list[int], logits, mode:
             for rank, child in enumerate(topology.children(v)):
                 # A draw past q's support (top-k / top-p) did not happen; nor did any below a missing node.
                 exists = rank < len(choices[e]) and (v == 0 or bool(valid[b, v - 1]))
-                tokens[b, child - 1] = choices[e][rank] if rank < len(choices[e]) else 0
+                pick = choices[e][rank] if rank < len(choices[e]) else 0
+                tokens[b, child - 1] = pick if vocab is None else vocab[pick]
+                if picks is not None:
+                    picks[b, child - 1] = pick
                 valid[b, child - 1] = exists
     if probs is not None:
         q.update((v, probs[:, e]) for e, v in enumerate(expanding))
@@ -213,7 +228,9 @@ def _greedy_walk(topology: Topology, tokens: list[int], valid: list[bool], logit
 
 def _sampled_walk(drafted: SampledTree, b: int, tokens: list[int], valid: list[bool], probs, limit: int,
                   generator):
-    """Recursive rejection sampling from the root (see the module doc)."""
+    """Recursive rejection sampling from the root (see the module doc). ``draft`` (q_i) is over the
+    draft vocabulary where there is one: ``picks`` index it, ``tokens`` the target's vocabulary."""
+    picks = tokens if drafted.picks is None else drafted.picks[b].tolist()
     path, node = [], 0
     while True:
         residual = probs[node]
@@ -221,24 +238,26 @@ def _sampled_walk(drafted: SampledTree, b: int, tokens: list[int], valid: list[b
         draft = drafted.q[node][b] if children else None
         accepted = None
         for child in children:
-            x = tokens[child - 1]
-            stage_q = draft if drafted.mode == "sample" else _one_hot(x, residual)
-            if torch.rand((), generator=generator, device=residual.device) * stage_q[x] < residual[x]:
+            x, pick = tokens[child - 1], picks[child - 1]
+            stage_q = float(draft[pick]) if drafted.mode == "sample" else 1.0  # "top": q_i is one-hot at x
+            if torch.rand((), generator=generator, device=residual.device) * stage_q < residual[x]:
                 accepted = child
                 break
-            residual = _normalized((residual - stage_q).clamp_min(0), fallback=residual)
             if drafted.mode == "sample":
-                draft = _normalized(draft.index_fill(0, torch.tensor([x], device=draft.device), 0), fallback=draft)
+                left = _minus(residual, draft, drafted.vocab)
+                draft = _normalized(draft.index_fill(0, torch.tensor([pick], device=draft.device), 0), fallback=draft)
+            else:  # r - one-hot(x), clamped: r without x (r(x) <= 1)
+                left = residual.index_fill(0, torch.tensor([x], device=residual.device), 0)
+            residual = _normalized(left.clamp_min(0), fallback=residual)
         if accepted is None:
             return path, draw(residual, generator)
         path.append(accepted)
         node = accepted
 
 
-def _one_hot(token: int, like: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros_like(like)
-    out[token] = 1.0
-    return out
+def _minus(residual: torch.Tensor, q: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
+    """residual - q over the target's vocabulary, for q over the draft's ``vocab`` (or over all)."""
+    return residual - q if vocab is None else residual.index_add(0, vocab, q, alpha=-1)
 
 
 def _normalized(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,13 @@ def _tables(seed: int):
     return target, draft
 
 
-def _one_sample(topology, target, draft, row, mode, limit):
+def _one_sample(topology, target, draft, row, mode, limit, vocab=None):
     """One step (draft the tree from ``draft``'s logits, verify with ``target``'s), then plain sampling
-    from the target up to LENGTH tokens. Returns the LENGTH tokens."""
+    from the target up to LENGTH tokens. Returns the LENGTH tokens. With ``vocab`` (target ids), the
+    draft knows only those tokens and its q is kept over them, as an EAGLE-3 head's is."""
     nodes = topology.nodes
+    vocab = None if vocab is None else torch.tensor(vocab)
+    picks = None if vocab is None else torch.zeros(1, nodes, dtype=torch.long)
     tokens = torch.zeros(1, nodes, dtype=torch.long)
     valid = torch.ones(1, nodes, dtype=torch.bool)
     q = {}
@@ -57,11 +60,13 @@ def _one_sample(topology, target, draft, row, mode, limit):
         expanding = [v for v in ([0] if depth == 0 else _at_depth(topology, depth)) if topology.children(v)]
         if expanding:
             logits = torch.stack([draft[prefix(v)] for v in expanding])[None]
-            _draw_children([row], topology, expanding, logits, mode, tokens, valid, q)
+            logits = logits if vocab is None else logits[..., vocab]
+            _draw_children([row], topology, expanding, logits, mode, tokens, valid, q, vocab, picks)
     target_logits = torch.stack([target[prefix(v)] for v in range(nodes + 1)])[None]
     parents = torch.tensor(topology.parents)[None]
     tree = DraftTree(tokens, parents, torch.tensor(topology.depths)[None], _ancestors(parents))
-    (path, token), = accept_sampled_tree(SampledTree(tree, topology, q, valid, mode), [row], target_logits, [limit])
+    drafted = SampledTree(tree, topology, q, valid, mode, vocab, picks)
+    (path, token), = accept_sampled_tree(drafted, [row], target_logits, [limit])
     out = [int(tokens[0, node - 1]) for node in path] + [token]
     while len(out) < LENGTH:
         out.append(int(torch.multinomial(warp_probs(target[tuple(out)], row.params), 1, generator=row.generator)))
@@ -81,17 +86,19 @@ def _exact(target, params):
 T1, TOP_P = SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_p=0.8)
 
 
-# One node per level; wide and shallow; both, with the row's limit cutting the walk short.
-@pytest.mark.parametrize("shape,limit,mode,params", [("2,1,2", 2, "sample", T1), ("1,3,3", 2, "sample", TOP_P),
-                                                     ("2,3,6", 2, "sample", T1), ("2,3,6", 1, "top", TOP_P),
-                                                     ("2,2,4", 2, "top", T1)])
-def test_recursive_rejection_over_a_sampled_tree_gives_the_target_joint(shape, limit, mode, params):
+# One node per level; wide and shallow; both, with the row's limit cutting the walk short; a draft that
+# knows only some of the tokens (q kept over its own vocabulary).
+@pytest.mark.parametrize("shape,limit,mode,params,vocab", [
+    ("2,1,2", 2, "sample", T1, None), ("1,3,3", 2, "sample", TOP_P, None), ("2,3,6", 2, "sample", T1, None),
+    ("2,3,6", 1, "top", TOP_P, None), ("2,2,4", 2, "top", T1, None), ("2,3,6", 2, "sample", T1, [1, 2, 3]),
+    ("2,2,4", 2, "top", TOP_P, [0, 2])])
+def test_recursive_rejection_over_a_sampled_tree_gives_the_target_joint(shape, limit, mode, params, vocab):
     topology = sampled_topology(TreeShape.parse(shape))
     target, draft = _tables(seed=len(shape) + limit)
     row = Row([0], params, torch.Generator().manual_seed(0))
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.float64)
     for _ in range(2500):
-        a, b, c = _one_sample(topology, target, draft, row, mode, limit)
+        a, b, c = _one_sample(topology, target, draft, row, mode, limit, vocab)
         counts[(a * VOCAB + b) * VOCAB + c] += 1
     assert_follows(counts, _exact(target, params))
 
