@@ -5,7 +5,9 @@
     python bench/ship_default_draft.py --head runs/default-draft/best --bench runs/default-draft/bench.log
 
 The folder gets the head's bf16 weights, its speculators config, a sha256 checksum and a
-model card with how it was made and what it measured (the last JSON line of the bench log).
+model card with how it was made and what it measured (the last JSON line of the bench log). With
+``--by-category LOG`` (the output of ``specdistill bench --draft HEAD --prompts
+bench/prompts/broad-heldout.jsonl --by-category ...``) the card also gets τ and speedup per task.
 """
 
 from __future__ import annotations
@@ -14,13 +16,40 @@ import argparse
 import json
 from pathlib import Path
 
+from specdistill.bench import MeasureConfig
 from specdistill.models import load_target
 from specdistill.models.drafts import package_head
 
 DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 
 
-def card(head: Path, bench: dict, training: dict, data_note: str, training_note: str = "") -> str:
+def per_task_section(summary: dict, command: str) -> str:
+    """The card's table of τ and speedups per task, from ``bench --by-category``'s JSON line."""
+    rows = "\n".join(f"| {task} | {s['turns']} | {s['tau']:.2f} | {s['tokens_per_s']:.1f} | "
+                     f"{s['speedup_vs_hf_generate']:.2f}x | {s['measured_speedup_over_our_target']:.2f}x |"
+                     for task, s in summary["by_category"].items())
+    new_tokens = summary.get("max_new_tokens", MeasureConfig().max_new_tokens)
+    mean = (f"| mean | | {summary['mean_tau']:.2f} | | {summary['mean_speedup_vs_hf_generate']:.2f}x | "
+            f"{summary['mean_speedup_over_our_target']:.2f}x |")
+    return f"""
+## Measured per task
+
+The project's broad held-out set (`bench/prompts/broad-heldout.jsonl`: hand-written prompts of eight
+tasks, never trained on), greedy, bf16, {new_tokens} new tokens, 2-core CPU, as served
+(k = {summary["num_draft_tokens"]}):
+
+```sh
+{command}
+```
+
+| task | turns | τ | tok/s | over HF `generate` | over our target alone |
+| --- | ---: | ---: | ---: | ---: | ---: |
+{rows}
+{mean}
+"""
+
+
+def card(head: Path, bench: dict, training: dict, data_note: str, training_note: str = "", per_task: str = "") -> str:
     evals = [h for h in training["history"] if "eval" in h] or [{"eval": {}}]
     # best/ holds the draft of the best held-out α; final/ the last one
     chosen = max(evals, key=lambda h: h["eval"].get("alpha", -1)) if head.name == "best" else evals[-1]
@@ -70,7 +99,7 @@ Greedy, bf16, k = {bench["num_draft_tokens"]} with the draft-confidence stop at 
 | figure | value |
 | --- | --- |
 {table}
-
+{per_task}
 ## Use
 
 ```python
@@ -94,6 +123,7 @@ def main():
     parser.add_argument("--data-note", default="the target's own answers to the project's prompts.",
                         help="one or two sentences on the training data, for the card")
     parser.add_argument("--training-note", default="", help="a sentence on how the run went (resumes), for the card")
+    parser.add_argument("--by-category", default="", help="output of specdistill bench --by-category on the broad set")
     args = parser.parse_args()
     head = Path(args.head)
     bench = json.loads(Path(args.bench).read_text().strip().splitlines()[-1])
@@ -101,8 +131,16 @@ def main():
     history = json.loads((run / "checkpoint" / "history.json").read_text())
     training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
                 "steps": history[-1]["step"]}
+    per_task = ""
+    if args.by_category:
+        summary = json.loads(Path(args.by_category).read_text().strip().splitlines()[-1])
+        command = ("specdistill bench --draft default --prompts bench/prompts/broad-heldout.jsonl --by-category "
+                   f"--num-prompts {max(s['num_prompts'] for s in summary['by_category'].values())} "
+                   f"--num-draft-tokens {summary['num_draft_tokens']}")
+        per_task = per_task_section(summary, command)
     target, _ = load_target()
-    out = package_head(head, DEST, target, card(head, bench, training, args.data_note, args.training_note))
+    card_text = card(head, bench, training, args.data_note, args.training_note, per_task)
+    out = package_head(head, DEST, target, card_text)
     (out / "model.safetensors").chmod(0o644)
     print(json.dumps(json.loads((out / "checksum.json").read_text()) | {"out": str(out)}))
 

@@ -254,6 +254,7 @@ def print_categories(summaries: dict[str, dict], config: BenchConfig) -> dict:
         "draft_tree": config.measure.draft_tree, "draft_retrieval": config.measure.draft_retrieval,
         "decode_dtype": config.measure.dtype,
         "decode_temperature": config.measure.decode_temperature,
+        "max_new_tokens": config.measure.max_new_tokens,
         "num_prompts": sum(s["num_prompts"] for s in summaries.values()),
     }
     print(json.dumps(summary))
