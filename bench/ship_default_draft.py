@@ -54,6 +54,8 @@ def card(head: Path, bench: dict, training: dict, data_note: str, training_note:
     # best/ holds the draft of the best held-out α; final/ the last one
     chosen = max(evals, key=lambda h: h["eval"].get("alpha", -1)) if head.name == "best" else evals[-1]
     eval_figures = chosen["eval"]
+    # A head fine-tuned in several runs (the training note says how) started from the preset's.
+    recipe = " of the head it started from" if training_note else ""
     training_note = training_note + " " if training_note else ""
     rows = [("held-out α, teacher-forced (sampling)", eval_figures.get("alpha")),
             ("held-out α per draft position, teacher-forced", eval_figures.get("alpha_per_position", [])[:6]),
@@ -87,7 +89,7 @@ Training-time test over {config["ttt_steps"]} draft positions (position j weighs
 T = {config["temperature"]}, {training["steps"]} steps of {config["batch_size"]} x {config["seq_len"]} tokens,
 lr {config["lr"]}, on `{config["data"]}`: {data_note} None of the held-out prompts it is measured on
 is among them. {training_note}Exported from `{head}` (step {chosen.get("step", training["steps"])}).
-`specdistill train --preset default-draft` (`specdistill/presets/default-draft.yaml`) is the recipe:
+`specdistill train --preset default-draft` (`specdistill/presets/default-draft.yaml`) is the recipe{recipe}:
 it makes the same kind of data itself (the target's answers to the built-in prompt sets) and trains
 the same head.
 
