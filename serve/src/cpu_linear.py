@@ -251,11 +251,14 @@ def with_kernel_linears(module: torch.nn.Module) -> torch.nn.Module:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for bf16 ``x`` [..., K] and ``weight`` [N, K] through the kernel."""
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.dtype not in (torch.float32, torch.bfloat16):
-        rows = rows.float()
+    rows, bias = _kernel_dtype(x.reshape(-1, x.shape[-1])), None if bias is None else _kernel_dtype(bias)
     out = _kernel.linear_bf16(rows.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous())
     return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
+    """The kernel reads fp32 or bf16; anything else goes in as fp32."""
+    return t if t.dtype in (torch.float32, torch.bfloat16) else t.float()
 
 
 def _say_if_building() -> None:

@@ -43,6 +43,21 @@ def test_the_bf16_linears_are_as_close_to_float64_as_pytorch_bf16(tokens, shape)
     assert ((F.linear(x, weight, bias).double() - exact).abs() <= ulp).all()  # the bound PyTorch meets too
 
 
+@needs_kernel
+@pytest.mark.parametrize("tokens", [1, 7, 24])
+def test_the_kernel_rounds_its_bf16_output_as_pytorch_rounds_its_fp32_one(tokens):
+    weight, x, bias, _ = case(tokens, (33, 40), torch.bfloat16)
+    rows = x.reshape(-1, 40)
+    for with_bias in (None, bias):
+        in_fp32 = cpu_linear._kernel.linear_bf16(rows.float(), weight, with_bias)
+        in_bf16 = cpu_linear._kernel.linear_bf16(rows, weight, with_bias)
+        assert in_fp32.dtype == torch.float32 and in_bf16.dtype == torch.bfloat16
+        assert torch.equal(in_fp32.to(torch.bfloat16), in_bf16)  # round to nearest even, bit for bit
+    specials = torch.tensor([[float("nan")] + [0.0] * 7, [1e38] * 8]).bfloat16()
+    out = cpu_linear._kernel.linear_bf16(specials, torch.ones(3, 8).bfloat16(), None)
+    assert out[0].isnan().all() and out[1].isposinf().all()
+
+
 @needs_packing
 @pytest.mark.parametrize("tokens", [1, 5, 16, 70])
 @pytest.mark.parametrize("shape", SHAPES)
