@@ -133,9 +133,9 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
     if logits is None:
         return None, 0.0, 0
     batch, nodes = len(rows), topology.nodes
-    vocab = runner.head.draft_ids
+    vocab = runner.head.draft_ids  # q is kept over these target ids (module doc)
     tokens = torch.zeros(batch, nodes, dtype=torch.long, device=device)
-    picks = None if vocab is None else torch.zeros_like(tokens)
+    picks = torch.zeros_like(tokens)
     valid = torch.ones(batch, nodes, dtype=torch.bool, device=device)
     q, head_state = {}, {0: state.last}  # head state at each fed node (0: the root)
     fed, slot_of = torch.zeros(batch, 0, 0, dtype=torch.bool, device=device), {}
@@ -155,9 +155,9 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
             seconds, calls = seconds + elapsed, calls + 1
             for i, v in enumerate(expanding):
                 slot_of[v], head_state[v] = start + i, out[:, i]
-            logits = runner.head.full_logits(out) if vocab is None else runner.head.logits(out)  # [B, E, V]
+            logits = runner.head.logits(out)  # [B, E, V_draft]
         else:
-            logits = (logits if vocab is None else logits[:, vocab])[:, None]
+            logits = logits[:, vocab][:, None]
         _draw_children(rows, topology, expanding, logits, mode, tokens, valid, q, vocab, picks)
     depths = torch.tensor(topology.depths, device=device).expand(batch, -1)
     parents = torch.tensor(topology.parents, device=device).expand(batch, -1)
