@@ -116,8 +116,11 @@ def test_the_draft_is_swapped_over_http_while_requests_stream(tmp_path, tokenize
                                                      stream=True)
             return "".join([c.choices[0].text async for c in chunks])
         tasks = [asyncio.create_task(one(p)) for p in prompts]
-        while engine.engine.stats.new_tokens < 8:  # the rows are decoding
-            await asyncio.sleep(0.02)
+        # All four rows admitted and decoding (a slow machine admits the last one after the first tokens).
+        deadline = asyncio.get_running_loop().time() + 60
+        while engine.num_running < len(prompts) or engine.engine.stats.new_tokens < 8:
+            assert asyncio.get_running_loop().time() < deadline, "the four requests never ran together"
+            await asyncio.sleep(0.01)
         running = engine.num_running
         swapped = await asyncio.to_thread(_swap, url, str(saved))
         assert running == len(prompts)
