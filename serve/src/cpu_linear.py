@@ -153,11 +153,19 @@ def _load():
             from torch.utils.cpp_extension import load_inline
 
             _say_if_building()
-            _kernel = load_inline(_NAME, cpp_sources=_SOURCE, functions=["linear_bf16"],
+            from specdistill.serve.cpu_layer import LAYER_SOURCE
+
+            _kernel = load_inline(_NAME, cpp_sources=_SOURCE + LAYER_SOURCE,
+                                  functions=["linear_bf16", "decode_layer_bf16"],
                                   extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
         except Exception as err:  # no compiler, no ninja, not x86: PyTorch's own kernels serve
             log.warning("the bf16 CPU kernel could not be built (%s); multi-token bf16 steps use F.linear", err)
             _kernel = False
+    return _kernel
+
+
+def extension():
+    """The built extension (``linear_bf16``, ``cpu_layer``'s ``decode_layer_bf16``); call after ``wanted``."""
     return _kernel
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve import cpu_linear, kv_rows
+from specdistill.serve import cpu_layer, cpu_linear, kv_rows
 from specdistill.serve.packed_linear import PackedWeight
 
 from specdistill.models.layers import apply_rotary, rms_norm
@@ -121,6 +121,8 @@ class LlamaRunner:
         self.cache_dtype = self.embed.dtype
         if self.embed.dtype == torch.bfloat16 and not native_bf16(self.embed.device):
             self.cache_dtype = torch.float32
+        # A few tokens through a bf16 model on such a CPU: each layer in one C++ call (cpu_layer).
+        self._layers_in_cpp = not compile and cpu_layer.usable(self.layers, self.cache_dtype)
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
     @property
@@ -212,9 +214,16 @@ class LlamaRunner:
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary(x.new_empty(0, dtype=self.cache_dtype), positions)  # in the cache's dtype
         masks = self._masks(positions, span, common_start == 0) if mask is None else {None: mask}
+        slots = self._slots_in_cpp(positions, common_start, keys)
         for index, (layer, layer_keys, layer_values) in enumerate(zip(self.layers, keys, values)):
             if hidden_layers and index in hidden_layers:
                 captured[index] = x
+            if slots is not None:
+                window_mask = masks[layer.window]
+                x = cpu_layer.decode_layer(x, layer, cos, sin, layer_keys, layer_values, slots,
+                                           None if window_mask is CAUSAL else window_mask, span, self.eps,
+                                           self.heads, self.kv_heads)
+                continue
             x = x + self._attention(layer, self._norm(x, layer.input_norm), cos, sin, positions, layer_keys,
                                     layer_values, masks[layer.window], span, common_start)
             gate, up = self._linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
@@ -226,6 +235,18 @@ class LlamaRunner:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
         return full.index_copy_(-1, self.vocab_subset, logits)
+
+    def _slots_in_cpp(self, positions, common_start, keys) -> torch.Tensor | None:
+        """The cache slot of each new token [B, T] when the layers run in C++ (a step of a few
+        tokens; ``cpu_layer``), else None."""
+        if not self._layers_in_cpp or positions.numel() > cpu_linear.KERNEL_MAX_TOKENS:
+            return None
+        if not all(k.is_contiguous() for k in keys):
+            return None
+        if common_start is None:
+            return positions
+        width = positions.shape[1]
+        return (common_start + torch.arange(width, device=positions.device)).expand_as(positions)
 
     def _masks(self, positions, span: int, from_start: bool) -> dict:
         """The attention mask [B, 1, T, S] of each window the layers use (None = causal only),
