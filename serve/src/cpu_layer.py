@@ -16,6 +16,8 @@ serves; ``SPECDISTILL_CPU_KERNELS=0`` turns both off.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 LAYER_SOURCE = r"""
@@ -59,29 +61,19 @@ static inline void rotate(const float* v, const float* c, const float* s, float*
   for (int64_t d = half; d < D; d++) out[d] = v[d] * c[d] + v[d - half] * s[d];
 }
 
-torch::Tensor decode_layer_bf16(
-    torch::Tensor x, torch::Tensor in_norm, torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias,
-    torch::Tensor out_w, torch::Tensor post_norm, torch::Tensor gate_up_w, torch::Tensor down_w,
-    torch::Tensor cos, torch::Tensor sin, torch::Tensor keys, torch::Tensor values, torch::Tensor slots,
-    c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads) {
-  // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32;
-  // slots [B, T] int64: the cache slot each token's key and value go to.
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T, D = cos.size(2);
-  const int64_t S = keys.size(2), QD = heads * D, KD = kv_heads * D;
-  const float e = float(eps);
-  auto f32 = x.options().dtype(at::kFloat);
-  auto hidden = x.reshape({M, H}).to(at::kFloat);  // bf16 values, exactly
-  float* hp = hidden.data_ptr<float>();
-
-  auto normed = torch::empty({M, H}, f32);
-  rms_norm_rows(hp, reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
-                M, H, e);
+// Attention over the rows ``normed`` [B * T, K] (bf16 values in fp32): q/k/v, rotary, the new keys and
+// values written at ``slots`` of the fp32 caches, SDPA, and the out projection. Returns [B * T, H].
+static torch::Tensor attention_rows(
+    const torch::Tensor& normed, int64_t B, int64_t T, const torch::Tensor& qkv_w,
+    const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& out_w, const torch::Tensor& cos,
+    const torch::Tensor& sin, torch::Tensor& keys, torch::Tensor& values, const torch::Tensor& slots,
+    const c10::optional<torch::Tensor>& mask, int64_t span, bool causal, int64_t heads, int64_t kv_heads) {
+  const int64_t M = B * T, D = cos.size(2), S = keys.size(2), QD = heads * D, KD = kv_heads * D;
   std::vector<float> bias_values;
   const float* bias = qkv_bias.has_value() ? as_floats(qkv_bias->contiguous(), bias_values) : nullptr;
   auto qkv = project(normed, qkv_w, bias);  // [M, QD + 2 KD]
   const float* qkvp = qkv.data_ptr<float>();
-
-  auto q = torch::empty({B, heads, T, D}, f32);
+  auto q = torch::empty({B, heads, T, D}, normed.options());
   float *qp = q.data_ptr<float>(), *kp = keys.data_ptr<float>(), *vp = values.data_ptr<float>();
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   const int64_t* slot = slots.data_ptr<int64_t>();
@@ -102,12 +94,20 @@ torch::Tensor decode_layer_bf16(
   // [B, heads, T, D] -> rows [M, heads * D], rounded to bf16 as the eager path's cast does.
   auto rows = attended.transpose(1, 2).reshape({M, QD}).contiguous();
   round_all(rows.data_ptr<float>(), M * QD);
-  auto out = project(rows, out_w, nullptr);
-  const float* op = out.data_ptr<float>();
-  for (int64_t i = 0; i < M * H; i++) hp[i] = bf16_value(hp[i] + op[i]);
+  return project(rows, out_w, nullptr);
+}
 
-  rms_norm_rows(hp, reinterpret_cast<const uint16_t*>(post_norm.data_ptr<at::BFloat16>()),
-                normed.data_ptr<float>(), M, H, e);
+static void add_rows(float* x, const torch::Tensor& y, int64_t n) {  // x = round_bf16(x + y)
+  const float* yp = y.data_ptr<float>();
+  for (int64_t i = 0; i < n; i++) x[i] = bf16_value(x[i] + yp[i]);
+}
+
+// The MLP block on the rows x [M, H] in place: x = round(x + down(silu(gate) * up)) of the normed rows.
+static void mlp_rows(float* x, int64_t M, int64_t H, const torch::Tensor& post_norm, const torch::Tensor& gate_up_w,
+                     const torch::Tensor& down_w, float eps, const at::TensorOptions& f32) {
+  auto normed = torch::empty({M, H}, f32);
+  rms_norm_rows(x, reinterpret_cast<const uint16_t*>(post_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
+                M, H, eps);
   auto gate_up = project(normed, gate_up_w, nullptr);  // [M, 2 I]: gate then up
   const int64_t I = gate_up.size(1) / 2;
   auto act = torch::empty({M, I}, f32);
@@ -119,10 +119,57 @@ torch::Tensor decode_layer_bf16(
       ap[m * I + i] = bf16_value(bf16_value(g / (1.0f + std::exp(-g))) * u);
     }
   }
-  auto down = project(act, down_w, nullptr);
-  const float* dp = down.data_ptr<float>();
-  for (int64_t i = 0; i < M * H; i++) hp[i] = bf16_value(hp[i] + dp[i]);
+  add_rows(x, project(act, down_w, nullptr), M * H);
+}
+
+torch::Tensor decode_layer_bf16(
+    torch::Tensor x, torch::Tensor in_norm, torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias,
+    torch::Tensor out_w, torch::Tensor post_norm, torch::Tensor gate_up_w, torch::Tensor down_w,
+    torch::Tensor cos, torch::Tensor sin, torch::Tensor keys, torch::Tensor values, torch::Tensor slots,
+    c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads) {
+  // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32;
+  // slots [B, T] int64: the cache slot each token's key and value go to.
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T;
+  auto f32 = x.options().dtype(at::kFloat);
+  auto hidden = x.reshape({M, H}).to(at::kFloat);  // bf16 values, exactly
+  float* hp = hidden.data_ptr<float>();
+  auto normed = torch::empty({M, H}, f32);
+  rms_norm_rows(hp, reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
+                M, H, float(eps));
+  add_rows(hp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask, span,
+                              causal, heads, kv_heads), M * H);
+  mlp_rows(hp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
   return hidden.to(at::kBFloat16).reshape({B, T, H});
+}
+
+torch::Tensor eagle_layer_bf16(
+    torch::Tensor embeds, torch::Tensor feature, torch::Tensor in_norm, torch::Tensor hidden_norm,
+    torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias, torch::Tensor out_w, torch::Tensor post_norm,
+    torch::Tensor gate_up_w, torch::Tensor down_w, torch::Tensor cos, torch::Tensor sin, torch::Tensor keys,
+    torch::Tensor values, torch::Tensor slots, torch::Tensor mask, double eps, int64_t heads, int64_t kv_heads,
+    bool norm_before_residual) {
+  // An EAGLE-3 head's layer: attention over [norm(embeds); norm(feature)] (both [B, T, H] bf16), the
+  // residual on the feature (or on its norm); the rest as decode_layer_bf16.
+  const int64_t B = embeds.size(0), T = embeds.size(1), H = embeds.size(2), M = B * T;
+  auto f32 = embeds.options().dtype(at::kFloat);
+  auto e = embeds.reshape({M, H}).to(at::kFloat), f = feature.reshape({M, H}).to(at::kFloat);
+  auto normed = torch::empty({M, 2 * H}, f32), normed_feature = torch::empty({M, H}, f32);
+  float* np = normed.data_ptr<float>();
+  std::vector<float> half(M * H);
+  rms_norm_rows(e.data_ptr<float>(), reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()),
+                half.data(), M, H, float(eps));
+  rms_norm_rows(f.data_ptr<float>(), reinterpret_cast<const uint16_t*>(hidden_norm.data_ptr<at::BFloat16>()),
+                normed_feature.data_ptr<float>(), M, H, float(eps));
+  for (int64_t m = 0; m < M; m++) {
+    std::memcpy(np + m * 2 * H, half.data() + m * H, H * sizeof(float));
+    std::memcpy(np + m * 2 * H + H, normed_feature.data_ptr<float>() + m * H, H * sizeof(float));
+  }
+  auto x = norm_before_residual ? normed_feature : f;
+  float* xp = x.data_ptr<float>();
+  add_rows(xp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask,
+                              mask.size(-1), false, heads, kv_heads), M * H);
+  mlp_rows(xp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
+  return x.to(at::kBFloat16).reshape({B, T, H});
 }
 """
 
@@ -145,6 +192,56 @@ def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: 
     return cpu_linear.extension().decode_layer_bf16(
         x.contiguous(), layer.input_norm, qkv, layer.qkv_bias, out, layer.post_norm, gate_up, down, cos.contiguous(),
         sin.contiguous(), keys, values, slots.contiguous(), mask, span, mask is None, eps, heads, kv_heads)
+
+
+@dataclass
+class HeadWeights:
+    """An EAGLE-3 head's layer as ``eagle_layer`` takes it: q/k/v and gate/up fused (copies)."""
+
+    input_norm: torch.Tensor
+    hidden_norm: torch.Tensor
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, 2 H]
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    eps: float
+    heads: int
+    kv_heads: int
+    norm_before_residual: bool
+
+
+def head_weights(head) -> HeadWeights | None:
+    """``head``'s layer for ``eagle_layer`` where it can run there (a bf16 head on a CPU the kernel
+    serves), else None. The fused weights are copies: build them again after changing the head."""
+    from specdistill.serve import cpu_linear
+
+    layer = head.layers[0]
+    attention, mlp = layer.self_attn, layer.mlp
+    projections = [attention.q_proj, attention.k_proj, attention.v_proj]
+    weights = HeadWeights(
+        layer.input_layernorm.weight, layer.hidden_norm.weight, torch.cat([p.weight for p in projections]).detach(),
+        None if attention.q_proj.bias is None else torch.cat([p.bias for p in projections]).detach(),
+        attention.o_proj.weight.detach().contiguous(), layer.post_attention_layernorm.weight,
+        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), mlp.down_proj.weight.detach().contiguous(),
+        layer.input_layernorm.eps, attention.heads, attention.kv_heads, layer.norm_before_residual)
+    tensors = [weights.input_norm, weights.hidden_norm, weights.qkv, weights.out, weights.post_norm,
+               weights.gate_up, weights.down]
+    usable = all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
+    return weights if usable and cpu_linear.wanted(weights.qkv) else None
+
+
+def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
+    """The head's layer over embeddings and features [B, T, H] bf16: keys and values written at
+    ``slots`` [B, T] of the fp32 caches, attending by ``mask`` [B, 1, T, S]; the states [B, T, H]."""
+    from specdistill.serve import cpu_linear
+
+    w = weights
+    return cpu_linear.extension().eagle_layer_bf16(
+        embeds.contiguous(), feature.contiguous(), w.input_norm.detach(), w.hidden_norm.detach(), w.qkv, w.qkv_bias,
+        w.out, w.post_norm.detach(), w.gate_up, w.down, cos.contiguous(), sin.contiguous(), keys, values,
+        slots.contiguous(), mask.contiguous(), w.eps, w.heads, w.kv_heads, w.norm_before_residual)
 
 
 def _weights(layer) -> tuple[torch.Tensor, ...]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve import cpu_linear, kv_rows
+from specdistill.serve import cpu_layer, cpu_linear, kv_rows
 from specdistill.serve.llama_fast import tree_mask
 
 
@@ -55,13 +55,17 @@ class EagleRunner:
         attention = head.layers[0].self_attn
         self.kv_heads, self.head_dim = attention.kv_heads, attention.head_dim
         self.hidden = head.layer_config.hidden_size
+        # bf16 on an AVX2 CPU without bf16 instructions: a call of a few tokens runs the layer in C++
+        # (cpu_layer), over fp32 caches (attention in fp32, as the target's runner does there).
+        self.in_cpp = cpu_layer.head_weights(self.head)
+        self.cache_dtype = torch.float32 if self.in_cpp else self.head.fc.weight.dtype
 
     def start(self, batch_size: int, max_length: int) -> EagleState:
         weight = self.head.fc.weight
         shape = (batch_size, self.kv_heads, max_length, self.head_dim)
         empty = weight.new_zeros(0, weight.shape[1])
-        return EagleState(weight.new_zeros(shape), weight.new_zeros(shape), [1] * batch_size, [1] * batch_size,
-                          [empty] * batch_size, None)
+        cache = [weight.new_zeros(shape, dtype=self.cache_dtype) for _ in range(2)]
+        return EagleState(*cache, [1] * batch_size, [1] * batch_size, [empty] * batch_size, None)
 
     def take_features(self, state: EagleState, features: torch.Tensor, counts: list[int]) -> None:
         """The first ``counts[b]`` of the target's features [B, T, F] of each row, in order."""
@@ -119,14 +123,20 @@ class EagleRunner:
         ``positions``, its keys written at cache ``slots`` [B, T], attending by ``mask``."""
         head, layer = self.head, self.head.layers[0]
         batch, width = input_ids.shape
-        cos, sin = head.rotary(feature, positions)
+        cos, sin = head.rotary(feature.new_empty(0, dtype=self.cache_dtype), positions)
+        if self.in_cpp and input_ids.numel() <= cpu_linear.KERNEL_MAX_TOKENS:
+            return cpu_layer.eagle_layer(head.embed(input_ids), feature, self.in_cpp, cos, sin, state.keys,
+                                         state.values, slots, mask)
         q, k, v, residual = layer.qkv(head.embed(input_ids), feature, cos, sin)
         index = slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
-        state.keys.scatter_(2, index, k)
-        state.values.scatter_(2, index, v)
+        state.keys.scatter_(2, index, k.to(self.cache_dtype))
+        state.values.scatter_(2, index, v.to(self.cache_dtype))
         span = mask.shape[-1]
-        return layer.finish(layer.self_attn.attend(q, state.keys[:, :, :span], state.values[:, :, :span], mask),
-                            residual)
+        attention = layer.self_attn
+        out = F.scaled_dot_product_attention(q.to(self.cache_dtype), state.keys[:, :, :span],
+                                             state.values[:, :, :span], attn_mask=mask,
+                                             enable_gqa=attention.heads != attention.kv_heads)
+        return layer.finish(attention.o_proj(out.transpose(1, 2).flatten(2).to(feature.dtype)), residual)
 
     def rollback(self, state: EagleState, lengths: list[int]) -> None:
         # Slots fed with the head's own states are dropped whatever was accepted: the accepted

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+from serve_helpers import sharp_tiny_target, tiny_head
 from specdistill.serve import SpeculativeGenerator, cpu_linear
+from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.llama_fast import LlamaRunner
 from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
@@ -85,3 +87,37 @@ def test_greedy_decoding_through_the_cpp_layers_equals_hf():
     ids = torch.tensor([[3, 9, 4, 3, 9, 4, 3]])
     expected = target.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
     torch.testing.assert_close(gen.generate(ids, 24, eos_token_id=[]).sequences, expected)
+
+
+def _drafts(runner, features, ids):
+    """A head's logits along a block drafted after the target verified 4 positions, then a tree level."""
+    state = runner.start(1, 16)
+    runner.take_features(state, features[:, :5].to(runner.head.fc.weight.dtype), [5])
+    logits = [runner.forward(state, ids[:, 1:6], [4])]
+    for j in (6, 7):
+        logits.append(runner.forward(state, ids[:, j: j + 1], [0]))
+    parents = state.last[:, None].expand(1, 2, -1)
+    states = runner.forward_tree(state, ids[:, 8:10], parents, depth=3, start=0,
+                                 ancestors=torch.eye(2, dtype=torch.bool)[None])
+    draft_ids = runner.head.draft_ids
+    return [out[..., draft_ids].double() for out in logits] + [runner.head.logits(states).double()]
+
+
+def test_the_cpp_head_layer_drafts_as_the_eager_one_and_as_close_to_float64():
+    target = sharp_tiny_target()
+    head = tiny_head(target)
+    ids = torch.tensor([[3, 7, 1, 9, 4, 12, 5, 8, 2, 6]])
+    with torch.no_grad():
+        hidden = target(input_ids=ids, output_hidden_states=True).hidden_states
+        features = torch.cat([hidden[i] for i in head.layer_ids], -1)
+        exact = EagleRunner(copy.deepcopy(head).double())
+        in_cpp = EagleRunner(copy.deepcopy(head).to(torch.bfloat16))
+        eager = EagleRunner(in_cpp.head)
+        eager.in_cpp = None  # the same fp32 caches, through the eager ops
+        assert in_cpp.in_cpp is not None and exact.in_cpp is None
+        results = [_drafts(runner, features.double() if runner is exact else features, ids)
+                   for runner in (in_cpp, eager, exact)]
+    for cpp, ours, reference in zip(*results):
+        torch.testing.assert_close(cpp, ours, atol=0.05, rtol=0.05)
+        cpp_error, eager_error = (cpp - reference).abs().mean(), (ours - reference).abs().mean()
+        assert cpp_error <= 1.25 * eager_error + 1e-3, (cpp_error, eager_error)

@@ -44,6 +44,18 @@ def test_the_bf16_linears_are_as_close_to_float64_as_pytorch_bf16(tokens, shape)
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows", range(1, 8))
+@pytest.mark.parametrize("shape", [(38, 48), (96, 64), (7, 19)])
+def test_each_of_the_kernels_row_blockings_is_as_close_to_float64_as_pytorch_bf16(rows, shape):
+    # 2 and 3 rows take the 4-row blocks (38 = 9 blocks and 2 rows left over), other counts the pairs.
+    weight, x, bias, _ = case(rows, shape, torch.bfloat16)
+    x = x[0]
+    exact = F.linear(x.double(), weight.double(), bias.double())
+    out = cpu_linear._kernel.linear_bf16(x, weight, bias)
+    assert ((out.double() - exact).abs() <= exact.abs().clamp(min=1e-3) * 2 ** -7).all()
+
+
+@needs_kernel
 @pytest.mark.parametrize("tokens", [1, 7, 24])
 def test_the_kernel_rounds_its_bf16_output_as_pytorch_rounds_its_fp32_one(tokens):
     weight, x, bias, _ = case(tokens, (33, 40), torch.bfloat16)
