@@ -10,8 +10,8 @@ linears through ``cpu_linear``'s kernel. Every intermediate is rounded to bf16 w
 bf16 ops round it (after each linear, norm, activation and residual add), so a layer gives
 the eager path's numbers up to the order of the sums.
 
-It is built into the same extension as the kernel (``cpu_linear``) and serves where the kernel
-serves; ``SPECDISTILL_CPU_KERNELS=0`` turns both off.
+Its C++ (``cpu_layer_source``) is built into the same extension as the kernel (``cpu_linear``)
+and serves where the kernel serves; ``SPECDISTILL_CPU_KERNELS=0`` turns both off.
 """
 
 from __future__ import annotations
@@ -19,165 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-LAYER_SOURCE = r"""
-static inline float bf16_value(float v) {  // v rounded to the nearest bf16 (ties to even), as fp32
-  if (std::isnan(v)) return v;
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-static void round_all(float* p, int64_t n) { for (int64_t i = 0; i < n; i++) p[i] = bf16_value(p[i]); }
-
-// As the eager path's rms_norm for bf16: normalize in fp32, round, scale by the bf16 weight, round.
-static void rms_norm_rows(const float* x, const uint16_t* w, float* out, int64_t M, int64_t H, float eps) {
-  for (int64_t m = 0; m < M; m++) {
-    const float* row = x + m * H;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < H; i++) sum += row[i] * row[i];
-    const float scale = 1.0f / std::sqrt(sum / float(H) + eps);
-    for (int64_t i = 0; i < H; i++) out[m * H + i] = bf16_value(scalar(w[i]) * bf16_value(row[i] * scale));
-  }
-}
-
-// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32.
-static torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const float* bias) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({M, N}, x.options());
-  run(x.data_ptr<float>(), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), bias,
-      y.data_ptr<float>(), M, K, N);
-  round_all(y.data_ptr<float>(), M * N);
-  return y;
-}
-
-// Rotary (HF's rotate_half form) on one head's D values, written to out.
-static inline void rotate(const float* v, const float* c, const float* s, float* out, int64_t D) {
-  const int64_t half = D / 2;
-  for (int64_t d = 0; d < half; d++) out[d] = v[d] * c[d] + (-v[d + half]) * s[d];
-  for (int64_t d = half; d < D; d++) out[d] = v[d] * c[d] + v[d - half] * s[d];
-}
-
-// Attention over the rows ``normed`` [B * T, K] (bf16 values in fp32): q/k/v, rotary, the new keys and
-// values written at ``slots`` of the fp32 caches, SDPA, and the out projection. Returns [B * T, H].
-static torch::Tensor attention_rows(
-    const torch::Tensor& normed, int64_t B, int64_t T, const torch::Tensor& qkv_w,
-    const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& out_w, const torch::Tensor& cos,
-    const torch::Tensor& sin, torch::Tensor& keys, torch::Tensor& values, const torch::Tensor& slots,
-    const c10::optional<torch::Tensor>& mask, int64_t span, bool causal, int64_t heads, int64_t kv_heads) {
-  const int64_t M = B * T, D = cos.size(2), S = keys.size(2), QD = heads * D, KD = kv_heads * D;
-  std::vector<float> bias_values;
-  const float* bias = qkv_bias.has_value() ? as_floats(qkv_bias->contiguous(), bias_values) : nullptr;
-  auto qkv = project(normed, qkv_w, bias);  // [M, QD + 2 KD]
-  const float* qkvp = qkv.data_ptr<float>();
-  auto q = torch::empty({B, heads, T, D}, normed.options());
-  float *qp = q.data_ptr<float>(), *kp = keys.data_ptr<float>(), *vp = values.data_ptr<float>();
-  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; b++) {
-    for (int64_t t = 0; t < T; t++) {
-      const int64_t m = b * T + t;
-      const float *row = qkvp + m * (QD + 2 * KD), *c = cp + m * D, *s = sp + m * D;
-      for (int64_t h = 0; h < heads; h++) rotate(row + h * D, c, s, qp + ((b * heads + h) * T + t) * D, D);
-      for (int64_t h = 0; h < kv_heads; h++) {
-        const int64_t at = ((b * kv_heads + h) * S + slot[m]) * D;
-        rotate(row + QD + h * D, c, s, kp + at, D);
-        std::memcpy(vp + at, row + QD + KD + h * D, D * sizeof(float));
-      }
-    }
-  }
-  auto attended = at::scaled_dot_product_attention(q, keys.narrow(2, 0, span), values.narrow(2, 0, span), mask,
-                                                   0.0, causal, c10::nullopt, heads != kv_heads);
-  // [B, heads, T, D] -> rows [M, heads * D], rounded to bf16 as the eager path's cast does.
-  auto rows = attended.transpose(1, 2).reshape({M, QD}).contiguous();
-  round_all(rows.data_ptr<float>(), M * QD);
-  return project(rows, out_w, nullptr);
-}
-
-static void add_rows(float* x, const torch::Tensor& y, int64_t n) {  // x = round_bf16(x + y)
-  const float* yp = y.data_ptr<float>();
-  for (int64_t i = 0; i < n; i++) x[i] = bf16_value(x[i] + yp[i]);
-}
-
-// The MLP block on the rows x [M, H] in place: x = round(x + down(silu(gate) * up)) of the normed rows.
-static void mlp_rows(float* x, int64_t M, int64_t H, const torch::Tensor& post_norm, const torch::Tensor& gate_up_w,
-                     const torch::Tensor& down_w, float eps, const at::TensorOptions& f32) {
-  auto normed = torch::empty({M, H}, f32);
-  rms_norm_rows(x, reinterpret_cast<const uint16_t*>(post_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
-                M, H, eps);
-  auto gate_up = project(normed, gate_up_w, nullptr);  // [M, 2 I]: gate then up
-  const int64_t I = gate_up.size(1) / 2;
-  auto act = torch::empty({M, I}, f32);
-  const float* gp = gate_up.data_ptr<float>();
-  float* ap = act.data_ptr<float>();
-  for (int64_t m = 0; m < M; m++) {
-    for (int64_t i = 0; i < I; i++) {
-      const float g = gp[m * 2 * I + i], u = gp[m * 2 * I + I + i];
-      ap[m * I + i] = bf16_value(bf16_value(g / (1.0f + std::exp(-g))) * u);
-    }
-  }
-  add_rows(x, project(act, down_w, nullptr), M * H);
-}
-
-torch::Tensor decode_layer_bf16(
-    torch::Tensor x, torch::Tensor in_norm, torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias,
-    torch::Tensor out_w, torch::Tensor post_norm, torch::Tensor gate_up_w, torch::Tensor down_w,
-    torch::Tensor cos, torch::Tensor sin, torch::Tensor keys, torch::Tensor values, torch::Tensor slots,
-    c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads) {
-  // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32;
-  // slots [B, T] int64: the cache slot each token's key and value go to.
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T;
-  auto f32 = x.options().dtype(at::kFloat);
-  auto hidden = x.reshape({M, H}).to(at::kFloat);  // bf16 values, exactly
-  float* hp = hidden.data_ptr<float>();
-  auto normed = torch::empty({M, H}, f32);
-  rms_norm_rows(hp, reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
-                M, H, float(eps));
-  add_rows(hp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask, span,
-                              causal, heads, kv_heads), M * H);
-  mlp_rows(hp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
-  return hidden.to(at::kBFloat16).reshape({B, T, H});
-}
-
-torch::Tensor eagle_layer_bf16(
-    torch::Tensor embeds, torch::Tensor feature, torch::Tensor in_norm, torch::Tensor hidden_norm,
-    torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias, torch::Tensor out_w, torch::Tensor post_norm,
-    torch::Tensor gate_up_w, torch::Tensor down_w, torch::Tensor cos, torch::Tensor sin, torch::Tensor keys,
-    torch::Tensor values, torch::Tensor slots, torch::Tensor mask, double eps, int64_t heads, int64_t kv_heads,
-    bool norm_before_residual) {
-  // An EAGLE-3 head's layer: attention over [norm(embeds); norm(feature)] (both [B, T, H] bf16), the
-  // residual on the feature (or on its norm); the rest as decode_layer_bf16.
-  const int64_t B = embeds.size(0), T = embeds.size(1), H = embeds.size(2), M = B * T;
-  auto f32 = embeds.options().dtype(at::kFloat);
-  auto e = embeds.reshape({M, H}).to(at::kFloat), f = feature.reshape({M, H}).to(at::kFloat);
-  auto normed = torch::empty({M, 2 * H}, f32), normed_feature = torch::empty({M, H}, f32);
-  float* np = normed.data_ptr<float>();
-  std::vector<float> half(M * H);
-  rms_norm_rows(e.data_ptr<float>(), reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()),
-                half.data(), M, H, float(eps));
-  rms_norm_rows(f.data_ptr<float>(), reinterpret_cast<const uint16_t*>(hidden_norm.data_ptr<at::BFloat16>()),
-                normed_feature.data_ptr<float>(), M, H, float(eps));
-  for (int64_t m = 0; m < M; m++) {
-    std::memcpy(np + m * 2 * H, half.data() + m * H, H * sizeof(float));
-    std::memcpy(np + m * 2 * H + H, normed_feature.data_ptr<float>() + m * H, H * sizeof(float));
-  }
-  auto x = norm_before_residual ? normed_feature : f;
-  float* xp = x.data_ptr<float>();
-  add_rows(xp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask,
-                              mask.size(-1), false, heads, kv_heads), M * H);
-  mlp_rows(xp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
-  return x.to(at::kBFloat16).reshape({B, T, H});
-}
-"""
+from specdistill.serve import cpu_linear
 
 
 def usable(layers, cache_dtype: torch.dtype) -> bool:
     """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, an fp32 cache."""
-    from specdistill.serve import cpu_linear  # late: cpu_linear builds this module's source
-
     tensors = [t for layer in layers for t in (layer.input_norm, layer.post_norm, *_weights(layer))]
     return (cache_dtype == torch.float32 and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
             and bool(cpu_linear.wanted(tensors[0])))
@@ -186,8 +32,6 @@ def usable(layers, cache_dtype: torch.dtype) -> bool:
 def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: float, heads: int, kv_heads: int):
     """``x`` [B, T, H] bf16 through one layer; keys and values written at ``slots`` [B, T] of the fp32
     caches [B, KV, S, D]; ``mask`` [B, 1, T, span] bool, or None for SDPA's causal rule."""
-    from specdistill.serve import cpu_linear
-
     qkv, out, gate_up, down = _weights(layer)
     return cpu_linear.extension().decode_layer_bf16(
         x.contiguous(), layer.input_norm, qkv, layer.qkv_bias, out, layer.post_norm, gate_up, down, cos.contiguous(),
@@ -215,8 +59,6 @@ class HeadWeights:
 def head_weights(head) -> HeadWeights | None:
     """``head``'s layer for ``eagle_layer`` where it can run there (a bf16 head on a CPU the kernel
     serves), else None. The fused weights are copies: build them again after changing the head."""
-    from specdistill.serve import cpu_linear
-
     layer = head.layers[0]
     attention, mlp = layer.self_attn, layer.mlp
     projections = [attention.q_proj, attention.k_proj, attention.v_proj]
@@ -235,8 +77,6 @@ def head_weights(head) -> HeadWeights | None:
 def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
     """The head's layer over embeddings and features [B, T, H] bf16: keys and values written at
     ``slots`` [B, T] of the fp32 caches, attending by ``mask`` [B, 1, T, S]; the states [B, T, H]."""
-    from specdistill.serve import cpu_linear
-
     w = weights
     return cpu_linear.extension().eagle_layer_bf16(
         embeds.contiguous(), feature.contiguous(), w.input_norm.detach(), w.hidden_norm.detach(), w.qkv, w.qkv_bias,

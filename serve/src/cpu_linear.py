@@ -208,7 +208,7 @@ def _load():
             from torch.utils.cpp_extension import load_inline
 
             _say_if_building()
-            from specdistill.serve.cpu_layer import LAYER_SOURCE
+            from specdistill.serve.cpu_layer_source import LAYER_SOURCE
 
             _kernel = load_inline(_NAME, cpp_sources=_SOURCE + LAYER_SOURCE,
                                   functions=["linear_bf16", "decode_layer_bf16", "eagle_layer_bf16"],
