@@ -3,8 +3,9 @@ forward time for batches of (rows x tokens) after a prompt, through
 
 - fp32: ``F.linear`` (MKL), or weights prepacked for oneDNN (``serve/src/packed_linear.py``);
 - bf16: ``F.linear`` alone, our AVX2 kernel (``serve/src/cpu_linear.py``), either with bf16 or fp32
-  attention, and the default: the kernel up to ``KERNEL_MAX_TOKENS`` tokens, packed fp32 copies
-  above, fp32 attention.
+  attention, the kernel up to ``KERNEL_MAX_TOKENS`` tokens and packed fp32 copies above with each
+  layer as eager PyTorch ops, and the default: the same with each layer of a step of up to
+  ``KERNEL_MAX_TOKENS`` tokens in one C++ call (``serve/src/cpu_layer.py``).
 
 The default of each dtype is what ``LlamaRunner`` picks on this machine; the others are built
 from the same runner by swapping its linear and its cache's dtype.
@@ -12,7 +13,7 @@ from the same runner by swapping its linear and its cache's dtype.
     python bench/bench_linears.py [--context 200] [--repeats 7]
 
 Prints one line per dtype and mode (milliseconds per shape), then ONE JSON line with each default's
-ratio to the old path of its dtype.
+ratio to the old path of its dtype (bf16: the eager ops).
 """
 
 from __future__ import annotations
@@ -63,16 +64,18 @@ def median_ms(runner: LlamaRunner, rows: int, tokens: int, context: int, repeats
 
 
 def modes(dtype: torch.dtype, runner: LlamaRunner) -> dict:
-    """name -> (linear, cache dtype); "default" is the runner as built."""
-    default = (runner._linear, runner.cache_dtype)
+    """name -> (linear, cache dtype, layers in C++); "default" is the runner as built."""
+    default = (runner._linear, runner.cache_dtype, runner._layers_in_cpp)
     if dtype == torch.float32:
-        return {"F.linear": (_plain, dtype), "default": default}
-    found = {"F.linear, bf16 attention": (_plain, dtype)}
+        return {"F.linear": (_plain, dtype, False), "default": default}
+    found = {"F.linear, bf16 attention": (_plain, dtype, False)}
     if cpu_linear.wanted(runner.embed):
-        found["kernel, bf16 attention"] = (_kernel, dtype)  # the engine before the packed linears
-        found["kernel, fp32 attention"] = (_kernel, torch.float32)
+        found["kernel, bf16 attention"] = (_kernel, dtype, False)  # the engine before the packed linears
+        found["kernel, fp32 attention"] = (_kernel, torch.float32, False)
     if runner._linear is cpu_linear.bf16_packed_linear:
-        found["packed from 2 tokens, fp32 attn"] = (_packed_past_one, torch.float32)
+        found["packed from 2 tokens, fp32 attn"] = (_packed_past_one, torch.float32, False)
+    if runner._layers_in_cpp:  # session 15's default: the same linears, each layer as eager ops
+        found["eager ops (no C++ layers)"] = (runner._linear, runner.cache_dtype, False)
     found["default"] = default
     return found
 
@@ -89,13 +92,13 @@ def main():
         target, _ = load_target(dtype=dtype)
         runner = LlamaRunner(target.eval())
         results[name] = {}
-        for mode, (linear, cache_dtype) in modes(dtype, runner).items():
-            runner._linear, runner.cache_dtype = linear, cache_dtype
+        for mode, (linear, cache_dtype, in_cpp) in modes(dtype, runner).items():
+            runner._linear, runner.cache_dtype, runner._layers_in_cpp = linear, cache_dtype, in_cpp
             times = [round(median_ms(runner, r, t, args.context, args.repeats), 1) for r, t in SHAPES]
             results[name][mode] = dict(zip((f"{r}x{t}" for r, t in SHAPES), times))
             print(f"{name:<6}{mode:<32}" + "".join(f"{ms:>8.1f}" for ms in times), flush=True)
-    old = {"fp32": "F.linear", "bf16": "kernel, bf16 attention" if "kernel, bf16 attention" in results["bf16"]
-           else "F.linear, bf16 attention"}
+    old = {"fp32": "F.linear", "bf16": next(m for m in ("eager ops (no C++ layers)", "kernel, bf16 attention",
+                                                        "F.linear, bf16 attention") if m in results["bf16"])}
     speedup = {name: {shape: round(results[name][old[name]][shape] / ms, 2) for shape, ms in
                       results[name]["default"].items()} for name in results}
     print(json.dumps({"context": args.context, "kernel_max_tokens": cpu_linear.KERNEL_MAX_TOKENS,
