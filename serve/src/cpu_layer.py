@@ -25,8 +25,7 @@ from specdistill.serve import cpu_linear
 def usable(layers, cache_dtype: torch.dtype) -> bool:
     """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, an fp32 cache."""
     tensors = [t for layer in layers for t in (layer.input_norm, layer.post_norm, *_weights(layer))]
-    return (cache_dtype == torch.float32 and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
-            and bool(cpu_linear.wanted(tensors[0])))
+    return cache_dtype == torch.float32 and _kernel_serves(tensors)
 
 
 def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: float, heads: int, kv_heads: int):
@@ -63,15 +62,15 @@ def head_weights(head) -> HeadWeights | None:
     attention, mlp = layer.self_attn, layer.mlp
     projections = [attention.q_proj, attention.k_proj, attention.v_proj]
     weights = HeadWeights(
-        layer.input_layernorm.weight, layer.hidden_norm.weight, torch.cat([p.weight for p in projections]).detach(),
+        layer.input_layernorm.weight.detach(), layer.hidden_norm.weight.detach(),
+        torch.cat([p.weight for p in projections]).detach(),
         None if attention.q_proj.bias is None else torch.cat([p.bias for p in projections]).detach(),
-        attention.o_proj.weight.detach().contiguous(), layer.post_attention_layernorm.weight,
+        attention.o_proj.weight.detach().contiguous(), layer.post_attention_layernorm.weight.detach(),
         torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), mlp.down_proj.weight.detach().contiguous(),
         layer.input_layernorm.eps, attention.heads, attention.kv_heads, layer.norm_before_residual)
     tensors = [weights.input_norm, weights.hidden_norm, weights.qkv, weights.out, weights.post_norm,
                weights.gate_up, weights.down]
-    usable = all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
-    return weights if usable and cpu_linear.wanted(weights.qkv) else None
+    return weights if _kernel_serves(tensors) else None
 
 
 def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
@@ -79,9 +78,14 @@ def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, s
     ``slots`` [B, T] of the fp32 caches, attending by ``mask`` [B, 1, T, S]; the states [B, T, H]."""
     w = weights
     return cpu_linear.extension().eagle_layer_bf16(
-        embeds.contiguous(), feature.contiguous(), w.input_norm.detach(), w.hidden_norm.detach(), w.qkv, w.qkv_bias,
-        w.out, w.post_norm.detach(), w.gate_up, w.down, cos.contiguous(), sin.contiguous(), keys, values,
+        embeds.contiguous(), feature.contiguous(), w.input_norm, w.hidden_norm, w.qkv, w.qkv_bias,
+        w.out, w.post_norm, w.gate_up, w.down, cos.contiguous(), sin.contiguous(), keys, values,
         slots.contiguous(), mask.contiguous(), w.eps, w.heads, w.kv_heads, w.norm_before_residual)
+
+
+def _kernel_serves(tensors) -> bool:
+    """All bf16 on a CPU that ``cpu_linear``'s kernel serves."""
+    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors) and cpu_linear.wanted(tensors[0])
 
 
 def _weights(layer) -> tuple[torch.Tensor, ...]:

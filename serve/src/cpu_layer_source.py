@@ -1,17 +1,9 @@
 """The C++ source of ``cpu_layer``'s decoder layers, compiled into ``cpu_linear``'s extension after its
-kernel (whose ``run``, ``scalar``, ``store`` and ``as_floats`` it uses). A module of its own so that
+kernel (whose ``run``, ``scalar``, ``bf16_bits`` and ``as_floats`` it uses). A module of its own so that
 ``cpu_linear`` can build it without importing ``cpu_layer``, which imports ``cpu_linear``."""
 
 LAYER_SOURCE = r"""
-static inline float bf16_value(float v) {  // v rounded to the nearest bf16 (ties to even), as fp32
-  if (std::isnan(v)) return v;
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000u;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+static inline float bf16_value(float v) { return scalar(bf16_bits(v)); }  // v rounded to bf16, as fp32
 
 // The elementwise loops split across threads once a batch makes them long (16 rows: ~50k values a linear).
 static const int64_t kGrain = 16384;

@@ -57,12 +57,14 @@ static inline float scalar(uint16_t w) {
 
 static inline void store(float* y, float v) { *y = v; }
 
-static inline void store(uint16_t* y, float v) {  // to bf16, rounding to nearest even as c10::BFloat16 does
-  if (std::isnan(v)) { *y = 0x7FC0; return; }
+static inline uint16_t bf16_bits(float v) {  // v rounded to bf16, to nearest even as c10::BFloat16 does
+  if (std::isnan(v)) return 0x7FC0;
   uint32_t bits;
   std::memcpy(&bits, &v, 4);
-  *y = uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+  return uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
+
+static inline void store(uint16_t* y, float v) { *y = bf16_bits(v); }
 
 // Output rows n and n + 1 (w0, w1) for token rows m0 .. m0 + MB - 1, plus the bias (or none).
 template <int MB, typename Out>

@@ -57,8 +57,8 @@ class EagleRunner:
         self.hidden = head.layer_config.hidden_size
         # bf16 on an AVX2 CPU without bf16 instructions: a call of a few tokens runs the layer in C++
         # (cpu_layer), over fp32 caches (attention in fp32, as the target's runner does there).
-        self.in_cpp = cpu_layer.head_weights(self.head)
-        self.cache_dtype = torch.float32 if self.in_cpp else self.head.fc.weight.dtype
+        self.cpp_weights = cpu_layer.head_weights(self.head)
+        self.cache_dtype = torch.float32 if self.cpp_weights else self.head.fc.weight.dtype
 
     def start(self, batch_size: int, max_length: int) -> EagleState:
         weight = self.head.fc.weight
@@ -124,19 +124,16 @@ class EagleRunner:
         head, layer = self.head, self.head.layers[0]
         batch, width = input_ids.shape
         cos, sin = head.rotary(feature.new_empty(0, dtype=self.cache_dtype), positions)
-        if self.in_cpp and input_ids.numel() <= cpu_linear.KERNEL_MAX_TOKENS:
-            return cpu_layer.eagle_layer(head.embed(input_ids), feature, self.in_cpp, cos, sin, state.keys,
+        if self.cpp_weights and input_ids.numel() <= cpu_linear.KERNEL_MAX_TOKENS:
+            return cpu_layer.eagle_layer(head.embed(input_ids), feature, self.cpp_weights, cos, sin, state.keys,
                                          state.values, slots, mask)
         q, k, v, residual = layer.qkv(head.embed(input_ids), feature, cos, sin)
         index = slots[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
         state.keys.scatter_(2, index, k.to(self.cache_dtype))
         state.values.scatter_(2, index, v.to(self.cache_dtype))
         span = mask.shape[-1]
-        attention = layer.self_attn
-        out = F.scaled_dot_product_attention(q.to(self.cache_dtype), state.keys[:, :, :span],
-                                             state.values[:, :, :span], attn_mask=mask,
-                                             enable_gqa=attention.heads != attention.kv_heads)
-        return layer.finish(attention.o_proj(out.transpose(1, 2).flatten(2).to(feature.dtype)), residual)
+        attended = layer.self_attn.attend(q, state.keys[:, :, :span], state.values[:, :, :span], mask, feature.dtype)
+        return layer.finish(attended, residual)
 
     def rollback(self, state: EagleState, lengths: list[int]) -> None:
         # Slots fed with the head's own states are dropped whatever was accepted: the accepted

@@ -65,10 +65,12 @@ class _Attention(nn.Module):
         v = self.v_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def attend(self, q, keys, values, mask):
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+    def attend(self, q, keys, values, mask, out_dtype: torch.dtype | None = None):
+        """Attention in the keys' dtype (a runner's cache may be fp32 under bf16 weights), its output
+        cast to ``out_dtype`` (default: unchanged) before the out projection."""
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=mask,
                                              enable_gqa=self.heads != self.kv_heads)
-        return self.o_proj(out.transpose(1, 2).flatten(2))
+        return self.o_proj(out.transpose(1, 2).flatten(2).to(out_dtype or out.dtype))
 
 
 class _MLP(nn.Module):

@@ -113,8 +113,8 @@ def test_the_cpp_head_layer_drafts_as_the_eager_one_and_as_close_to_float64():
         exact = EagleRunner(copy.deepcopy(head).double())
         in_cpp = EagleRunner(copy.deepcopy(head).to(torch.bfloat16))
         eager = EagleRunner(in_cpp.head)
-        eager.in_cpp = None  # the same fp32 caches, through the eager ops
-        assert in_cpp.in_cpp is not None and exact.in_cpp is None
+        eager.cpp_weights = None  # the same fp32 caches, through the eager ops
+        assert in_cpp.cpp_weights is not None and exact.cpp_weights is None
         results = [_drafts(runner, features.double() if runner is exact else features, ids)
                    for runner in (in_cpp, eager, exact)]
     for cpp, ours, reference in zip(*results):
