@@ -4,7 +4,9 @@ A draft trained on one kind of request drafts poorly on the others, so the mix c
 send. Every task is made from text on this machine, the Python standard library (PSF licence), or
 from templates written for this project; the target then answers each prompt as it would a user:
 
-    chat            two turns: a request, then a follow-up about the model's own first answer
+    chat            two turns about Python: a request, then a follow-up about the model's own first answer
+    everyday        two turns of everyday chat: advice, explanations, comparisons, ideas, short writing
+                    (``specdistill.data.everyday_prompts``: templates of our own, no documents)
     translation     a sentence of the library's documentation, into one of several languages; in two of
                     five, a second turn asks for the model's own translation back into English, so the
                     mix also translates out of those languages (text the target writes itself)
@@ -29,12 +31,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from specdistill.data.everyday_prompts import everyday_prompts
 from specdistill.data.math_problems import math_problems
 
-TASKS = ("chat", "translation", "summarization", "qa", "extraction", "math", "code", "rag")
+TASKS = ("chat", "everyday", "translation", "summarization", "qa", "extraction", "math", "code", "rag")
 # Named mixes (``make-prompts --mix broad``): task weights, normalized to shares. ``broad`` weighs
-# chat and code double (most of what users send), the rest once each.
-MIXES = {"broad": "chat:2,translation:1,summarization:1,qa:1,extraction:1,math:1,code:2,rag:1"}
+# chat (Python and everyday) and code double (most of what users send), the rest once each.
+MIXES = {"broad": "chat:1,everyday:2,translation:1,summarization:1,qa:1,extraction:1,math:1,code:2,rag:1"}
 LANGUAGES = ("French", "German", "Spanish", "Italian", "Portuguese", "Dutch")
 FOLLOW_UPS = (
     "Now make your answer shorter: three sentences at most.",
@@ -119,6 +122,8 @@ def task_prompts(task: str, docs: list[ModuleDoc], count: int, rng: random.Rando
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if task == "math":
         return [r | {"category": "math"} for r in math_problems(count, rng.randrange(2**31))]
+    if task == "everyday":
+        return [r | {"category": "everyday", "source": "specdistill templates"} for r in everyday_prompts(count, rng)]
     rows = []
     for _ in range(count * 4):
         if len(rows) >= count:

@@ -26,9 +26,10 @@ class MakePromptsConfig:
                                    "target (the target writes them, few-shot from the built-in prompts), or tasks "
                                    "(a broad mix made from the standard library's documentation, or tasks:DIR "
                                    "from the .py files of DIR: see --mix)")
-    mix: str = option("broad", "with source tasks: a named mix (broad = chat:2,translation:1,summarization:1,qa:1,"
-                               "extraction:1,math:1,code:2,rag:1) or task:weight pairs of chat (two turns), "
-                               "translation, summarization, qa, extraction, math, code, rag")
+    mix: str = option("broad", "with source tasks: a named mix (broad = chat:1,everyday:2,translation:1,"
+                               "summarization:1,qa:1,extraction:1,math:1,code:2,rag:1) or task:weight pairs of chat "
+                               "(two turns about Python), everyday (two turns of everyday chat), translation, "
+                               "summarization, qa, extraction, math, code, rag")
     writer: str = option("smollm2-135m", "with source target: the model that writes them (local dir or default)")
     out: str = option("runs/teacher-data/prompts.jsonl", "the JSONL file of prompts (replaced)")
     max_prompts: int = option(5000, "keep at most this many (a seeded random choice)")

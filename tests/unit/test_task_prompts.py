@@ -68,7 +68,8 @@ def test_math_problems_are_distinct_and_ask_for_steps():
 def test_a_mix_is_normalized_and_checked():
     assert parse_mix("chat:3,math:1") == {"chat": 0.75, "math": 0.25}
     assert parse_mix("code") == {"code": 1.0}
-    assert parse_mix("broad")["chat"] == pytest.approx(0.2) and sum(parse_mix("broad").values()) == pytest.approx(1)
+    broad = parse_mix("broad")
+    assert broad["everyday"] == pytest.approx(2 / 11) and sum(broad.values()) == pytest.approx(1)
     for bad, message in [("poetry:1", "unknown task 'poetry'"), ("chat:x", "not a number"),
                          ("chat:0", "must be > 0")]:
         with pytest.raises(ValueError, match=message):
@@ -89,3 +90,23 @@ def test_make_prompts_writes_the_mix_in_its_proportions(library, tmp_path):
         MakePromptsConfig(source="tasks", mix="chat:1,poems:1")
     assert mixed_prompts(sorted(library.glob("*.py")), {"math": 1.0}, 10, 0) == \
         mixed_prompts(sorted(library.glob("*.py")), {"math": 1.0}, 10, 0)  # seeded
+
+
+def test_everyday_requests_vary_and_never_ask_a_heldout_prompt():
+    from pathlib import Path
+
+    from specdistill.data.everyday_prompts import everyday_prompt, everyday_prompts
+    from specdistill.data.prompts import HELDOUT_PROMPTS, read_conversations
+
+    rng = random.Random(0)
+    made = [everyday_prompt(rng) for _ in range(3000)]
+    first = [row["turns"][0] for row in made]
+    assert all(len(row["turns"]) == 2 for row in made) and len(set(first)) > 800
+    unique = [row["turns"][0] for row in everyday_prompts(600, random.Random(1))]
+    assert len(unique) == len(set(unique)) == 600
+    assert all(any(text.startswith(opening) for text in first) for opening in ("Give me", "Explain", "Write",
+                                                                               "What are", "Compare"))
+    heldout = Path(__file__).resolve().parents[2] / "bench/prompts/broad-heldout.jsonl"
+    asked = {turn.strip().lower() for c in read_conversations(str(heldout)) for turn in c.turns}
+    asked |= {p.strip().lower() for p in HELDOUT_PROMPTS}
+    assert not asked & {turn.strip().lower() for row in made for turn in row["turns"]}
