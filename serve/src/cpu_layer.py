@@ -1,25 +1,30 @@
 """One decoder layer of a bf16 Llama in a single C++ call, for the few tokens of a decoding step on
-a CPU without bf16 instructions.
+an x86 CPU.
 
 A step of the default target through PyTorch's eager ops runs about 35 of them a layer (norms
 built from six ops each, rotary from eight, views, casts, slices): on 2 AVX2 cores those cost
 ~14 of a one-token step's ~31 ms, beside ~16 ms of weights streamed through the linears. Here
 the norm, the q/k/v projection, rotary, the cache write, attention (PyTorch's own SDPA, called
 from C++), the out projection, the residuals and the gated MLP run in one call, with the
-linears through ``cpu_linear``'s kernel. Every intermediate is rounded to bf16 where PyTorch's
-bf16 ops round it (after each linear, norm, activation and residual add), so a layer gives
-the eager path's numbers up to the order of the sums.
+linears through ``cpu_linear``'s kernel on CPUs without bf16 instructions, and through PyTorch's own
+bf16 linear (oneDNN's AMX or AVX512-BF16 code, as the eager path there) on CPUs with them. Every
+intermediate is rounded to bf16 where PyTorch's bf16 ops round it (after each linear, norm, activation
+and residual add), so a layer gives the eager path's numbers up to the order of the sums; the caches
+are fp32 where the layers run here, so attention is in fp32 on both kinds of CPU.
 
-Its C++ (``cpu_layer_source``) is built into the same extension as the kernel (``cpu_linear``)
-and serves where the kernel serves; ``SPECDISTILL_CPU_KERNELS=0`` turns both off.
+Its C++ (``cpu_layer_source``) is built into the same extension as the kernel (``cpu_linear``);
+``SPECDISTILL_CPU_KERNELS=0`` turns both off.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from specdistill.serve import cpu_linear
+
+from specdistill.models.loading import native_bf16
 
 
 def usable(layers, cache_dtype: torch.dtype) -> bool:
@@ -34,7 +39,8 @@ def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: 
     qkv, out, gate_up, down = _weights(layer)
     return cpu_linear.extension().decode_layer_bf16(
         x.contiguous(), layer.input_norm, qkv, layer.qkv_bias, out, layer.post_norm, gate_up, down, cos.contiguous(),
-        sin.contiguous(), keys, values, slots.contiguous(), mask, span, mask is None, eps, heads, kv_heads)
+        sin.contiguous(), keys, values, slots.contiguous(), mask, span, mask is None, eps, heads, kv_heads,
+        _aten())
 
 
 @dataclass
@@ -80,12 +86,26 @@ def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, s
     return cpu_linear.extension().eagle_layer_bf16(
         embeds.contiguous(), feature.contiguous(), w.input_norm, w.hidden_norm, w.qkv, w.qkv_bias,
         w.out, w.post_norm, w.gate_up, w.down, cos.contiguous(), sin.contiguous(), keys, values,
-        slots.contiguous(), mask.contiguous(), w.eps, w.heads, w.kv_heads, w.norm_before_residual)
+        slots.contiguous(), mask.contiguous(), w.eps, w.heads, w.kv_heads, w.norm_before_residual, _aten())
 
 
 def _kernel_serves(tensors) -> bool:
-    """All bf16 on a CPU that ``cpu_linear``'s kernel serves."""
-    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors) and cpu_linear.wanted(tensors[0])
+    """All bf16 on a CPU that the layers serve: through ``cpu_linear``'s kernel, or PyTorch's bf16 linear."""
+    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors) and (
+        cpu_linear.wanted(tensors[0]) or cpu_linear.layers_with_aten(tensors[0]))
+
+
+# On a CPU with bf16 instructions, from this many tokens a step's linears go through PyTorch's bf16 linear
+# (oneDNN), below it through our kernel: on a 2-vCPU Xeon with AMX a one-token step of the default target
+# took 38.7 ms with oneDNN's linears and 31.6 with the kernel's, 11 tokens 50.8 and 59.5 (eager ops: 54-59).
+ATEN_FROM_TOKENS = 4
+NEVER = 2**62
+
+
+@functools.cache
+def _aten() -> int:
+    """From how many rows the layers' linears go through PyTorch's bf16 linear (never without bf16 instructions)."""
+    return ATEN_FROM_TOKENS if native_bf16("cpu") else NEVER
 
 
 def _weights(layer) -> tuple[torch.Tensor, ...]:

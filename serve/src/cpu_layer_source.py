@@ -25,8 +25,13 @@ static void rms_norm_rows(const float* x, const uint16_t* w, float* out, int64_t
   }
 }
 
-// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32.
-static torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const float* bias) {
+// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32: through the kernel
+// above, or from ``aten_from`` rows on (CPUs with bf16 instructions: oneDNN's AMX or AVX512-BF16 code
+// wins past a few rows there, while its fixed cost per call loses to the kernel for one to three) through
+// PyTorch's own bf16 linear, the op the eager path runs.
+static torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const float* bias,
+                             const c10::optional<torch::Tensor>& bias_bf16, int64_t aten_from) {
+  if (x.size(0) >= aten_from) return at::linear(x.to(at::kBFloat16), w, bias_bf16).to(at::kFloat);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());
   run(x.data_ptr<float>(), reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), bias,
@@ -48,11 +53,12 @@ static torch::Tensor attention_rows(
     const torch::Tensor& normed, int64_t B, int64_t T, const torch::Tensor& qkv_w,
     const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& out_w, const torch::Tensor& cos,
     const torch::Tensor& sin, torch::Tensor& keys, torch::Tensor& values, const torch::Tensor& slots,
-    const c10::optional<torch::Tensor>& mask, int64_t span, bool causal, int64_t heads, int64_t kv_heads) {
+    const c10::optional<torch::Tensor>& mask, int64_t span, bool causal, int64_t heads, int64_t kv_heads,
+    int64_t aten_from) {
   const int64_t M = B * T, D = cos.size(2), S = keys.size(2), QD = heads * D, KD = kv_heads * D;
   std::vector<float> bias_values;
   const float* bias = qkv_bias.has_value() ? as_floats(qkv_bias->contiguous(), bias_values) : nullptr;
-  auto qkv = project(normed, qkv_w, bias);  // [M, QD + 2 KD]
+  auto qkv = project(normed, qkv_w, bias, qkv_bias, aten_from);  // [M, QD + 2 KD]
   const float* qkvp = qkv.data_ptr<float>();
   auto q = torch::empty({B, heads, T, D}, normed.options());
   float *qp = q.data_ptr<float>(), *kp = keys.data_ptr<float>(), *vp = values.data_ptr<float>();
@@ -75,7 +81,7 @@ static torch::Tensor attention_rows(
   // [B, heads, T, D] -> rows [M, heads * D], rounded to bf16 as the eager path's cast does.
   auto rows = attended.transpose(1, 2).reshape({M, QD}).contiguous();
   round_all(rows.data_ptr<float>(), M * QD);
-  return project(rows, out_w, nullptr);
+  return project(rows, out_w, nullptr, c10::nullopt, aten_from);
 }
 
 static void add_rows(float* x, const torch::Tensor& y, int64_t n) {  // x = round_bf16(x + y)
@@ -87,11 +93,11 @@ static void add_rows(float* x, const torch::Tensor& y, int64_t n) {  // x = roun
 
 // The MLP block on the rows x [M, H] in place: x = round(x + down(silu(gate) * up)) of the normed rows.
 static void mlp_rows(float* x, int64_t M, int64_t H, const torch::Tensor& post_norm, const torch::Tensor& gate_up_w,
-                     const torch::Tensor& down_w, float eps, const at::TensorOptions& f32) {
+                     const torch::Tensor& down_w, float eps, const at::TensorOptions& f32, int64_t aten_from) {
   auto normed = torch::empty({M, H}, f32);
   rms_norm_rows(x, reinterpret_cast<const uint16_t*>(post_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
                 M, H, eps);
-  auto gate_up = project(normed, gate_up_w, nullptr);  // [M, 2 I]: gate then up
+  auto gate_up = project(normed, gate_up_w, nullptr, c10::nullopt, aten_from);  // [M, 2 I]: gate then up
   const int64_t I = gate_up.size(1) / 2;
   auto act = torch::empty({M, I}, f32);
   const float* gp = gate_up.data_ptr<float>();
@@ -104,14 +110,15 @@ static void mlp_rows(float* x, int64_t M, int64_t H, const torch::Tensor& post_n
       }
     }
   });
-  add_rows(x, project(act, down_w, nullptr), M * H);
+  add_rows(x, project(act, down_w, nullptr, c10::nullopt, aten_from), M * H);
 }
 
 torch::Tensor decode_layer_bf16(
     torch::Tensor x, torch::Tensor in_norm, torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias,
     torch::Tensor out_w, torch::Tensor post_norm, torch::Tensor gate_up_w, torch::Tensor down_w,
     torch::Tensor cos, torch::Tensor sin, torch::Tensor keys, torch::Tensor values, torch::Tensor slots,
-    c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads) {
+    c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads,
+    int64_t aten_from) {
   // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32;
   // slots [B, T] int64: the cache slot each token's key and value go to.
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T;
@@ -122,8 +129,8 @@ torch::Tensor decode_layer_bf16(
   rms_norm_rows(hp, reinterpret_cast<const uint16_t*>(in_norm.data_ptr<at::BFloat16>()), normed.data_ptr<float>(),
                 M, H, float(eps));
   add_rows(hp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask, span,
-                              causal, heads, kv_heads), M * H);
-  mlp_rows(hp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
+                              causal, heads, kv_heads, aten_from), M * H);
+  mlp_rows(hp, M, H, post_norm, gate_up_w, down_w, float(eps), f32, aten_from);
   return hidden.to(at::kBFloat16).reshape({B, T, H});
 }
 
@@ -132,7 +139,7 @@ torch::Tensor eagle_layer_bf16(
     torch::Tensor qkv_w, c10::optional<torch::Tensor> qkv_bias, torch::Tensor out_w, torch::Tensor post_norm,
     torch::Tensor gate_up_w, torch::Tensor down_w, torch::Tensor cos, torch::Tensor sin, torch::Tensor keys,
     torch::Tensor values, torch::Tensor slots, torch::Tensor mask, double eps, int64_t heads, int64_t kv_heads,
-    bool norm_before_residual) {
+    bool norm_before_residual, int64_t aten_from) {
   // An EAGLE-3 head's layer: attention over [norm(embeds); norm(feature)] (both [B, T, H] bf16), the
   // residual on the feature (or on its norm); the rest as decode_layer_bf16.
   const int64_t B = embeds.size(0), T = embeds.size(1), H = embeds.size(2), M = B * T;
@@ -152,8 +159,8 @@ torch::Tensor eagle_layer_bf16(
   auto x = norm_before_residual ? normed_feature : f;
   float* xp = x.data_ptr<float>();
   add_rows(xp, attention_rows(normed, B, T, qkv_w, qkv_bias, out_w, cos, sin, keys, values, slots, mask,
-                              mask.size(-1), false, heads, kv_heads), M * H);
-  mlp_rows(xp, M, H, post_norm, gate_up_w, down_w, float(eps), f32);
+                              mask.size(-1), false, heads, kv_heads, aten_from), M * H);
+  mlp_rows(xp, M, H, post_norm, gate_up_w, down_w, float(eps), f32, aten_from);
   return x.to(at::kBFloat16).reshape({B, T, H});
 }
 """

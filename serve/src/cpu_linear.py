@@ -237,6 +237,18 @@ def wanted(weight: torch.Tensor) -> bool:
     return "avx2" in flags and "fma" in flags and bool(_load())
 
 
+def layers_with_aten(weight: torch.Tensor) -> bool:
+    """Whether ``cpu_layer``'s one-call layers serve this weight through PyTorch's bf16 linear: bf16 on an
+    x86 CPU with native bf16 (where the kernel is not wanted, the layers' other work still is), and the
+    extension builds."""
+    from specdistill.models.loading import native_bf16
+
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not native_bf16(weight.device):
+        return False
+    flags = _cpu_flags()
+    return "avx2" in flags and "fma" in flags and bool(_load())
+
+
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` for bf16 on a CPU without bf16 instructions, by the number of tokens: one through
     PyTorch's matrix-vector path (the fastest there), up to 64 through the kernel, more (a prefill)

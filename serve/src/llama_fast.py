@@ -117,11 +117,13 @@ class LlamaRunner:
         self.rotary = model.model.rotary_emb
         # bf16 on a CPU without bf16 instructions: PyTorch's bf16 attention is emulated there and
         # takes 2x the fp32 time for 16 rows, so the cache holds fp32 (every bf16 key is one) and
-        # attention runs in fp32, its output rounded back to bf16 for the out projection.
+        # attention runs in fp32, its output rounded back to bf16 for the out projection. On a CPU
+        # with bf16 instructions the same holds where the layers run in C++ (cpu_layer attends in fp32).
         self.cache_dtype = self.embed.dtype
-        if self.embed.dtype == torch.bfloat16 and not native_bf16(self.embed.device):
+        if self.embed.dtype == torch.bfloat16 and (not native_bf16(self.embed.device) or (
+                not compile and cpu_layer.usable(self.layers, torch.float32))):
             self.cache_dtype = torch.float32
-        # A few tokens through a bf16 model on such a CPU: each layer in one C++ call (cpu_layer).
+        # A few tokens through a bf16 model on an x86 CPU: each layer in one C++ call (cpu_layer).
         self._layers_in_cpp = not compile and cpu_layer.usable(self.layers, self.cache_dtype)
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 

@@ -7,15 +7,16 @@ import copy
 import pytest
 import torch
 from serve_helpers import sharp_tiny_target, tiny_head
-from specdistill.serve import SpeculativeGenerator, cpu_linear
+from specdistill.serve import SpeculativeGenerator, cpu_layer, cpu_linear
 from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.llama_fast import LlamaRunner
 from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
 from specdistill.models import tiny_llama
 
-KERNEL = cpu_linear.wanted(torch.zeros(1, dtype=torch.bfloat16))
-pytestmark = pytest.mark.skipif(not KERNEL, reason="the C++ layer serves AVX2 CPUs without bf16 instructions")
+WEIGHT = torch.zeros(1, dtype=torch.bfloat16)
+KERNEL = cpu_linear.wanted(WEIGHT) or cpu_linear.layers_with_aten(WEIGHT)
+pytestmark = pytest.mark.skipif(not KERNEL, reason="the C++ layer serves x86 CPUs with AVX2 and a compiler")
 
 SMALL = dict(vocab_size=64, hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=128)
@@ -47,7 +48,10 @@ def _steps(runner, ids):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_the_cpp_layers_give_the_eager_steps_and_are_as_close_to_float64(arch):
+@pytest.mark.parametrize("linears", ["as chosen", "kernel only", "PyTorch's only"])
+def test_the_cpp_layers_give_the_eager_steps_and_are_as_close_to_float64(arch, linears, monkeypatch):
+    if linears != "as chosen":  # each way the layers multiply, on any CPU that builds them
+        monkeypatch.setattr(cpu_layer, "_aten", lambda: cpu_layer.NEVER if linears == "kernel only" else 1)
     model = _model(arch)
     exact = LlamaRunner(copy.deepcopy(model).double())
     model = model.to(torch.bfloat16)
