@@ -56,7 +56,7 @@ def test_the_cpp_layers_give_the_eager_steps_and_are_as_close_to_float64(arch, l
     exact = LlamaRunner(copy.deepcopy(model).double())
     model = model.to(torch.bfloat16)
     in_cpp, eager = LlamaRunner(model), LlamaRunner(model)
-    eager._layers_in_cpp = False
+    eager._layers_in_cpp = eager._attend_in_bf16 = False  # the eager ops over the same fp32 caches
     assert in_cpp._layers_in_cpp
     ids = torch.randint(2, 64, (2, 15), generator=torch.Generator().manual_seed(1))
     (cpp_logits, cpp_cache), (eager_logits, eager_cache), (exact_logits, _) = (
