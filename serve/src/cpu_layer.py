@@ -10,7 +10,7 @@ linears through ``cpu_linear``'s kernel on CPUs without bf16 instructions, and t
 bf16 linear (oneDNN's AMX or AVX512-BF16 code, as the eager path there) on CPUs with them. Every
 intermediate is rounded to bf16 where PyTorch's bf16 ops round it (after each linear, norm, activation
 and residual add), so a layer gives the eager path's numbers up to the order of the sums; the caches
-are fp32 where the layers run here, so attention is in fp32 on both kinds of CPU.
+are fp32 where the layers run, and a layer attends in fp32 on both kinds of CPU.
 
 Its C++ (``cpu_layer_source``) is built into the same extension as the kernel (``cpu_linear``);
 ``SPECDISTILL_CPU_KERNELS=0`` turns both off.

@@ -233,6 +233,11 @@ def wanted(weight: torch.Tensor) -> bool:
 
     if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or native_bf16(weight.device):
         return False
+    return _builds()
+
+
+def _builds() -> bool:
+    """An x86 CPU with AVX2 and FMA on which the extension builds."""
     flags = _cpu_flags()
     return "avx2" in flags and "fma" in flags and bool(_load())
 
@@ -245,8 +250,7 @@ def layers_with_aten(weight: torch.Tensor) -> bool:
 
     if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not native_bf16(weight.device):
         return False
-    flags = _cpu_flags()
-    return "avx2" in flags and "fma" in flags and bool(_load())
+    return _builds()
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

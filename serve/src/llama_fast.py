@@ -126,7 +126,7 @@ class LlamaRunner:
         # A few tokens through a bf16 model on an x86 CPU: each layer in one C++ call (cpu_layer).
         self._layers_in_cpp = not compile and cpu_layer.usable(self.layers, self.cache_dtype)
         # Longer steps (a prefill) over those fp32 caches on a CPU with bf16 instructions attend in bf16, as
-        # its bf16 SDPA is faster there (a 2,000-token prompt on a 2-vCPU Xeon with AMX: 2.1 s against 2.8-3.3).
+        # its bf16 SDPA is faster there (a 2,000-token prompt on a 2-vCPU Xeon with AMX: 1.3-2.2 s against 2.6).
         self._attend_in_bf16 = self._layers_in_cpp and native_bf16(self.embed.device)
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
