@@ -30,7 +30,7 @@ from specdistill.models.loading import native_bf16
 def usable(layers, cache_dtype: torch.dtype) -> bool:
     """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, an fp32 cache."""
     tensors = [t for layer in layers for t in (layer.input_norm, layer.post_norm, *_weights(layer))]
-    return cache_dtype == torch.float32 and _kernel_serves(tensors)
+    return cache_dtype == torch.float32 and _layers_serve(tensors)
 
 
 def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: float, heads: int, kv_heads: int):
@@ -76,7 +76,7 @@ def head_weights(head) -> HeadWeights | None:
         layer.input_layernorm.eps, attention.heads, attention.kv_heads, layer.norm_before_residual)
     tensors = [weights.input_norm, weights.hidden_norm, weights.qkv, weights.out, weights.post_norm,
                weights.gate_up, weights.down]
-    return weights if _kernel_serves(tensors) else None
+    return weights if _layers_serve(tensors) else None
 
 
 def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
@@ -89,10 +89,10 @@ def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, s
         slots.contiguous(), mask.contiguous(), w.eps, w.heads, w.kv_heads, w.norm_before_residual, _aten())
 
 
-def _kernel_serves(tensors) -> bool:
-    """All bf16 on a CPU that the layers serve: through ``cpu_linear``'s kernel, or PyTorch's bf16 linear."""
-    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors) and (
-        cpu_linear.wanted(tensors[0]) or cpu_linear.layers_with_aten(tensors[0]))
+def _layers_serve(tensors) -> bool:
+    """All bf16 on a CPU where the extension builds."""
+    return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors) and cpu_linear.builds_for(
+        tensors[0])
 
 
 # On a CPU with bf16 instructions, from this many tokens a step's linears go through PyTorch's bf16 linear

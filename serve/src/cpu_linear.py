@@ -242,15 +242,11 @@ def _builds() -> bool:
     return "avx2" in flags and "fma" in flags and bool(_load())
 
 
-def layers_with_aten(weight: torch.Tensor) -> bool:
-    """Whether ``cpu_layer``'s one-call layers serve this weight through PyTorch's bf16 linear: bf16 on an
-    x86 CPU with native bf16 (where the kernel is not wanted, the layers' other work still is), and the
-    extension builds."""
-    from specdistill.models.loading import native_bf16
-
-    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not native_bf16(weight.device):
-        return False
-    return _builds()
+def builds_for(weight: torch.Tensor) -> bool:
+    """Whether the extension serves this weight at all: bf16 on an x86 CPU with AVX2 and FMA where it
+    builds, with or without bf16 instructions (``cpu_layer``'s one-call layers run on both kinds; the
+    kernel alone is ``wanted`` only where bf16 is emulated)."""
+    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and _builds()
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -119,15 +119,16 @@ class LlamaRunner:
         # takes 2x the fp32 time for 16 rows, so the cache holds fp32 (every bf16 key is one) and
         # attention runs in fp32, its output rounded back to bf16 for the out projection. On a CPU
         # with bf16 instructions the same holds where the layers run in C++ (cpu_layer attends in fp32).
-        self.cache_dtype = self.embed.dtype
-        if self.embed.dtype == torch.bfloat16 and (not native_bf16(self.embed.device) or (
-                not compile and cpu_layer.usable(self.layers, torch.float32))):
-            self.cache_dtype = torch.float32
         # A few tokens through a bf16 model on an x86 CPU: each layer in one C++ call (cpu_layer).
-        self._layers_in_cpp = not compile and cpu_layer.usable(self.layers, self.cache_dtype)
+        in_cpp = not compile and cpu_layer.usable(self.layers, torch.float32)
+        native = native_bf16(self.embed.device)
+        self.cache_dtype = self.embed.dtype
+        if self.embed.dtype == torch.bfloat16 and (not native or in_cpp):
+            self.cache_dtype = torch.float32
+        self._layers_in_cpp = in_cpp and self.cache_dtype == torch.float32
         # Longer steps (a prefill) over those fp32 caches on a CPU with bf16 instructions attend in bf16, as
         # its bf16 SDPA is faster there (a 2,000-token prompt on a 2-vCPU Xeon with AMX: 1.3-2.2 s against 2.6).
-        self._attend_in_bf16 = self._layers_in_cpp and native_bf16(self.embed.device)
+        self._attend_in_bf16 = self._layers_in_cpp and native
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
     @property

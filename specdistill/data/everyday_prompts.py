@@ -5,7 +5,7 @@ ideas, and short pieces of writing about everything else. A head that never saw 
 poorly (the shipped v6 head's greedy acceptance on general chat was 0.22 against 0.72 on Python chat), so
 the broad mix asks them too. A request is one of the kinds below filled with one of the subjects; the
 second turn asks about the model's own first answer. All of it is written for this project (its licence);
-no benchmark's questions are here, and ``tests/unit/test_prompt_sets.py`` checks the held-out sets.
+no benchmark's questions are here, and ``tests/unit/test_task_prompts.py`` checks that no held-out prompt is made.
 """
 
 from __future__ import annotations

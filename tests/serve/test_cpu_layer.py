@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
 from specdistill.models import tiny_llama
 
-WEIGHT = torch.zeros(1, dtype=torch.bfloat16)
-KERNEL = cpu_linear.wanted(WEIGHT) or cpu_linear.layers_with_aten(WEIGHT)
+KERNEL = cpu_linear.builds_for(torch.zeros(1, dtype=torch.bfloat16))
 pytestmark = pytest.mark.skipif(not KERNEL, reason="the C++ layer serves x86 CPUs with AVX2 and a compiler")
 
 SMALL = dict(vocab_size=64, hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=2,

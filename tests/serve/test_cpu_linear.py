@@ -16,7 +16,7 @@ needs_kernel = pytest.mark.skipif(not KERNEL,
                                   reason="the kernel serves x86 CPUs with AVX2 and without bf16 instructions")
 needs_packing = pytest.mark.skipif(not PACKING, reason="this PyTorch build has no oneDNN linear ops")
 # CPUs with bf16 instructions build the kernel too: cpu_layer's one-call layers multiply 1-3 tokens through it.
-BUILT = KERNEL or cpu_linear.layers_with_aten(torch.zeros(1, dtype=torch.bfloat16))
+BUILT = cpu_linear.builds_for(torch.zeros(1, dtype=torch.bfloat16))
 needs_build = pytest.mark.skipif(not BUILT, reason="the kernel builds on x86 CPUs with AVX2 and a compiler")
 
 TOKENS = [1, 2, 5, 6, 7, 13, 24, 25, 64, 70]  # both sides of the kernel's 6-row blocks and of KERNEL_MAX_TOKENS
