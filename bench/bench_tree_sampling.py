@@ -22,7 +22,7 @@ import argparse
 import json
 
 import torch
-from specdistill.serve.tree_sampling import SAMPLED_TREE
+from specdistill.serve.tree_sampling import SAMPLED_TREE, sampled_tree_shape
 
 from specdistill.bench import measure_hf_baseline, measure_row
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--num-draft-tokens", default="4", help="the chain's k (an int), or auto")
     parser.add_argument("--draft-tree", default="auto")
-    parser.add_argument("--sampled-tree", default=SAMPLED_TREE, help="a sampled row's tree DEPTH,TOP_K,NODES")
+    parser.add_argument("--sampled-tree", default=SAMPLED_TREE, help="a sampled row's tree DEPTH,TOP_K,NODES, or auto")
     args = parser.parse_args()
     args.num_draft_tokens = args.num_draft_tokens if args.num_draft_tokens == "auto" else int(args.num_draft_tokens)
     target, tokenizer = load_target(DEFAULT_TARGET, torch.bfloat16)
@@ -90,7 +90,8 @@ def main() -> None:
             result = measure_set(target, draft, tokenizer, sets[name], temperature, args)
             print_set(name, temperature, result)
             results[f"{name}@T{temperature}"] = result
-    print(json.dumps({"draft": args.draft, "max_new_tokens": args.max_new_tokens, "sampled_tree": args.sampled_tree,
+    sampled_tree = str(sampled_tree_shape(args.sampled_tree, next(target.parameters())))
+    print(json.dumps({"draft": args.draft, "max_new_tokens": args.max_new_tokens, "sampled_tree": sampled_tree,
                       "num_draft_tokens": args.num_draft_tokens, "prompts": {n: len(sets[n]) for n in args.sets},
                       "results": results}))
 

@@ -19,7 +19,7 @@ from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import nested, option
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_sampled_tree, check_tree_sampling
 from specdistill.training.model_card import update_model_card
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,12 +49,13 @@ class MeasureConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
-    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
+    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree; auto = "
+                                           "5,3,10 on a GPU or a CPU with bf16 instructions, else 4,2,6")
 
     def __post_init__(self):
         decode_dtype(self.dtype)
         check_tree_sampling(self.draft_tree_sampling)
-        TreeShape.parse(self.sampled_tree)
+        check_sampled_tree(self.sampled_tree)
         TreeShape.parse(self.draft_tree)  # a bad spec fails before any model loads
         RetrievalBranch.parse(self.draft_retrieval)
         if self.num_draft_tokens != "auto" and not str(self.num_draft_tokens).isdigit():

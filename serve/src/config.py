@@ -11,7 +11,7 @@ from specdistill.serve.admin import admin_networks
 from specdistill.serve.generator import SpeculativeGenerator
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_sampled_tree, check_tree_sampling
 
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import load_draft, resolve_draft
@@ -45,7 +45,8 @@ class ServeConfig:
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")
-    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree")
+    sampled_tree: str = option(SAMPLED_TREE, "the size DEPTH,TOP_K,NODES of a sampled request's fixed tree; auto = "
+                                           "5,3,10 on a GPU or a CPU with bf16 instructions, else 4,2,6")
     dtype: str = option("bf16", "fp32 or bf16, for both models")
     max_batch_size: int = option(16, "rows decoded together; more requests wait in the queue")
     max_queue: int = option(64, "waiting requests beyond this get 429")
@@ -70,7 +71,7 @@ class ServeConfig:
         TreeShape.parse(self.draft_tree)
         RetrievalBranch.parse(self.draft_retrieval)
         check_tree_sampling(self.draft_tree_sampling)
-        TreeShape.parse(self.sampled_tree)
+        check_sampled_tree(self.sampled_tree)
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

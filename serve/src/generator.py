@@ -32,7 +32,7 @@ from specdistill.serve.runners import NoDraft, make_runner
 from specdistill.serve.scheduler import Request, SpecEngine, StreamChunk
 from specdistill.serve.stats import SpecStats
 from specdistill.serve.tree import TreeShape
-from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling, sampled_topology
+from specdistill.serve.tree_sampling import SAMPLED_TREE, check_tree_sampling, sampled_topology, sampled_tree_shape
 
 from specdistill.models import check_compatible, vocab_size
 from specdistill.models.eagle3 import Eagle3Head, check_head
@@ -79,9 +79,10 @@ class SpeculativeGenerator:
     ``draft_tree`` (a ``TreeShape`` or ``"DEPTH,TOP_K,NODES"``, head drafts only) drafts a
     tree of guesses and verifies it in one pass (``specdistill.serve.tree``): a higher τ for
     a costlier verification, which pays where verifying more tokens costs little (GPUs).
-    Greedy rows draft EAGLE-2's dynamic tree; sampled rows a fixed tree of the same size whose
-    siblings are drawn without replacement from the head's q and verified by recursive rejection
-    sampling, still exact (``specdistill.serve.tree_sampling``; ``sampled_tree`` is its size,
+    Greedy rows draft EAGLE-2's dynamic tree; sampled rows a fixed tree whose siblings are drawn
+    without replacement from the head's q and verified by recursive rejection sampling, still exact
+    (``specdistill.serve.tree_sampling``; ``sampled_tree`` is its size, "auto" for 5,3,10 where
+    verifying many tokens is cheap, a GPU or bf16 on a CPU with bf16 instructions, else 4,2,6;
     ``draft_tree_sampling="top"`` drafts the likeliest siblings instead, ``"chain"`` keeps sampled
     rows on a chain). With ``num_draft_tokens="auto"`` the
     cost-aware policy decides each step between the tree, a chain of k and no drafting, by
@@ -132,7 +133,8 @@ class SpeculativeGenerator:
             raise ValueError(f"draft_tree_max_batch must be >= 1 (None: no cap), got {draft_tree_max_batch}")
         self.draft_tree_max_batch = draft_tree_max_batch
         self.draft_tree_sampling = check_tree_sampling(draft_tree_sampling)
-        self.sampled_topology = None if self.draft_tree is None else sampled_topology(TreeShape.parse(sampled_tree))
+        self.sampled_tree = sampled_tree_shape(sampled_tree, next(self.target.parameters()))
+        self.sampled_topology = None if self.draft_tree is None else sampled_topology(self.sampled_tree)
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None and self.draft_tree is None:
             raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "

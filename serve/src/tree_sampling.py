@@ -44,14 +44,21 @@ from specdistill.serve.decode import clocked
 from specdistill.serve.sampling import argmax, draw, draw_distinct, warp_rows
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors, root_logits
 
+from specdistill.models.loading import native_bf16
+
 # The chance that a node's i-th drawn child is accepted once the ones before it were rejected,
 # from sampled chat at T = 0.7 with the shipped head (first child ~0.6); later ones are guesses
 # that only shape the topology, never the output.
 SIBLING_ACCEPTANCE = (0.6, 0.3, 0.2, 0.15, 0.1)
 MODES = ("sample", "top")
-# A sampled row's tree is smaller than a greedy one's: on 2 CPU cores at T = 0.7, 4,2,6 drafted 44-47 tok/s
-# against the chain's 43 and 5,3,10's 35 (bench/RESULTS.md, "Trees for sampled requests").
-SAMPLED_TREE = "4,2,6"
+# A sampled row's tree is sized by what verifying its nodes costs (bench/RESULTS.md, "Trees for sampled
+# requests"). Where that is cheap (a GPU, or a CPU with bf16 instructions, whose linears take AMX from 4
+# tokens) the greedy tree's size: on a 2-vCPU Xeon at T = 0.7, 5,3,10 accepted tau 2.73 against 4,2,6's
+# 2.56 and drafted as fast as the chain or faster. Where bf16 is emulated (AVX2 CPUs), or the target runs
+# in fp32 on a CPU, a smaller one: on 2 EPYC cores 4,2,6 drafted 44-47 tok/s against the chain's 43 and
+# 5,3,10's 35.
+SAMPLED_TREE = "auto"
+WIDE_SAMPLED_TREE, NARROW_SAMPLED_TREE = "5,3,10", "4,2,6"
 
 
 def check_tree_sampling(how: str) -> str:
@@ -81,6 +88,22 @@ class Topology:
     def children(self, node: int) -> list[int]:
         """The node's children, in draw order."""
         return [j for j, parent in enumerate(self.parents, start=1) if parent == node]
+
+
+def check_sampled_tree(spec: TreeShape | str) -> TreeShape | str:
+    """``spec`` if it names a sampled row's tree (``DEPTH,TOP_K,NODES``, a ``TreeShape`` or "auto")."""
+    if str(spec).strip() != "auto" and TreeShape.parse(spec) is None:
+        raise ValueError(f"a sampled tree is DEPTH,TOP_K,NODES (e.g. 4,2,6) or auto, got {spec!r}")
+    return spec
+
+
+def sampled_tree_shape(spec: TreeShape | str, weight: torch.Tensor) -> TreeShape:
+    """A sampled row's tree size: ``spec``, or for "auto" the one that suits where ``weight`` (one of the
+    target's parameters) lives: wide on a GPU or in bf16 on a CPU with bf16 instructions, else narrow."""
+    if str(check_sampled_tree(spec)).strip() != "auto":
+        return TreeShape.parse(spec)
+    cheap = weight.device.type != "cpu" or (weight.dtype == torch.bfloat16 and native_bf16(weight.device))
+    return TreeShape.parse(WIDE_SAMPLED_TREE if cheap else NARROW_SAMPLED_TREE)
 
 
 def sampled_topology(shape: TreeShape, acceptance=SIBLING_ACCEPTANCE) -> Topology:

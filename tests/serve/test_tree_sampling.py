@@ -160,3 +160,17 @@ def test_a_sampled_batch_is_sized_by_its_own_tree_not_the_greedy_one():
     sampled = engine.add(prompt, max_new_tokens=2, temperature=0.7, seed=0, eos_token_id=[])
     greedy = engine.add(prompt, max_new_tokens=2, eos_token_id=[])
     assert engine._use_tree([sampled], [[]]) and not engine._use_tree([greedy], [[]])
+
+
+def test_the_sampled_tree_is_sized_by_what_verification_costs_where_the_target_runs(monkeypatch):
+    from specdistill.serve import tree_sampling
+
+    fp32, bf16 = torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)
+    monkeypatch.setattr(tree_sampling, "native_bf16", lambda device: True)
+    assert tree_sampling.sampled_tree_shape("auto", bf16) == TreeShape(5, 3, 10)  # AMX verifies wide trees cheaply
+    assert tree_sampling.sampled_tree_shape("auto", fp32) == TreeShape(4, 2, 6)
+    monkeypatch.setattr(tree_sampling, "native_bf16", lambda device: False)
+    assert tree_sampling.sampled_tree_shape("auto", bf16) == TreeShape(4, 2, 6)  # bf16 emulated: keep it small
+    assert tree_sampling.sampled_tree_shape("3,2,4", bf16) == TreeShape(3, 2, 4)
+    with pytest.raises(ValueError, match="DEPTH,TOP_K,NODES"):
+        tree_sampling.sampled_tree_shape("none", bf16)
