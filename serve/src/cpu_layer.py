@@ -9,8 +9,10 @@ from C++), the out projection, the residuals and the gated MLP run in one call, 
 linears through ``cpu_linear``'s kernel on CPUs without bf16 instructions, and through PyTorch's own
 bf16 linear (oneDNN's AMX or AVX512-BF16 code, as the eager path there) on CPUs with them. Every
 intermediate is rounded to bf16 where PyTorch's bf16 ops round it (after each linear, norm, activation
-and residual add), so a layer gives the eager path's numbers up to the order of the sums; the caches
-are fp32 where the layers run, and a layer attends in fp32 on both kinds of CPU.
+and residual add), so a layer gives the eager path's numbers up to the order of the sums. The caches
+are fp32 on CPUs without bf16 instructions, where PyTorch's bf16 attention is emulated and a layer
+attends in fp32, and bf16 on CPUs with them, where it attends in bf16 (a one-token step after 2,000
+tokens reads half the bytes; the rotated keys are rounded to bf16 as the eager path's cache does).
 
 Its C++ (``cpu_layer_source``) is built into the same extension as the kernel (``cpu_linear``);
 ``SPECDISTILL_CPU_KERNELS=0`` turns both off.
@@ -27,15 +29,21 @@ from specdistill.serve import cpu_linear
 from specdistill.models.loading import native_bf16
 
 
-def usable(layers, cache_dtype: torch.dtype) -> bool:
-    """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, an fp32 cache."""
+def cache_dtype() -> torch.dtype:
+    """The caches' dtype where the layers run: bf16 on a CPU with bf16 instructions, else fp32."""
+    return torch.bfloat16 if native_bf16("cpu") else torch.float32
+
+
+def usable(layers) -> bool:
+    """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, on a CPU where the
+    extension builds (the caches then hold ``cache_dtype()``)."""
     tensors = [t for layer in layers for t in (layer.input_norm, layer.post_norm, *_weights(layer))]
-    return cache_dtype == torch.float32 and _layers_serve(tensors)
+    return _layers_serve(tensors)
 
 
 def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: float, heads: int, kv_heads: int):
-    """``x`` [B, T, H] bf16 through one layer; keys and values written at ``slots`` [B, T] of the fp32
-    caches [B, KV, S, D]; ``mask`` [B, 1, T, span] bool, or None for SDPA's causal rule."""
+    """``x`` [B, T, H] bf16 through one layer; keys and values written at ``slots`` [B, T] of the caches
+    [B, KV, S, D] (fp32 or bf16); ``mask`` [B, 1, T, span] bool, or None for SDPA's causal rule."""
     qkv, out, gate_up, down = _weights(layer)
     return cpu_linear.extension().decode_layer_bf16(
         x.contiguous(), layer.input_norm, qkv, layer.qkv_bias, out, layer.post_norm, gate_up, down, cos.contiguous(),
@@ -81,7 +89,7 @@ def head_weights(head) -> HeadWeights | None:
 
 def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
     """The head's layer over embeddings and features [B, T, H] bf16: keys and values written at
-    ``slots`` [B, T] of the fp32 caches, attending by ``mask`` [B, 1, T, S]; the states [B, T, H]."""
+    ``slots`` [B, T] of the caches (fp32 or bf16), attending by ``mask`` [B, 1, T, S]; the states [B, T, H]."""
     w = weights
     return cpu_linear.extension().eagle_layer_bf16(
         embeds.contiguous(), feature.contiguous(), w.input_norm, w.hidden_norm, w.qkv, w.qkv_bias,

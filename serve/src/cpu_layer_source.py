@@ -48,7 +48,9 @@ static inline void rotate(const float* v, const float* c, const float* s, float*
 }
 
 // Attention over the rows ``normed`` [B * T, K] (bf16 values in fp32): q/k/v, rotary, the new keys and
-// values written at ``slots`` of the fp32 caches, SDPA, and the out projection. Returns [B * T, H].
+// values written at ``slots`` of the caches, SDPA, and the out projection. Returns [B * T, H]. The caches
+// are fp32, or bf16 (CPUs with bf16 instructions: half the bytes read over a long context, and SDPA in
+// bf16 there), where the rotated keys are rounded to bf16 as the eager path's bf16 cache does.
 static torch::Tensor attention_rows(
     const torch::Tensor& normed, int64_t B, int64_t T, const torch::Tensor& qkv_w,
     const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& out_w, const torch::Tensor& cos,
@@ -61,9 +63,15 @@ static torch::Tensor attention_rows(
   auto qkv = project(normed, qkv_w, bias, qkv_bias, aten_from);  // [M, QD + 2 KD]
   const float* qkvp = qkv.data_ptr<float>();
   auto q = torch::empty({B, heads, T, D}, normed.options());
-  float *qp = q.data_ptr<float>(), *kp = keys.data_ptr<float>(), *vp = values.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  const bool half = keys.scalar_type() == at::kBFloat16;
+  float* kp = half ? nullptr : keys.data_ptr<float>();
+  float* vp = half ? nullptr : values.data_ptr<float>();
+  uint16_t* kh = half ? reinterpret_cast<uint16_t*>(keys.data_ptr<at::BFloat16>()) : nullptr;
+  uint16_t* vh = half ? reinterpret_cast<uint16_t*>(values.data_ptr<at::BFloat16>()) : nullptr;
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   const int64_t* slot = slots.data_ptr<int64_t>();
+  std::vector<float> key(D);
   for (int64_t b = 0; b < B; b++) {
     for (int64_t t = 0; t < T; t++) {
       const int64_t m = b * T + t;
@@ -71,15 +79,25 @@ static torch::Tensor attention_rows(
       for (int64_t h = 0; h < heads; h++) rotate(row + h * D, c, s, qp + ((b * heads + h) * T + t) * D, D);
       for (int64_t h = 0; h < kv_heads; h++) {
         const int64_t at = ((b * kv_heads + h) * S + slot[m]) * D;
-        rotate(row + QD + h * D, c, s, kp + at, D);
-        std::memcpy(vp + at, row + QD + KD + h * D, D * sizeof(float));
+        const float* value = row + QD + KD + h * D;
+        if (!half) {
+          rotate(row + QD + h * D, c, s, kp + at, D);
+          std::memcpy(vp + at, value, D * sizeof(float));
+          continue;
+        }
+        rotate(row + QD + h * D, c, s, key.data(), D);
+        for (int64_t d = 0; d < D; d++) {
+          kh[at + d] = bf16_bits(key[d]);
+          vh[at + d] = bf16_bits(value[d]);  // a bf16 value already: exact
+        }
       }
     }
   }
-  auto attended = at::scaled_dot_product_attention(q, keys.narrow(2, 0, span), values.narrow(2, 0, span), mask,
-                                                   0.0, causal, c10::nullopt, heads != kv_heads);
+  auto attended = at::scaled_dot_product_attention(half ? q.to(at::kBFloat16) : q, keys.narrow(2, 0, span),
+                                                   values.narrow(2, 0, span), mask, 0.0, causal, c10::nullopt,
+                                                   heads != kv_heads);
   // [B, heads, T, D] -> rows [M, heads * D], rounded to bf16 as the eager path's cast does.
-  auto rows = attended.transpose(1, 2).reshape({M, QD}).contiguous();
+  auto rows = attended.transpose(1, 2).reshape({M, QD}).to(at::kFloat).contiguous();
   round_all(rows.data_ptr<float>(), M * QD);
   return project(rows, out_w, nullptr, c10::nullopt, aten_from);
 }
@@ -119,7 +137,7 @@ torch::Tensor decode_layer_bf16(
     torch::Tensor cos, torch::Tensor sin, torch::Tensor keys, torch::Tensor values, torch::Tensor slots,
     c10::optional<torch::Tensor> mask, int64_t span, bool causal, double eps, int64_t heads, int64_t kv_heads,
     int64_t aten_from) {
-  // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32;
+  // x [B, T, H] bf16; weights bf16 [N, K]; cos, sin [B, T, D] fp32; keys, values [B, KV, S, D] fp32 or bf16;
   // slots [B, T] int64: the cache slot each token's key and value go to.
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), M = B * T;
   auto f32 = x.options().dtype(at::kFloat);

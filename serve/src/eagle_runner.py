@@ -55,8 +55,9 @@ class EagleRunner:
         attention = head.layers[0].self_attn
         self.kv_heads, self.head_dim = attention.kv_heads, attention.head_dim
         self.hidden = head.layer_config.hidden_size
-        # bf16 on an AVX2 CPU without bf16 instructions: a call of a few tokens runs the layer in C++
-        # (cpu_layer), over fp32 caches (attention in fp32, as the target's runner does there).
+        # bf16 on an x86 CPU: a call of a few tokens runs the layer in C++ (cpu_layer), over fp32 caches
+        # (attention in fp32; the target's runner keeps bf16 caches on CPUs with bf16 instructions, for its
+        # 30 layers' reads over a long context, where the head's one layer reads little).
         self.cpp_weights = cpu_layer.head_weights(self.head)
         self.cache_dtype = torch.float32 if self.cpp_weights else self.head.fc.weight.dtype
 

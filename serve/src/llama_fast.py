@@ -117,18 +117,15 @@ class LlamaRunner:
         self.rotary = model.model.rotary_emb
         # bf16 on a CPU without bf16 instructions: PyTorch's bf16 attention is emulated there and
         # takes 2x the fp32 time for 16 rows, so the cache holds fp32 (every bf16 key is one) and
-        # attention runs in fp32, its output rounded back to bf16 for the out projection. On a CPU
-        # with bf16 instructions the same holds where the layers run in C++ (cpu_layer attends in fp32).
-        # A few tokens through a bf16 model on an x86 CPU: each layer in one C++ call (cpu_layer).
-        in_cpp = not compile and cpu_layer.usable(self.layers, torch.float32)
-        native = native_bf16(self.embed.device)
+        # attention runs in fp32, its output rounded back to bf16 for the out projection. With bf16
+        # instructions the cache stays bf16 (half the bytes a step reads over a long context).
+        # A few tokens through a bf16 model on an x86 CPU: each layer in one C++ call (cpu_layer),
+        # with rotary computed in fp32 and the rotated keys rounded to the cache's dtype, on both paths.
+        self._layers_in_cpp = not compile and cpu_layer.usable(self.layers)
         self.cache_dtype = self.embed.dtype
-        if self.embed.dtype == torch.bfloat16 and (not native or in_cpp):
+        if self.embed.dtype == torch.bfloat16 and not native_bf16(self.embed.device):
             self.cache_dtype = torch.float32
-        self._layers_in_cpp = in_cpp and self.cache_dtype == torch.float32
-        # Longer steps (a prefill) over those fp32 caches on a CPU with bf16 instructions attend in bf16, as
-        # its bf16 SDPA is faster there (a 2,000-token prompt on a 2-vCPU Xeon with AMX: 1.3-2.2 s against 2.6).
-        self._attend_in_bf16 = self._layers_in_cpp and native
+        self.rotary_dtype = torch.float32 if self._layers_in_cpp else self.cache_dtype
         self._forward = torch.compile(self._forward_eager, dynamic=True) if compile else self._forward_eager
 
     @property
@@ -218,7 +215,7 @@ class LlamaRunner:
     def _forward_eager(self, input_ids, positions, keys, values, span: int, keep_index, common_start,
                        hidden_layers=None, captured=None, mask=None):
         x = F.embedding(input_ids, self.embed)
-        cos, sin = self.rotary(x.new_empty(0, dtype=self.cache_dtype), positions)  # in the cache's dtype
+        cos, sin = self.rotary(x.new_empty(0, dtype=self.rotary_dtype), positions)
         masks = self._masks(positions, span, common_start == 0) if mask is None else {None: mask}
         slots = self._slots_in_cpp(positions, common_start, keys)
         for index, (layer, layer_keys, layer_values) in enumerate(zip(self.layers, keys, values)):
@@ -274,7 +271,7 @@ class LlamaRunner:
         q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin).to(self.cache_dtype), apply_rotary(k, cos, sin).to(self.cache_dtype)
         if common_start is not None:
             layer_keys[:, :, common_start: common_start + width] = k
             layer_values[:, :, common_start: common_start + width] = v
@@ -283,8 +280,6 @@ class LlamaRunner:
             layer_keys.scatter_(2, index, k)
             layer_values.scatter_(2, index, v)
         causal, keys, values = mask is CAUSAL, layer_keys[:, :, :span], layer_values[:, :, :span]
-        if self._attend_in_bf16:
-            q, keys, values = q.bfloat16(), keys.bfloat16(), values.bfloat16()
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if causal else mask, is_causal=causal,
                                              enable_gqa=self.heads != self.kv_heads)
         return self._linear(out.transpose(1, 2).reshape(batch, width, -1).to(x.dtype), layer.out)

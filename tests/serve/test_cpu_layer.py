@@ -47,15 +47,18 @@ def _steps(runner, ids):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-@pytest.mark.parametrize("linears", ["as chosen", "kernel only", "PyTorch's only"])
-def test_the_cpp_layers_give_the_eager_steps_and_are_as_close_to_float64(arch, linears, monkeypatch):
+@pytest.mark.parametrize("linears, caches", [("as chosen", None), ("kernel only", None), ("PyTorch's only", None),
+                                             ("as chosen", torch.float32), ("as chosen", torch.bfloat16)])
+def test_the_cpp_layers_give_the_eager_steps_and_are_as_close_to_float64(arch, linears, caches, monkeypatch):
     if linears != "as chosen":  # each way the layers multiply, on any CPU that builds them
         monkeypatch.setattr(cpu_layer, "_aten", lambda: cpu_layer.NEVER if linears == "kernel only" else 1)
     model = _model(arch)
     exact = LlamaRunner(copy.deepcopy(model).double())
     model = model.to(torch.bfloat16)
     in_cpp, eager = LlamaRunner(model), LlamaRunner(model)
-    eager._layers_in_cpp = eager._attend_in_bf16 = False  # the eager ops over the same fp32 caches
+    eager._layers_in_cpp = False  # the eager ops over caches of the same dtype
+    for runner in (in_cpp, eager):  # each dtype of cache on any CPU (None: this CPU's own)
+        runner.cache_dtype = caches or runner.cache_dtype
     assert in_cpp._layers_in_cpp
     ids = torch.randint(2, 64, (2, 15), generator=torch.Generator().manual_seed(1))
     (cpp_logits, cpp_cache), (eager_logits, eager_cache), (exact_logits, _) = (
