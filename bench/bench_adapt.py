@@ -4,13 +4,15 @@
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
 
 1. before   the shipped head, measured as served (k auto, tree, retrieval) on held-out requests of the
-            domain (``--heldout``'s category: hand-written, never trained on) and on the held-out chat prompts
+            domain, two sets: ``--heldout``'s category (hand-written, other text than the capture's) and
+            ``--heldout-generated`` more requests made like the captured ones but never sent (the same
+            traffic the server sees next); and on the held-out chat prompts
 2. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
-3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V2`` for the
-            minutes given (a feature cache first; the head's vocabulary grows by the answers' tokens it lacks;
-            20% of the records replay the shipped head's own training data, so it keeps chat)
+3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4`` for the
+            minutes given (a feature cache first; the head's vocabulary grows by 1,024 of the answers' tokens it
+            lacks; 20% of the records replay the shipped head's own training data, so it keeps chat)
 4. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
 5. after    the adapted head, measured as in 1
 
@@ -56,7 +58,9 @@ def parse_args():
     parser.add_argument("--heldout", default=str(ROOT / "bench/prompts/broad-heldout.jsonl"))
     parser.add_argument("--capture-requests", type=int, default=1000)
     parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
-    parser.add_argument("--replay", default=str(ROOT / "bench/data/default-draft-train-v2.jsonl.gz"),
+    parser.add_argument("--heldout-generated", type=int, default=20,
+                        help="requests made like the captured ones, never sent before the swap, measured too")
+    parser.add_argument("--replay", default=str(ROOT / "bench/data/default-draft-train-v4.jsonl.gz"),
                         help="records mixed into the capture (empty: none): the shipped head's training data")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
@@ -66,12 +70,19 @@ def parse_args():
     return parser.parse_args()
 
 
-def domain_prompts(domain: str, count: int, seed: int) -> list[str]:
-    """First turns of the domain's task prompts, from the standard library's documentation."""
+def domain_prompts(domain: str, count: int, heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """``count`` and ``heldout`` distinct first turns of the domain's task prompts from the standard library's
+    documentation; the held-out ones from a tenth of its modules, which the others never use, so that they
+    share no document with the captured requests."""
     rng = random.Random(seed)
     docs = module_docs(stdlib_files())
-    rows = task_prompts(domain, docs, count, rng)
-    return [row["prompt"] if "prompt" in row else row["turns"][0] for row in rows][:count]
+    rng.shuffle(docs)
+    cut = max(1, len(docs) // 10)
+
+    def first_turns(share, n: int) -> list[str]:
+        rows = task_prompts(domain, share, 2 * n, rng)
+        return list(dict.fromkeys(r["prompt"] if "prompt" in r else r["turns"][0] for r in rows))[:n]
+    return first_turns(docs[cut:], count), first_turns(docs[:cut], heldout)
 
 
 def measure(target, tokenizer, head, sets: dict[str, list[Conversation]], max_tokens: int) -> dict:
@@ -83,7 +94,7 @@ def measure(target, tokenizer, head, sets: dict[str, list[Conversation]], max_to
         chain = measure_row(target, head, tokenizer, conversations, 4, max_tokens)
         out[name] = {"tau": served["tau"], "tokens_per_s": served["tokens_per_s"], "chain4_tau": chain["tau"],
                      "chain4_tokens_per_s": chain["tokens_per_s"]}
-        print(f"  {name:12} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} tok/s; "
+        print(f"  {name:22} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} tok/s; "
               f"chain of 4: tau {chain['tau']:.2f}", flush=True)
     return out
 
@@ -135,7 +146,7 @@ def adapt(capture: Path, out: Path, minutes: float, replay: str, seed: int) -> t
     cache and takes one step; the run then resumes with what is left of the budget."""
     config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=replay, replay_share=0.2,
                          output_dir=str(out / "head"), feature_cache=str(out / "features"), seq_len=1024,
-                         batch_size=4, steps=1, lr=3e-4, warmup_steps=5, ttt_steps=4, head_vocab_size=9216,
+                         batch_size=4, steps=1, lr=3e-4, warmup_steps=5, ttt_steps=4, head_vocab_size=13312,
                          save_every=25, log_every=10, report_to="none", seed=seed)
     start = time.perf_counter()
     train(config)
@@ -152,20 +163,24 @@ def main():
     heldout = by_category(read_conversations(args.heldout))
     if args.domain not in heldout:
         raise SystemExit(f"{args.heldout} has no {args.domain!r} records; its categories: {sorted(heldout)}")
-    sets = {args.domain: heldout[args.domain], "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS]}
-    sets = {name: conversations[: args.num_heldout or None] for name, conversations in sets.items()}
+    # The capture's requests and the wave around the swap, and the generated held-out ones from other modules.
+    captured_prompts, generated = domain_prompts(args.domain, args.capture_requests + 64, args.heldout_generated,
+                                                 args.seed)
+    captured_prompts, wave = captured_prompts[:-64], captured_prompts[-64:]
+    sets = {args.domain: heldout[args.domain][: args.num_heldout or None],
+            f"{args.domain}-generated": [Conversation.of(p) for p in generated],
+            "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
     target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
     shipped, _ = load_draft("default", target, torch.bfloat16)
     print("before: the shipped head", flush=True)
     before = measure(target, tokenizer, shipped, sets, args.max_tokens)
 
     capture = out / "capture"
-    prompts = domain_prompts(args.domain, args.capture_requests + 64, args.seed)
     config = ServeConfig(capture=str(capture), max_batch_size=args.clients, max_queue=4 * args.capture_requests)
     with serving(config) as (url, engine):
         start = time.perf_counter()
-        captured, lost, _ = asyncio.run(send_all(url, config.served_name(), prompts[: args.capture_requests],
-                                                 args.max_tokens, args.clients))
+        captured, lost, _ = asyncio.run(send_all(url, config.served_name(), captured_prompts, args.max_tokens,
+                                                 args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
         adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed)
@@ -175,7 +190,7 @@ def main():
             response = await asyncio.to_thread(httpx.post, url + "/admin/draft", json={"draft": str(adapted)},
                                                timeout=600)
             return response.status_code, response.json()
-        done, dropped, (status, swapped) = asyncio.run(send_all(url, config.served_name(), prompts[-64:],
+        done, dropped, (status, swapped) = asyncio.run(send_all(url, config.served_name(), wave,
                                                                 args.max_tokens, args.clients, during=swap))
         print(f"swap: HTTP {status} {swapped}; {done} requests finished around it, {dropped} dropped", flush=True)
         metrics = httpx.get(url + "/metrics").text
@@ -191,11 +206,11 @@ def main():
               "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},
               "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(f"\n{'set':12} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6} "
+    print(f"\n{'set':22} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6} "
           f"{'chain-4 tau before':>19} {'after':>6}")
     for name in sets:
         b, a = before[name], after[name]
-        print(f"{name:12} {b['tau']:10.2f} {a['tau']:6.2f} {b['tokens_per_s']:13.1f} {a['tokens_per_s']:6.1f} "
+        print(f"{name:22} {b['tau']:10.2f} {a['tau']:6.2f} {b['tokens_per_s']:13.1f} {a['tokens_per_s']:6.1f} "
               f"{report['speedup'][name]:6.2f} {b['chain4_tau']:19.2f} {a['chain4_tau']:6.2f}")
     print(json.dumps(report))
 
