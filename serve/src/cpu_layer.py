@@ -29,14 +29,9 @@ from specdistill.serve import cpu_linear
 from specdistill.models.loading import native_bf16
 
 
-def cache_dtype() -> torch.dtype:
-    """The caches' dtype where the layers run: bf16 on a CPU with bf16 instructions, else fp32."""
-    return torch.bfloat16 if native_bf16("cpu") else torch.float32
-
-
 def usable(layers) -> bool:
     """Whether ``decode_layer`` can run these layers (``llama_fast._Layer``): all bf16, on a CPU where the
-    extension builds (the caches then hold ``cache_dtype()``)."""
+    extension builds (over fp32 or bf16 caches: ``LlamaRunner`` picks)."""
     tensors = [t for layer in layers for t in (layer.input_norm, layer.post_norm, *_weights(layer))]
     return _layers_serve(tensors)
 

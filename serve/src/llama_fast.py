@@ -279,8 +279,9 @@ class LlamaRunner:
             index = positions[:, None, :, None].expand(batch, self.kv_heads, width, self.head_dim)
             layer_keys.scatter_(2, index, k)
             layer_values.scatter_(2, index, v)
-        causal, keys, values = mask is CAUSAL, layer_keys[:, :, :span], layer_values[:, :, :span]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if causal else mask, is_causal=causal,
+        causal = mask is CAUSAL
+        out = F.scaled_dot_product_attention(q, layer_keys[:, :, :span], layer_values[:, :, :span],
+                                             attn_mask=None if causal else mask, is_causal=causal,
                                              enable_gqa=self.heads != self.kv_heads)
         return self._linear(out.transpose(1, 2).reshape(batch, width, -1).to(x.dtype), layer.out)
 
