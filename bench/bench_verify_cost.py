@@ -6,6 +6,7 @@ where verifying its nodes costs little more than one step (GPUs), not where the 
 with the tokens (CPUs).
 
     python bench/bench_verify_cost.py [--context 120] [--repeats 15] [--dtype bf16|fp32]
+    python bench/bench_verify_cost.py --compare-packing   # packed bf16 weights against plain ones, interleaved
 
 The JSON line names the CPU's bf16 and AMX support: without them, bf16 matmuls over many tokens
 are emulated and a wide verification costs several steps.
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
+from specdistill.serve import cpu_layer
 from specdistill.serve.llama_fast import LlamaRunner
 
 from specdistill.models import load_target
+from specdistill.models.loading import native_bf16
 
 WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 17, 33)
 
@@ -49,11 +53,36 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
 
 
+def set_packing(on: bool) -> None:
+    """The C++ layers' bf16 weights packed for oneDNN (CPUs with bf16 instructions) or plain."""
+    os.environ["SPECDISTILL_PACKED_LINEARS"] = "1" if on else "0"
+    cpu_layer._packs_bf16.cache_clear()
+
+
+def compare_packing(runner, state, context: int, repeats: int) -> dict:
+    """Each width with packed and with plain weights, in turns (the host's speed drifts within minutes)."""
+    times = {on: {width: [] for width in WIDTHS} for on in (True, False)}
+    for _ in range(repeats):
+        for width in WIDTHS:
+            for on in (True, False):
+                set_packing(on)
+                times[on][width].append(median_ms(runner, state, context, width, 3))
+    median = {on: {w: sorted(t)[len(t) // 2] for w, t in by_width.items()} for on, by_width in times.items()}
+    for width in WIDTHS:
+        print(f"{width:>3} tokens: packed {median[True][width]:6.1f} ms, plain {median[False][width]:6.1f} ms "
+              f"({median[True][width] / median[False][width]:.2f}x)", flush=True)
+    return {"packed_ms_by_tokens": {w: round(ms, 1) for w, ms in median[True].items()},
+            "plain_ms_by_tokens": {w: round(ms, 1) for w, ms in median[False].items()},
+            "packed_over_plain": {w: round(median[True][w] / median[False][w], 3) for w in WIDTHS}}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=120, help="prompt tokens before the verified ones")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--compare-packing", action="store_true",
+                        help="bf16 on a CPU with bf16 instructions: packed against plain weights, in turns")
     args = parser.parse_args()
     torch.manual_seed(0)
     target, _ = load_target()
@@ -62,6 +91,12 @@ def main():
     state = runner.start(1, args.context + max(WIDTHS))
     with torch.no_grad():
         runner.forward(state, torch.randint(0, runner.embed.shape[0], (1, args.context)), None)
+    if args.compare_packing:
+        if args.dtype != "bf16" or not native_bf16("cpu"):
+            raise SystemExit("--compare-packing compares bf16 weights on a CPU with bf16 instructions")
+        print(json.dumps({"context": args.context, "cpu_flags": cpu_flags(),
+                          **compare_packing(runner, state, args.context, args.repeats)}))
+        return
     costs = {}
     for width in WIDTHS:
         costs[width] = round(median_ms(runner, state, args.context, width, args.repeats), 1)

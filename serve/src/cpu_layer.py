@@ -6,8 +6,9 @@ built from six ops each, rotary from eight, views, casts, slices): on 2 AVX2 cor
 ~14 of a one-token step's ~31 ms, beside ~16 ms of weights streamed through the linears. Here
 the norm, the q/k/v projection, rotary, the cache write, attention (PyTorch's own SDPA, called
 from C++), the out projection, the residuals and the gated MLP run in one call, with the
-linears through ``cpu_linear``'s kernel on CPUs without bf16 instructions, and through PyTorch's own
-bf16 linear (oneDNN's AMX or AVX512-BF16 code, as the eager path there) on CPUs with them. Every
+linears through ``cpu_linear``'s kernel on CPUs without bf16 instructions, and through oneDNN's bf16
+linear (AMX or AVX512-BF16 code, the op the eager path runs there) over weights packed once for it
+(``packed_linear.pack_bf16``, as vLLM's CPU build does) on CPUs with them. Every
 intermediate is rounded to bf16 where PyTorch's bf16 ops round it (after each linear, norm, activation
 and residual add), so a layer gives the eager path's numbers up to the order of the sums. The caches
 are fp32 on CPUs without bf16 instructions, where PyTorch's bf16 attention is emulated and a layer
@@ -24,7 +25,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
-from specdistill.serve import cpu_linear
+from specdistill.serve import cpu_linear, packed_linear
 
 from specdistill.models.loading import native_bf16
 
@@ -39,7 +40,7 @@ def usable(layers) -> bool:
 def decode_layer(x, layer, cos, sin, keys, values, slots, mask, span: int, eps: float, heads: int, kv_heads: int):
     """``x`` [B, T, H] bf16 through one layer; keys and values written at ``slots`` [B, T] of the caches
     [B, KV, S, D] (fp32 or bf16); ``mask`` [B, 1, T, span] bool, or None for SDPA's causal rule."""
-    qkv, out, gate_up, down = _weights(layer)
+    qkv, out, gate_up, down = _served(_weights(layer))
     return cpu_linear.extension().decode_layer_bf16(
         x.contiguous(), layer.input_norm, qkv, layer.qkv_bias, out, layer.post_norm, gate_up, down, cos.contiguous(),
         sin.contiguous(), keys, values, slots.contiguous(), mask, span, mask is None, eps, heads, kv_heads,
@@ -79,7 +80,11 @@ def head_weights(head) -> HeadWeights | None:
         layer.input_layernorm.eps, attention.heads, attention.kv_heads, layer.norm_before_residual)
     tensors = [weights.input_norm, weights.hidden_norm, weights.qkv, weights.out, weights.post_norm,
                weights.gate_up, weights.down]
-    return weights if _layers_serve(tensors) else None
+    if not _layers_serve(tensors):
+        return None
+    weights.qkv, weights.out, weights.gate_up, weights.down = _served(
+        (weights.qkv, weights.out, weights.gate_up, weights.down))
+    return weights
 
 
 def eagle_layer(embeds, feature, weights: HeadWeights, cos, sin, keys, values, slots, mask) -> torch.Tensor:
@@ -98,9 +103,12 @@ def _layers_serve(tensors) -> bool:
         tensors[0])
 
 
-# On a CPU with bf16 instructions, from this many tokens a step's linears go through PyTorch's bf16 linear
-# (oneDNN), below it through our kernel: on a 2-vCPU Xeon with AMX a one-token step of the default target
-# took 38.7 ms with oneDNN's linears and 31.6 with the kernel's, 11 tokens 50.8 and 59.5 (eager ops: 54-59).
+# On a CPU with bf16 instructions whose weights could not be packed (``SPECDISTILL_PACKED_LINEARS=0``), from
+# this many tokens a step's linears go through PyTorch's bf16 linear (oneDNN over the plain weights), below it
+# through our kernel: on a 2-vCPU Xeon with AMX a one-token step of the default target took 38.7 ms with
+# oneDNN's linears and 31.6 with the kernel's, 11 tokens 50.8 and 59.5 (eager ops: 54-59). Packed weights
+# serve every token count there: as fast as the kernel for 1 to 3 tokens and ~10% faster than the plain
+# weights from 4 (``python bench/bench_verify_cost.py --compare-packing``).
 ATEN_FROM_TOKENS = 4
 NEVER = 2**62
 
@@ -114,3 +122,14 @@ def _aten() -> int:
 def _weights(layer) -> tuple[torch.Tensor, ...]:
     """The four projections' bf16 weights, whether ``prepare`` packed them or not."""
     return tuple(getattr(w, "weight", w) for w in (layer.qkv, layer.out, layer.gate_up, layer.down))
+
+
+def _served(weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The weights as the C++ layer multiplies them: packed for oneDNN's bf16 linear on a CPU with bf16
+    instructions (the C++ ``project`` takes any packed weight that way), else as they are."""
+    return tuple(packed_linear.pack_bf16(w) for w in weights) if _packs_bf16() else weights
+
+
+@functools.cache
+def _packs_bf16() -> bool:
+    return native_bf16("cpu") and packed_linear.available(torch.empty(0, dtype=torch.bfloat16))

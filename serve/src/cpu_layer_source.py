@@ -25,12 +25,25 @@ static void rms_norm_rows(const float* x, const uint16_t* w, float* out, int64_t
   }
 }
 
-// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32: through the kernel
-// above, or from ``aten_from`` rows on (CPUs with bf16 instructions: oneDNN's AMX or AVX512-BF16 code
-// wins past a few rows there, while its fixed cost per call loses to the kernel for one to three) through
-// PyTorch's own bf16 linear, the op the eager path runs.
+// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32: through oneDNN's bf16
+// linear where w was packed for it (CPUs with bf16 instructions: ``packed_linear.pack_bf16``); else through
+// the kernel above, or from ``aten_from`` rows on (CPUs with bf16 instructions: oneDNN's AMX or AVX512-BF16
+// code wins past a few rows there, while its fixed cost per call loses to the kernel for one to three)
+// through PyTorch's own bf16 linear, the op the eager path runs.
+// mkldnn::_linear_pointwise (the op PyTorch's compiler emits for packed weights), called through the dispatcher.
+static torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                                   const c10::optional<torch::Tensor>& bias_bf16) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{x.to(at::kBFloat16), packed, bias_bf16.has_value() ? c10::IValue(*bias_bf16)
+                                 : c10::IValue(), c10::IValue(std::string("none")),
+                                 c10::IValue(c10::List<c10::optional<at::Scalar>>()), c10::IValue()};
+  op.callBoxed(&stack);
+  return stack[0].toTensor().to(at::kFloat);
+}
+
 static torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const float* bias,
                              const c10::optional<torch::Tensor>& bias_bf16, int64_t aten_from) {
+  if (w.is_mkldnn()) return packed_linear(x, w, bias_bf16);
   if (x.size(0) >= aten_from) return at::linear(x.to(at::kBFloat16), w, bias_bf16).to(at::kFloat);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());

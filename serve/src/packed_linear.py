@@ -61,6 +61,21 @@ def pack(weight: torch.Tensor) -> PackedWeight:
 _CACHE = "_specdistill_packed"
 
 
+def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """A bf16 weight packed once for oneDNN's bf16 linear (AMX or AVX512-BF16 code), for ``cpu_layer``'s
+    C++ layers on CPUs with bf16 instructions; made once per weight and version, as ``pack``."""
+    version = None if weight.is_inference() else weight._version
+    cached = getattr(weight, _CACHE_BF16, None)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _ROWS_HINT)
+    setattr(weight, _CACHE_BF16, (version, packed))
+    return packed
+
+
+_CACHE_BF16 = "_specdistill_packed_bf16"
+
+
 def packed_linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight.weight, bias)`` in fp32 through the packed weight; a bf16 ``x`` is
     widened and the result rounded back to bf16. Under autograd, with anything that needs a
