@@ -80,7 +80,9 @@ An EAGLE-3-style draft head in the `speculators` format. It reads the target's h
 `{config["head_layers"] or "[2, 15, 27]"}` (the inputs of those layers) and the embedding of the last token,
 runs one decoder layer, and predicts over the {config["head_vocab_size"]} most frequent tokens of its
 training answers. The target's embeddings are shared, not stored: only the head's own weights
-are here (bf16, `checksum.json` has their sha256).
+are here (bf16, `checksum.json` has their sha256). `datastore.npz` beside them is not the head's: it
+holds the target's answers the head trained on, as token ids, for the retrieval branch's store
+(`--draft-retrieval auto`; `python bench/build_datastore.py` makes it).
 
 ## How it was made
 

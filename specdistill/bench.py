@@ -45,7 +45,10 @@ class MeasureConfig:
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
                                      "of k: auto = 5,3,10 for a head, none = a chain")
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
-                                          "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
+                                          "METHOD[:TOKENS][+STORE] (ngram, prompt-lookup; STORE: served = also "
+                                          "the outputs served so far where the text has no match, corpus = "
+                                          "those and the default target's shipped answers), auto = "
+                                          "ngram:8+corpus with a tree, none")
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")

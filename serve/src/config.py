@@ -41,7 +41,10 @@ class ServeConfig:
                                           "a chain or nothing by measured tokens/s; N = batches of more rows "
                                           "always draft a chain")
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
-                                          "METHOD[:TOKENS] (ngram, prompt-lookup), auto = ngram:8 with a tree, none")
+                                          "METHOD[:TOKENS][+STORE] (ngram, prompt-lookup; STORE: served = also "
+                                          "the outputs served so far where the text has no match, corpus = "
+                                          "those and the default target's shipped answers), auto = "
+                                          "ngram:8+corpus with a tree, none")
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "
                                                 "siblings), chain (no tree); exact either way")

@@ -92,7 +92,10 @@ class SpeculativeGenerator:
     step's rows on top of that (None: no cap). ``draft_retrieval`` (``"ngram"``, ``"prompt-lookup:12"``
     or a ``RetrievalBranch``; trees only) joins the continuation of each row's last n-gram earlier
     in its text to the head's tree as one more branch, verified in the same pass: copy-heavy
-    requests (summaries, extraction, questions over a document) gain prompt lookup's tokens."""
+    requests (summaries, extraction, questions over a document) gain prompt lookup's tokens. With a
+    store (``"ngram:8+served"``, ``"ngram:8+corpus"``; ``"auto"`` is the latter) a row whose text has
+    no match takes the continuation from the outputs this generator served so far, and from the
+    default target's shipped answers (``serve/src/datastore.py``)."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
@@ -136,6 +139,8 @@ class SpeculativeGenerator:
         self.sampled_tree = sampled_tree_shape(sampled_tree, next(self.target.parameters()))
         self.sampled_topology = None if self.draft_tree is None else sampled_topology(self.sampled_tree)
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
+        if self.draft_retrieval is not None:
+            self.draft_retrieval = self.draft_retrieval.for_target(vocab_size(target))
         if self.draft_retrieval is not None and self.draft_tree is None:
             raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "
                              "'auto'), or draft with the model-free drafter alone (draft='ngram')")

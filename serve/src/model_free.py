@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from specdistill.serve.datastore import TokenDatastore, shipped_corpus
 from specdistill.serve.runners import NoDraft
 
 
@@ -93,45 +94,78 @@ MODEL_FREE_METHODS = {
 }
 
 
+# What a retrieval branch falls back on where the row's own text holds no match (``datastore``): none, the
+# outputs served so far, or those and the default target's shipped corpus.
+STORES = ("", "served", "corpus")
+
+
 @dataclass(frozen=True)
 class RetrievalBranch:
     """A branch for a head's draft tree: the tokens that followed the row's last n-gram earlier in its
     prompt (``prompt-lookup``) or in its prompt and answer so far (``ngram``), up to ``max_tokens``.
     Copy-heavy answers (summaries, extraction, questions over a document, code edits) continue text
-    the head may never have learned; the target decides in the same verification, so it is lossless."""
+    the head may never have learned; the target decides in the same verification, so it is lossless.
+
+    Where the row's text holds no match, a ``store`` (``+served``, ``+corpus``) gives what followed its last
+    n-gram in the outputs this engine served so far, and (``corpus``) in the default target's own answers
+    that ship with its head: phrasing a target repeats across answers ("Here's a step-by-step ...")."""
 
     method: str = "ngram"
     max_tokens: int = 8
+    store: str = ""
+    datastore: TokenDatastore | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.method not in MODEL_FREE_METHODS:
             raise ValueError(f"unknown retrieval method {self.method!r}; choose one of {', '.join(MODEL_FREE_METHODS)}")
         if self.max_tokens < 1:
             raise ValueError(f"a retrieval branch needs max_tokens >= 1, got {self.max_tokens}")
+        if self.store not in STORES:
+            raise ValueError(f"unknown retrieval store {self.store!r}; choose served or corpus")
 
     def __str__(self) -> str:
-        return f"{self.method}:{self.max_tokens}"  # what ``parse`` reads
+        return f"{self.method}:{self.max_tokens}" + (f"+{self.store}" if self.store else "")  # what ``parse`` reads
 
     @classmethod
     def parse(cls, spec: str | RetrievalBranch | None, tree: bool = True) -> RetrievalBranch | None:
-        """``METHOD[:TOKENS]`` (``ngram``, ``prompt-lookup:12``); "", "none" or None for no branch;
-        "auto" for this default branch when a head drafts a tree (``tree``), else none."""
+        """``METHOD[:TOKENS][+STORE]`` (``ngram``, ``prompt-lookup:12``, ``ngram:8+served``); "", "none" or
+        None for no branch; "auto" for ``ngram:8+corpus`` when a head drafts a tree (``tree``), else none."""
         if spec is None or isinstance(spec, RetrievalBranch):
             return spec
         text = str(spec).strip()
         if text in ("", "none") or (text == "auto" and not tree):
             return None
         if text == "auto":
-            return cls()
-        match = re.fullmatch(r"([a-z-]+)(?::(\d+))?", text)
+            return cls(store="corpus")
+        match = re.fullmatch(r"([a-z-]+)(?::(\d+))?(?:\+([a-z]+))?", text)
         if not match:
-            raise ValueError(f"a retrieval branch is METHOD[:TOKENS] (e.g. ngram, prompt-lookup:12), auto or none; "
-                             f"got {spec!r}")
-        return cls(match[1], int(match[2])) if match[2] else cls(match[1])
+            raise ValueError(f"a retrieval branch is METHOD[:TOKENS][+STORE] (e.g. ngram, prompt-lookup:12, "
+                             f"ngram:8+served), auto or none; got {spec!r}")
+        return cls(match[1], int(match[2]) if match[2] else 8, match[3] or "")
+
+    def for_target(self, vocab_size: int) -> RetrievalBranch:
+        """This branch with its own datastore (each generator learns its own traffic). The shipped corpus is
+        the default target's tokens: a target with another vocabulary gets the served outputs only."""
+        if not self.store:
+            return self
+        corpus = None
+        if self.store == "corpus":
+            tokens, corpus_vocab = shipped_corpus()
+            corpus = tokens if corpus_vocab == vocab_size else None
+        return replace(self, datastore=TokenDatastore(corpus))
 
     def branches(self, rows, limits: list[int]) -> list[list[int]]:
         """Per row, up to ``min(max_tokens, limits[b])`` candidate tokens (often none)."""
         sizes, prompt_only, most_recent = MODEL_FREE_METHODS[self.method]
-        return [continuation(row.tokens, len(row.prompt) if prompt_only else len(row.tokens), sizes,
-                             min(self.max_tokens, limit), most_recent) if limit > 0 else []
-                for row, limit in zip(rows, limits)]
+        found = []
+        for row, limit in zip(rows, limits):
+            k = min(self.max_tokens, limit)
+            own = continuation(row.tokens, len(row.prompt) if prompt_only else len(row.tokens), sizes, k,
+                               most_recent) if k > 0 else []
+            found.append(own or (self.datastore.continuation(row.tokens, k) if self.datastore and k > 0 else []))
+        return found
+
+    def learn(self, output: list[int]) -> None:
+        """A finished request's output joins the served outputs (where this branch keeps a store)."""
+        if self.datastore is not None:
+            self.datastore.add(output)

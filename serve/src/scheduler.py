@@ -410,10 +410,13 @@ class SpecEngine:
     def _leave(self, leaving: list[Request], reason: str | None, out) -> None:
         if not leaving:
             return
+        retrieval = self.gen.draft_retrieval
         for request in leaving:
             if reason:
                 request.finish_reason = reason
                 out.append((request, StreamChunk([], "", reason, request.stats)))
+            elif retrieval is not None and request.error is None:  # finished: later rows may retrieve from it
+                retrieval.learn(request.tokens[len(request.prompt):])
         # The last rows fill the leavers' slots, so the runners move as few rows as they can.
         still = kv_rows.fewest_moves([i for i, r in enumerate(self.running) if r not in leaving])
         if still:
