@@ -3,21 +3,22 @@
     python bench/bench_adapt.py                     # ~1,000 captured requests, 15 minutes of adapting
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
 
-1. before   the shipped head, measured as served (k auto, tree, retrieval) on held-out requests of the
-            domain, two sets: ``--heldout``'s category (hand-written, other text than the capture's) and
-            ``--heldout-generated`` more requests made like the captured ones but never sent (the same
-            traffic the server sees next); and on the held-out chat prompts
-2. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
+1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
-3. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4`` for the
+2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4`` for the
             minutes given (a feature cache first; the head's vocabulary grows by 1,024 of the answers' tokens it
             lacks; 20% of the records replay the shipped head's own training data, so it keeps chat)
-4. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
-5. after    the adapted head, measured as in 1
+3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
+4. measure  the shipped head (before) and the adapted one (after) in turns, ``--rounds`` times each on
+            every set, so that both see the same minutes of a host whose speed drifts: held-out requests of
+            the domain, two sets (``--heldout``'s category: hand-written, other text than the capture's; and
+            ``--heldout-generated`` requests made like the captured ones but never sent, the traffic the
+            server sees next), and the held-out chat prompts
 
 Each measurement has two rows: as served (k auto, tree, retrieval: tokens/s, and τ of what the policy chose)
-and a fixed chain of 4 (τ there depends on the head alone, not on the policy's timing).
+and a fixed chain of 4 (τ there depends on the head alone, not on the policy's timing); each figure is the
+mean over the rounds.
 
 Prints a table, then ONE JSON line.
 """
@@ -66,6 +67,7 @@ def parse_args():
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default="runs/adapt")
     parser.add_argument("--num-heldout", type=int, default=0, help="measure the first N of each set (0 = all)")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each head on each set, in turns")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -85,18 +87,23 @@ def domain_prompts(domain: str, count: int, heldout: int, seed: int) -> tuple[li
     return first_turns(docs[cut:], count), first_turns(docs[:cut], heldout)
 
 
-def measure(target, tokenizer, head, sets: dict[str, list[Conversation]], max_tokens: int) -> dict:
-    """On each set: as served (k auto, tree, retrieval) and as a chain of 4 (τ of the head alone)."""
-    out = {}
+def measure(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]], max_tokens: int,
+            rounds: int) -> dict:
+    """Each head on each set, the heads in turns, ``rounds`` times: as served (k auto, tree, retrieval) and
+    as a chain of 4 (τ of the head alone); per head and set, the means over the rounds."""
+    runs = {label: {name: [] for name in sets} for label in heads}
     for name, conversations in sets.items():
-        served = measure_row(target, head, tokenizer, conversations, "auto", max_tokens, draft_confidence=0.4,
-                             draft_tree="auto", draft_retrieval="auto")
-        chain = measure_row(target, head, tokenizer, conversations, 4, max_tokens)
-        out[name] = {"tau": served["tau"], "tokens_per_s": served["tokens_per_s"], "chain4_tau": chain["tau"],
-                     "chain4_tokens_per_s": chain["tokens_per_s"]}
-        print(f"  {name:22} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} tok/s; "
-              f"chain of 4: tau {chain['tau']:.2f}", flush=True)
-    return out
+        for _ in range(rounds):
+            for label, head in heads.items():
+                served = measure_row(target, head, tokenizer, conversations, "auto", max_tokens,
+                                     draft_confidence=0.4, draft_tree="auto", draft_retrieval="auto")
+                chain = measure_row(target, head, tokenizer, conversations, 4, max_tokens)
+                runs[label][name].append({"tau": served["tau"], "tokens_per_s": served["tokens_per_s"],
+                                          "chain4_tau": chain["tau"], "chain4_tokens_per_s": chain["tokens_per_s"]})
+                print(f"  {label:6} {name:22} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} "
+                      f"tok/s; chain of 4: tau {chain['tau']:.2f}", flush=True)
+    return {label: {name: {key: round(sum(r[key] for r in rows) / len(rows), 3) for key in rows[0]}
+                    for name, rows in by_set.items()} for label, by_set in runs.items()}
 
 
 @contextlib.contextmanager
@@ -170,11 +177,6 @@ def main():
     sets = {args.domain: heldout[args.domain][: args.num_heldout or None],
             f"{args.domain}-generated": [Conversation.of(p) for p in generated],
             "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
-    target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
-    shipped, _ = load_draft("default", target, torch.bfloat16)
-    print("before: the shipped head", flush=True)
-    before = measure(target, tokenizer, shipped, sets, args.max_tokens)
-
     capture = out / "capture"
     config = ServeConfig(capture=str(capture), max_batch_size=args.clients, max_queue=4 * args.capture_requests)
     with serving(config) as (url, engine):
@@ -194,10 +196,13 @@ def main():
                                                                 args.max_tokens, args.clients, during=swap))
         print(f"swap: HTTP {status} {swapped}; {done} requests finished around it, {dropped} dropped", flush=True)
         metrics = httpx.get(url + "/metrics").text
-    head, _ = load_draft(str(adapted), target, torch.bfloat16)
-    print("after: the adapted head", flush=True)
-    after = measure(target, tokenizer, head, sets, args.max_tokens)
-    report = {"domain": args.domain, "captured": captured, "capture_failed": lost,
+    target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
+    heads = {"before": load_draft("default", target, torch.bfloat16)[0],
+             "after": load_draft(str(adapted), target, torch.bfloat16)[0]}
+    print("the shipped head (before) and the adapted one (after), in turns", flush=True)
+    measured = measure(target, tokenizer, heads, sets, args.max_tokens, args.rounds)
+    before, after = measured["before"], measured["after"]
+    report = {"domain": args.domain, "rounds": args.rounds, "captured": captured, "capture_failed": lost,
               "capture_minutes": round(capture_minutes, 2), "adapt": trained, "swap_status": status,
               "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
               "before": before, "after": after,
