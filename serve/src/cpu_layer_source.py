@@ -25,11 +25,6 @@ static void rms_norm_rows(const float* x, const uint16_t* w, float* out, int64_t
   }
 }
 
-// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32: through oneDNN's bf16
-// linear where w was packed for it (CPUs with bf16 instructions: ``packed_linear.pack_bf16``); else through
-// the kernel above, or from ``aten_from`` rows on (CPUs with bf16 instructions: oneDNN's AMX or AVX512-BF16
-// code wins past a few rows there, while its fixed cost per call loses to the kernel for one to three)
-// through PyTorch's own bf16 linear, the op the eager path runs.
 // mkldnn::_linear_pointwise (the op PyTorch's compiler emits for packed weights), called through the dispatcher.
 static torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed,
                                    const c10::optional<torch::Tensor>& bias_bf16) {
@@ -41,6 +36,11 @@ static torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& 
   return stack[0].toTensor().to(at::kFloat);
 }
 
+// out [M, N] = round_bf16(x [M, K] @ w [N, K]^T + bias), x holding bf16 values in fp32: through oneDNN's bf16
+// linear where w was packed for it (CPUs with bf16 instructions: ``packed_linear.pack_bf16``); else through
+// the kernel above, or from ``aten_from`` rows on (CPUs with bf16 instructions: oneDNN's AMX or AVX512-BF16
+// code wins past a few rows there, while its fixed cost per call loses to the kernel for one to three)
+// through PyTorch's own bf16 linear, the op the eager path runs.
 static torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const float* bias,
                              const c10::optional<torch::Tensor>& bias_bf16, int64_t aten_from) {
   if (w.is_mkldnn()) return packed_linear(x, w, bias_bf16);

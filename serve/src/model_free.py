@@ -150,8 +150,8 @@ class RetrievalBranch:
             return self
         corpus = None
         if self.store == "corpus":
-            tokens, corpus_vocab = shipped_corpus()
-            corpus = tokens if corpus_vocab == vocab_size else None
+            index, corpus_vocab = shipped_corpus()
+            corpus = index if corpus_vocab == vocab_size else None
         return replace(self, datastore=TokenDatastore(corpus))
 
     def branches(self, rows, limits: list[int]) -> list[list[int]]:

@@ -49,31 +49,25 @@ class PackedWeight:
 def pack(weight: torch.Tensor) -> PackedWeight:
     """The packed copy of ``weight``, made once per weight and version: runners built again on
     the same model share it, and a weight changed in place since is packed anew."""
-    version = None if weight.is_inference() else weight._version  # inference tensors keep no version
-    cached = getattr(weight, _CACHE, None)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    packed = PackedWeight(weight)
-    setattr(weight, _CACHE, (version, packed))
-    return packed
-
-
-_CACHE = "_specdistill_packed"
+    return _once_per_version(weight, "_specdistill_packed", PackedWeight)
 
 
 def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
     """A bf16 weight packed once for oneDNN's bf16 linear (AMX or AVX512-BF16 code), for ``cpu_layer``'s
     C++ layers on CPUs with bf16 instructions; made once per weight and version, as ``pack``."""
-    version = None if weight.is_inference() else weight._version
-    cached = getattr(weight, _CACHE_BF16, None)
+    return _once_per_version(weight, "_specdistill_packed_bf16", lambda w: torch.ops.mkldnn._reorder_linear_weight(
+        w.detach().contiguous(), _ROWS_HINT))
+
+
+def _once_per_version(weight: torch.Tensor, attribute: str, make):
+    """``make(weight)``, kept on the weight under ``attribute`` until the weight changes in place."""
+    version = None if weight.is_inference() else weight._version  # inference tensors keep no version
+    cached = getattr(weight, attribute, None)
     if cached is not None and cached[0] == version:
         return cached[1]
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _ROWS_HINT)
-    setattr(weight, _CACHE_BF16, (version, packed))
-    return packed
-
-
-_CACHE_BF16 = "_specdistill_packed_bf16"
+    made = make(weight)
+    setattr(weight, attribute, (version, made))
+    return made
 
 
 def packed_linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,12 +6,19 @@ import pytest
 import torch
 from serve_helpers import hf_greedy, sharp_tiny_target, tiny_head
 from specdistill.serve import SpeculativeGenerator
-from specdistill.serve.datastore import REINDEX_TOKENS, SEPARATOR, TokenDatastore, save_corpus, shipped_corpus
+from specdistill.serve.datastore import (
+    REINDEX_TOKENS,
+    SEPARATOR,
+    CorpusIndex,
+    TokenDatastore,
+    save_corpus,
+    shipped_corpus,
+)
 from specdistill.serve.model_free import RetrievalBranch
 
 
 def _corpus(*answers):
-    return np.concatenate([np.asarray([*a, SEPARATOR]) for a in answers]).astype(np.int64)
+    return CorpusIndex(np.concatenate([np.asarray([*a, SEPARATOR]) for a in answers]).astype(np.int64))
 
 
 def test_the_most_frequent_continuation_of_the_longest_ngram_found():
@@ -64,12 +71,13 @@ def test_a_corpus_file_round_trips(tmp_path):
 
 
 def test_the_shipped_corpus_is_the_default_target_answers_and_a_spec_names_its_store():
-    tokens, vocab = shipped_corpus()
+    index, vocab = shipped_corpus()
+    tokens = index.tokens
     assert vocab == 49152 and len(tokens) > 500_000 and tokens.max() < vocab and (tokens == SEPARATOR).sum() > 1000
     assert RetrievalBranch.parse("auto") == RetrievalBranch("ngram", 8, "corpus")
     assert str(RetrievalBranch.parse("ngram:6+served")) == "ngram:6+served"
     branch = RetrievalBranch.parse("ngram+corpus")
-    assert branch.for_target(49152).datastore.corpus is not None
+    assert branch.for_target(49152).datastore.corpus is index  # indexed once, shared by every generator
     assert branch.for_target(16).datastore.corpus is None  # another tokenizer: its served outputs only
     assert RetrievalBranch.parse("ngram").for_target(49152).datastore is None
     with pytest.raises(ValueError, match="unknown retrieval store"):
