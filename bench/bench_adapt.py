@@ -8,7 +8,9 @@
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
 2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4`` for the
             minutes given (a feature cache first; the head's vocabulary grows by 1,024 of the answers' tokens it
-            lacks; 20% of the records replay the shipped head's own training data, so it keeps chat)
+            lacks; 20% of the records replay the shipped head's own training data, so it keeps chat); the
+            adapted head's folder also holds the answers it trained on, the shipped corpus's and the
+            captured ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
 3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
 4. measure  the shipped head (before) and the adapted one (after) in turns, ``--rounds`` times each on
             every set, so that both see the same minutes of a host whose speed drifts: held-out requests of
@@ -16,9 +18,9 @@
             ``--heldout-generated`` requests made like the captured ones but never sent, the traffic the
             server sees next), and the held-out chat prompts
 
-Each measurement has two rows: as served (k auto, tree, retrieval: tokens/s, and τ of what the policy chose)
-and a fixed chain of 4 (τ there depends on the head alone, not on the policy's timing); each figure is the
-mean over the rounds.
+Each measurement has two rows: as served (k auto, tree, retrieval with each head's corpus: tokens/s, and τ
+of what the policy chose) and a fixed chain of 4 (τ there depends on the head alone: no retrieval, and not
+the policy's timing); each figure is the mean over the rounds.
 
 Prints a table, then ONE JSON line.
 """
@@ -39,6 +41,7 @@ import openai
 import torch
 from specdistill.serve import AsyncEngine
 from specdistill.serve.config import ServeConfig, load_generator
+from specdistill.serve.datastore import corpus_for
 from specdistill.serve.server import build_app, serving_in_thread
 
 from specdistill.bench import measure_row
@@ -199,13 +202,14 @@ def main():
     target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
     heads = {"before": load_draft("default", target, torch.bfloat16)[0],
              "after": load_draft(str(adapted), target, torch.bfloat16)[0]}
+    corpus_tokens = {label: len(corpus_for(head, head.vocab_size).tokens) for label, head in heads.items()}
     print("the shipped head (before) and the adapted one (after), in turns", flush=True)
     measured = measure(target, tokenizer, heads, sets, args.max_tokens, args.rounds)
     before, after = measured["before"], measured["after"]
     report = {"domain": args.domain, "rounds": args.rounds, "captured": captured, "capture_failed": lost,
               "capture_minutes": round(capture_minutes, 2), "adapt": trained, "swap_status": status,
               "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
-              "before": before, "after": after,
+              "corpus_tokens": corpus_tokens, "before": before, "after": after,
               "tau_gain": {k: round(after[k]["tau"] - before[k]["tau"], 3) for k in sets},
               "chain4_tau_gain": {k: round(after[k]["chain4_tau"] - before[k]["chain4_tau"], 3) for k in sets},
               "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},

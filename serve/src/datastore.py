@@ -126,14 +126,44 @@ class TokenDatastore:
         return corpus + len(self._served_tokens)
 
 
-@functools.cache
-def shipped_corpus() -> tuple[CorpusIndex, int]:
-    """The default target's corpus (its shipped head's training answers), indexed once per process (~0.7 s),
-    and its vocabulary size."""
-    with np.load(Path(str(resources.files("specdistill") / "default_draft" / CORPUS_FILE))) as saved:
+SHIPPED_DIR = resources.files("specdistill") / "default_draft"
+MAX_CORPUS_TOKENS = 1 << 22  # a head's corpus keeps its latest 4M tokens (~3.5 MB on disk)
+
+
+@functools.lru_cache(maxsize=8)
+def draft_corpus(directory: str) -> tuple[CorpusIndex, int] | None:
+    """The corpus in a draft's directory (``CORPUS_FILE``), indexed once per process (~0.7 s for 1M
+    tokens), and its vocabulary size; None where the directory holds none."""
+    path = Path(directory) / CORPUS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
         tokens = saved["tokens"].astype(np.int64)
         tokens[tokens == saved["separator"]] = SEPARATOR
         return CorpusIndex(tokens), int(saved["vocab_size"])
+
+
+def shipped_corpus() -> tuple[CorpusIndex, int]:
+    """The default target's corpus: the answers its shipped head trained on."""
+    return draft_corpus(str(SHIPPED_DIR))
+
+
+def corpus_for(draft, vocab_size: int) -> CorpusIndex | None:
+    """The corpus a draft brings (a head loaded from a directory with ``CORPUS_FILE``: the answers it
+    trained on), else the shipped one; None where neither is in this target's vocabulary."""
+    source = getattr(draft, "source", None)
+    for found in (draft_corpus(str(source)) if source else None, shipped_corpus()):
+        if found is not None and found[1] == vocab_size:
+            return found[0]
+    return None
+
+
+def corpus_answers(index: CorpusIndex | None) -> list[list[int]]:
+    """A corpus back as its answers (token id lists)."""
+    if index is None or not len(index.tokens):
+        return []
+    pieces = np.split(index.tokens, np.flatnonzero(index.tokens == SEPARATOR) + 1)
+    return [kept.tolist() for piece in pieces if len(kept := piece[piece != SEPARATOR])]
 
 
 def save_corpus(path: Path, answers: list[list[int]], vocab_size: int) -> int:
@@ -143,3 +173,16 @@ def save_corpus(path: Path, answers: list[list[int]], vocab_size: int) -> int:
     tokens = np.concatenate([np.asarray([*a, separator], dtype=np.int64) for a in answers]).astype(dtype)
     np.savez_compressed(path, tokens=tokens, separator=np.int64(separator), vocab_size=np.int64(vocab_size))
     return len(tokens)
+
+
+def save_head_corpus(path: Path, start: CorpusIndex | None, answers: list[list[int]], vocab_size: int) -> int:
+    """A trained head's corpus: its starting draft's (``start``) and the answers it trained on, each distinct
+    answer once, the latest ``MAX_CORPUS_TOKENS`` kept; the token count (0: nothing written)."""
+    distinct = list(dict.fromkeys(map(tuple, corpus_answers(start) + answers)))
+    kept, total = [], 0
+    for answer in reversed(distinct):
+        if total + len(answer) + 1 > MAX_CORPUS_TOKENS:
+            break
+        kept.append(list(answer))
+        total += len(answer) + 1
+    return save_corpus(path, kept[::-1], vocab_size) if kept else 0

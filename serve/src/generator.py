@@ -95,7 +95,8 @@ class SpeculativeGenerator:
     requests (summaries, extraction, questions over a document) gain prompt lookup's tokens. With a
     store (``"ngram:8+served"``, ``"ngram:8+corpus"``; ``"auto"`` is the latter) a row whose text has
     no match takes the continuation from the outputs this generator served so far, and from the
-    default target's shipped answers (``serve/src/datastore.py``)."""
+    answers the head trained on (its directory's ``datastore.npz``; else the default target's shipped
+    answers, ``serve/src/datastore.py``)."""
 
     def __init__(self, target, draft=None, num_draft_tokens: int | str | DraftLengthPolicy = 5, tokenizer=None,
                  draft_tokenizer=None, draft_confidence: float = 0.0, fast_path: bool | str = "auto",
@@ -140,7 +141,7 @@ class SpeculativeGenerator:
         self.sampled_topology = None if self.draft_tree is None else sampled_topology(self.sampled_tree)
         self.draft_retrieval = RetrievalBranch.parse(draft_retrieval)
         if self.draft_retrieval is not None:
-            self.draft_retrieval = self.draft_retrieval.for_target(vocab_size(target))
+            self.draft_retrieval = self.draft_retrieval.for_target(vocab_size(target), draft)
         if self.draft_retrieval is not None and self.draft_tree is None:
             raise ValueError("draft_retrieval joins a head's draft tree: give draft_tree too (an EAGLE-3 head's "
                              "'auto'), or draft with the model-free drafter alone (draft='ngram')")
@@ -177,6 +178,8 @@ class SpeculativeGenerator:
     def use_draft(self, draft, runner, name: str) -> None:
         """Draft with ``draft`` (through ``runner``, from ``draft_runner_for``) from now on."""
         self.draft, self.draft_runner, self.draft_name = draft, runner, name
+        if self.draft_retrieval is not None:
+            self.draft_retrieval.use_corpus_of(draft, vocab_size(self.target))
 
     def engine(self, max_batch_size: int = 32) -> SpecEngine:
         """A continuous-batching engine over these models: ``add`` requests (from any

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from specdistill.serve.datastore import TokenDatastore, shipped_corpus
+from specdistill.serve.datastore import TokenDatastore, corpus_for
 from specdistill.serve.runners import NoDraft
 
 
@@ -107,8 +107,9 @@ class RetrievalBranch:
     the head may never have learned; the target decides in the same verification, so it is lossless.
 
     Where the row's text holds no match, a ``store`` (``+served``, ``+corpus``) gives what followed its last
-    n-gram in the outputs this engine served so far, and (``corpus``) in the default target's own answers
-    that ship with its head: phrasing a target repeats across answers ("Here's a step-by-step ...")."""
+    n-gram in the outputs this engine served so far, and (``corpus``) in the answers the serving head trained
+    on (its directory's ``datastore.npz``; the shipped head's are the default target's own): phrasing a
+    target repeats across answers ("Here's a step-by-step ...")."""
 
     method: str = "ngram"
     max_tokens: int = 8
@@ -143,16 +144,19 @@ class RetrievalBranch:
                              f"ngram:8+served), auto or none; got {spec!r}")
         return cls(match[1], int(match[2]) if match[2] else 8, match[3] or "")
 
-    def for_target(self, vocab_size: int) -> RetrievalBranch:
-        """This branch with its own datastore (each generator learns its own traffic). The shipped corpus is
-        the default target's tokens: a target with another vocabulary gets the served outputs only."""
+    def for_target(self, vocab_size: int, draft=None) -> RetrievalBranch:
+        """This branch with its own datastore (each generator learns its own traffic). Its corpus is the
+        one ``draft`` brings (the answers a head trained on), else the default target's shipped one: a
+        target with another vocabulary gets the served outputs only."""
         if not self.store:
             return self
-        corpus = None
-        if self.store == "corpus":
-            index, corpus_vocab = shipped_corpus()
-            corpus = index if corpus_vocab == vocab_size else None
+        corpus = corpus_for(draft, vocab_size) if self.store == "corpus" else None
         return replace(self, datastore=TokenDatastore(corpus))
+
+    def use_corpus_of(self, draft, vocab_size: int) -> None:
+        """A new draft serves (a swap): its corpus from now on; the outputs served so far stay."""
+        if self.datastore is not None and self.store == "corpus":
+            self.datastore.corpus = corpus_for(draft, vocab_size)
 
     def branches(self, rows, limits: list[int]) -> list[list[int]]:
         """Per row, up to ``min(max_tokens, limits[b])`` candidate tokens (often none)."""

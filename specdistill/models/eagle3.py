@@ -118,6 +118,7 @@ class Eagle3Head(nn.Module):
     def __init__(self, layer_config, layer_ids: list[int], draft_ids: torch.Tensor, embed_weight: torch.Tensor,
                  norm_before_residual: bool = False, target_name: str = ""):
         super().__init__()
+        self.source = None  # the directory it was loaded from (``load_head``), if any
         hidden, vocab = layer_config.hidden_size, layer_config.vocab_size
         draft_ids = torch.as_tensor(draft_ids, dtype=torch.long).flatten()
         _check_draft_ids(draft_ids, vocab)

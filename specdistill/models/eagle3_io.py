@@ -53,4 +53,5 @@ def load_head(path: str | Path, target, dtype: torch.dtype | None = None) -> Eag
     wrong = [key for key in result.missing_keys if key != "t2d"] + result.unexpected_keys
     if wrong:
         raise ValueError(f"{path}/model.safetensors does not match an EAGLE-3 head of its config: {wrong[:6]}")
+    head.source = path  # what else its directory holds (a retrieval corpus) serves with it
     return head.to(device=target.device, dtype=dtype or target.dtype).eval()

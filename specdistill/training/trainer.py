@@ -32,6 +32,7 @@ from specdistill.models import check_compatible, draft_tokenizer, load_target, p
 from specdistill.models.eagle3 import Eagle3Head
 from specdistill.models.loading import native_bf16
 from specdistill.options import changed_fields
+from specdistill.serve.datastore import CORPUS_FILE, corpus_for, save_head_corpus
 from specdistill.training.checkpoints import recover_checkpoint, replace_dir
 from specdistill.training.config import TrainConfig
 from specdistill.training.eagle3_head import build_head
@@ -256,9 +257,29 @@ def _scalars(config: TrainConfig) -> dict:
     return {key: value for key, value in asdict(config).items() if isinstance(value, (int, float, str, bool))}
 
 
+def answer_spans(rows: TokenRows) -> list[list[int]]:
+    """The tokens each row's loss counts (its answers), one list per contiguous span."""
+    answers = []
+    for ids, mask in zip(rows.input_ids[:, 1:].tolist(), rows.loss_mask[:, :-1].tolist()):
+        span = []
+        for token, counts in zip(ids, mask):
+            if counts:
+                span.append(token)
+            elif span:
+                answers.append(span)
+                span = []
+        if span:
+            answers.append(span)
+    return answers
+
+
 def _export(path: Path, draft, tokenizer, target_eos: list[int], rows: TokenRows) -> None:
     draft.save_pretrained(path)
     if isinstance(draft, Eagle3Head):  # the speculators format: the head's vocabulary is in it
+        # The answers it trained on (with its starting draft's) as the retrieval branch's corpus: a head
+        # adapted to captured traffic brings that traffic's phrasing along when it is swapped in.
+        save_head_corpus(path / CORPUS_FILE, corpus_for(draft, draft.vocab_size), answer_spans(rows),
+                         draft.vocab_size)
         return
     eos = list(target_eos)
     if tokenizer is not None:

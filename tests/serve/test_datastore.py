@@ -11,7 +11,11 @@ from specdistill.serve.datastore import (
     SEPARATOR,
     CorpusIndex,
     TokenDatastore,
+    corpus_answers,
+    corpus_for,
+    draft_corpus,
     save_corpus,
+    save_head_corpus,
     shipped_corpus,
 )
 from specdistill.serve.model_free import RetrievalBranch
@@ -93,3 +97,29 @@ def test_a_head_with_a_learning_store_keeps_greedy_output_the_target_own():
         for ids in prompts:
             torch.testing.assert_close(gen.generate(ids, 40, eos_token_id=[]).sequences, hf_greedy(target, ids, 40))
     assert len(gen.draft_retrieval.datastore) == 6 * 41  # six outputs of 40 tokens, each with its separator
+
+
+def test_a_head_brings_the_answers_it_trained_on_and_a_swap_brings_the_new_heads(tmp_path):
+    from specdistill.data.batches import TokenRows
+    from specdistill.training.trainer import answer_spans
+
+    ids = torch.tensor([[5, 1, 2, 3, 6, 7, 8, 0], [5, 1, 2, 3, 6, 7, 8, 0]])
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    answers = answer_spans(TokenRows(ids, mask))  # the loss at t counts token t + 1
+    assert answers == [[2, 3], [7, 8], [2, 3], [7, 8]]
+    start = _corpus([1, 2, 3], [2, 3])
+    assert save_head_corpus(tmp_path / "datastore.npz", start, answers, vocab_size=64) == 10  # each answer once
+    assert corpus_answers(draft_corpus(str(tmp_path))[0]) == [[1, 2, 3], [2, 3], [7, 8]]
+
+    target = sharp_tiny_target()
+    shipped, adapted = tiny_head(target), tiny_head(target)
+    adapted.source = tmp_path
+    assert corpus_for(shipped, 64) is None  # no directory, and the shipped corpus is another vocabulary's
+    vocab = target.config.vocab_size
+    save_corpus(tmp_path / "datastore.npz", [[1, 2, 3, 4, 5]] * 2, vocab)
+    draft_corpus.cache_clear()
+    gen = SpeculativeGenerator(target, shipped, num_draft_tokens=3, draft_tree="3,2,4", draft_retrieval="ngram:4+corpus")
+    engine = gen.engine(2)
+    assert gen.draft_retrieval.datastore.corpus is None
+    engine.swap_draft(adapted, "adapted")
+    assert gen.draft_retrieval.datastore.continuation([1, 2, 3], 2) == [4, 5]

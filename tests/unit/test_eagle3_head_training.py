@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from specdistill.serve import SpeculativeGenerator
+from specdistill.serve.datastore import corpus_answers, corpus_for
 
 from specdistill.data.batches import TokenRows
 from specdistill.models import tiny_llama
@@ -41,6 +42,9 @@ def test_head_learns_and_exports_a_speculators_directory(tmp_path, target_and_ch
     assert config["speculators_model_type"] == "eagle3" and config["draft_vocab_size"] == 48
     assert config["eagle_aux_hidden_state_layer_ids"] == [0, 2, 3]
     head = load_head(result["draft_dir"], target)
+    corpus = corpus_for(head, 64)  # the answers it trained on (every position of fixed text) serve with it
+    assert corpus is not None and len(corpus_answers(corpus)) == 48
+    assert chunks[0, 1:].tolist() in corpus_answers(corpus)
     figures = head_acceptance(target, head, rows, max_k=3)
     assert 0 < figures["alpha"] <= 1 and len(figures["alpha_per_position"]) == 3
     assert figures["predicted_tau"][0] == pytest.approx(1 + figures["alpha"], abs=1e-3)
