@@ -10,6 +10,9 @@ corpus of answers and in the outputs served so far (REST, He et al. 2023; Suffix
               that token holds at least ``AGREEMENT`` of them and ``SUPPORT`` occurrences
     learn     ``add`` puts each finished request's output in the served part, indexed again every
               ``REINDEX_TOKENS`` new tokens, keeping the latest ``max_served_tokens``
+    corpus    a head's folder may hold one (``CORPUS_FILE``): the answers it trained on, which
+              ``specdistill train`` writes beside it (``save_head_corpus``); the shipped head's are the
+              default target's own answers
 
 The target verifies every candidate, so a store that guesses wrong costs verification, never output.
 The served part lives in memory only: it holds what users were answered, and goes with the process.
@@ -130,13 +133,18 @@ SHIPPED_DIR = resources.files("specdistill") / "default_draft"
 MAX_CORPUS_TOKENS = 1 << 22  # a head's corpus keeps its latest 4M tokens (~3.5 MB on disk)
 
 
-@functools.lru_cache(maxsize=8)
 def draft_corpus(directory: str) -> tuple[CorpusIndex, int] | None:
-    """The corpus in a draft's directory (``CORPUS_FILE``), indexed once per process (~0.7 s for 1M
-    tokens), and its vocabulary size; None where the directory holds none."""
+    """The corpus in a draft's directory (``CORPUS_FILE``), indexed once per process and version of the
+    file (~0.7 s for 1M tokens), and its vocabulary size; None where the directory holds none."""
     path = Path(directory) / CORPUS_FILE
     if not path.is_file():
         return None
+    stat = path.stat()
+    return _indexed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _indexed(path: str, modified: int, size: int) -> tuple[CorpusIndex, int]:
     with np.load(path) as saved:
         tokens = saved["tokens"].astype(np.int64)
         tokens[tokens == saved["separator"]] = SEPARATOR

@@ -116,9 +116,9 @@ def test_a_head_brings_the_answers_it_trained_on_and_a_swap_brings_the_new_heads
     adapted.source = tmp_path
     assert corpus_for(shipped, 64) is None  # no directory, and the shipped corpus is another vocabulary's
     vocab = target.config.vocab_size
-    save_corpus(tmp_path / "datastore.npz", [[1, 2, 3, 4, 5]] * 2, vocab)
-    draft_corpus.cache_clear()
-    gen = SpeculativeGenerator(target, shipped, num_draft_tokens=3, draft_tree="3,2,4", draft_retrieval="ngram:4+corpus")
+    save_corpus(tmp_path / "datastore.npz", [[1, 2, 3, 4, 5]] * 2, vocab)  # a new version of the file: read anew
+    gen = SpeculativeGenerator(target, shipped, num_draft_tokens=3, draft_tree="3,2,4",
+                               draft_retrieval="ngram:4+corpus")
     engine = gen.engine(2)
     assert gen.draft_retrieval.datastore.corpus is None
     engine.swap_draft(adapted, "adapted")
