@@ -106,9 +106,22 @@ static torch::Tensor attention_rows(
       }
     }
   }
-  auto attended = at::scaled_dot_product_attention(half ? q.to(at::kBFloat16) : q, keys.narrow(2, 0, span),
-                                                   values.narrow(2, 0, span), mask, 0.0, causal, c10::nullopt,
-                                                   heads != kv_heads);
+  const auto query = half ? q.to(at::kBFloat16) : q;
+  const auto key_span = keys.narrow(2, 0, span), value_span = values.narrow(2, 0, span);
+  const int64_t group = heads / kv_heads;
+  at::Tensor attended;
+  if (mask.has_value() && group > 1 && T > 1) {
+    // The query heads of one kv head as one head of group * T rows (the mask repeated for each): SDPA then
+    // reads each cached key and value once per kv head, not once per query head and block of queries.
+    // 3 query heads per kv head, bf16, 2 cores, a layer: 1,500 cached tokens and 2 (5, 11, 24) new ones,
+    // 158 (235, 383, 663) against 297 (332, 430, 690) us; one new token is faster as it was (118 against 146).
+    auto grouped_mask = mask->repeat({1, 1, group, 1});
+    attended = at::scaled_dot_product_attention(query.view({B, kv_heads, group * T, D}), key_span, value_span,
+                                                grouped_mask, 0.0, false).view({B, heads, T, D});
+  } else {
+    attended = at::scaled_dot_product_attention(query, key_span, value_span, mask, 0.0, causal, c10::nullopt,
+                                                heads != kv_heads);
+  }
   // [B, heads, T, D] -> rows [M, heads * D], rounded to bf16 as the eager path's cast does.
   auto rows = attended.transpose(1, 2).reshape({M, QD}).to(at::kFloat).contiguous();
   round_all(rows.data_ptr<float>(), M * QD);
