@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from specdistill.serve.packed_linear import PackedWeight, pack, packed_linear
+from specdistill.serve.packed_linear import PackedBf16Weight, PackedWeight, pack, packed_bf16_linear, packed_linear
 from specdistill.serve.packed_linear import available as packed_available
 
 log = logging.getLogger(__name__)
@@ -277,10 +277,15 @@ def linears_for(weight: torch.Tensor, packing: bool = True) -> tuple[Callable, C
     """How a model whose weights look like ``weight`` multiplies on this machine:
     ``(prepare, linear)``, where ``prepare(w)`` runs once per weight at load and
     ``linear(x, prepared, bias)`` on each call. fp32 on a CPU: oneDNN-packed weights. bf16 on a
-    CPU without bf16 instructions: the kernel for a few tokens, packed fp32 copies for many.
-    Otherwise (GPUs, CPUs with bf16, ``packing=False`` for ``torch.compile``): ``F.linear``."""
+    CPU without bf16 instructions: the kernel for a few tokens, packed fp32 copies for many; with
+    them: weights packed for oneDNN's bf16 linear. Otherwise (GPUs, ``packing=False`` for
+    ``torch.compile``): ``F.linear``."""
+    from specdistill.models.loading import native_bf16  # late: the serve layer loads models lazily
+
     kernel = weight.dtype == torch.bfloat16 and wanted(weight)
     packs = packing and packed_available(weight)
+    if packs and weight.dtype == torch.bfloat16 and native_bf16(weight.device):
+        return PackedBf16Weight, packed_bf16_linear
     if packs and (weight.dtype == torch.float32 or kernel):
         return pack, bf16_packed_linear if kernel else packed_linear
     return _unchanged, bf16_linear if kernel else F.linear

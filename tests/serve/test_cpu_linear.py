@@ -9,6 +9,7 @@ from serve_helpers import hf_greedy
 from specdistill.serve import SpeculativeGenerator, cpu_linear, packed_linear
 
 from specdistill.models import tiny_llama
+from specdistill.models.loading import native_bf16
 
 KERNEL = cpu_linear.wanted(torch.zeros(1, dtype=torch.bfloat16))
 PACKING = packed_linear.available(torch.zeros(1))
@@ -98,6 +99,16 @@ def test_a_pack_is_made_once_per_weight_and_anew_after_an_in_place_change():
 
 
 @needs_packing
+@pytest.mark.skipif(not native_bf16("cpu"), reason="oneDNN's bf16 linear serves CPUs with bf16 instructions")
+@pytest.mark.parametrize("tokens", [1, 5, 11, 40])
+def test_bf16_weights_packed_for_onednn_give_pytorchs_bf16_linear_exactly(tokens):
+    weight, x, bias, _ = case(tokens, (96, 64), torch.bfloat16)
+    packed = packed_linear.PackedBf16Weight(weight)
+    assert torch.equal(packed_linear.packed_bf16_linear(x, packed, bias), F.linear(x, weight, bias))
+    assert torch.equal(packed_linear.packed_bf16_linear(x, packed), F.linear(x, weight))
+
+
+@needs_packing
 def test_packed_linears_under_autograd_are_f_linear():
     weight = torch.randn(8, 5, requires_grad=True)
     x = torch.randn(4, 5)
@@ -122,8 +133,8 @@ def test_greedy_decoding_through_the_cpu_linears_equals_hf(dtype):
     # verifies 11 tokens (the kernel in bf16); the prefill of 87 goes past it, to the packed copies
     gen = SpeculativeGenerator(target, "ngram", num_draft_tokens=10)
     expected = cpu_linear.packed_linear if dtype == torch.float32 else cpu_linear.bf16_packed_linear
-    if dtype == torch.bfloat16 and not KERNEL:
-        expected = F.linear
+    if dtype == torch.bfloat16 and not KERNEL:  # bf16 instructions: oneDNN's bf16 linear over packed weights
+        expected = packed_linear.packed_bf16_linear if native_bf16("cpu") else F.linear
     assert gen.target_runner._linear is expected
     prompts = [torch.tensor([[3, 9, 4, 3, 9, 4, 3]]), torch.arange(2, 90).view(1, -1) % 32]  # a prefill of 87
     for ids in prompts:
