@@ -76,8 +76,8 @@ class PackedBf16Weight:
 def packed_bf16_linear(x: torch.Tensor, weight: PackedBf16Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight.weight, bias)`` for a bf16 ``x`` through the packed weight: the same values (oneDNN's
     bf16 linear either way), without the per-call reorder of the plain weight: the default target's LM head
-    over 1-11 tokens took 1.8-2.6 ms against 3.8-6.3 on a 2-vCPU Xeon with AMX. Under autograd, or for
-    another dtype, it is ``F.linear`` itself."""
+    over 1-11 tokens took 1.6-1.8 ms against 2.7-3.0 on a 2-vCPU Xeon with AMX, a one-token step 0.94-0.96x
+    (``bench/results/2026-12-06-s20/``). Under autograd, or for another dtype, it is ``F.linear`` itself."""
     if x.dtype != torch.bfloat16 or (torch.is_grad_enabled() and (x.requires_grad or weight.weight.requires_grad)):
         return F.linear(x, weight.weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.packed, bias, "none", [], "")
