@@ -12,11 +12,11 @@
             adapted head's folder also holds the answers it trained on, the shipped corpus's and the
             captured ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
 3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
-4. measure  the shipped head (before) and the adapted one (after) in turns, ``--rounds`` times each on
-            every set, so that both see the same minutes of a host whose speed drifts: held-out requests of
-            the domain, two sets (``--heldout``'s category: hand-written, other text than the capture's; and
-            ``--heldout-generated`` requests made like the captured ones but never sent, the traffic the
-            server sees next), and the held-out chat prompts
+4. measure  the shipped head (before) and the adapted one (after) in turns prompt by prompt, ``--rounds``
+            times each on every set, so that both see the same seconds of a host whose speed drifts:
+            held-out requests of the domain, two sets (``--heldout``'s category: hand-written, other text
+            than the capture's; and ``--heldout-generated`` requests made like the captured ones but never
+            sent, the traffic the server sees next), and the held-out chat prompts
 
 Each measurement has two rows: as served (k auto, tree, retrieval with each head's corpus: tokens/s, and τ
 of what the policy chose) and a fixed chain of 4 (τ there depends on the head alone: no retrieval, and not
@@ -39,15 +39,16 @@ from pathlib import Path
 import httpx
 import openai
 import torch
-from specdistill.serve import AsyncEngine
+from specdistill.serve import AsyncEngine, SpeculativeGenerator
 from specdistill.serve.config import ServeConfig, load_generator
 from specdistill.serve.datastore import corpus_for
 from specdistill.serve.server import build_app, serving_in_thread
+from specdistill.serve.stats import SpecStats
 
-from specdistill.bench import measure_row
 from specdistill.data.corpora import stdlib_files
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
 from specdistill.data.task_prompts import module_docs, task_prompts
+from specdistill.measure import measure_speculative
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
 from specdistill.training.config import TrainConfig
@@ -92,19 +93,30 @@ def domain_prompts(domain: str, count: int, heldout: int, seed: int) -> tuple[li
 
 def measure(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]], max_tokens: int,
             rounds: int) -> dict:
-    """Each head on each set, the heads in turns, ``rounds`` times: as served (k auto, tree, retrieval) and
-    as a chain of 4 (τ of the head alone); per head and set, the means over the rounds."""
+    """Each head on each set, as served (k auto, tree, retrieval) and as a chain of 4 (τ of the head alone),
+    ``rounds`` times: within a round each head keeps one generator per mode over the set (as one server
+    would: its policy learns across requests), and the heads take each prompt in turn, so both see the same
+    seconds of a host whose speed drifts within minutes. Per head and set, the means over the rounds."""
+    modes = {"served": dict(num_draft_tokens="auto", draft_confidence=0.4, draft_tree="auto", draft_retrieval="auto"),
+             "chain4": dict(num_draft_tokens=4)}
     runs = {label: {name: [] for name in sets} for label in heads}
     for name, conversations in sets.items():
         for _ in range(rounds):
-            for label, head in heads.items():
-                served = measure_row(target, head, tokenizer, conversations, "auto", max_tokens,
-                                     draft_confidence=0.4, draft_tree="auto", draft_retrieval="auto")
-                chain = measure_row(target, head, tokenizer, conversations, 4, max_tokens)
-                runs[label][name].append({"tau": served["tau"], "tokens_per_s": served["tokens_per_s"],
-                                          "chain4_tau": chain["tau"], "chain4_tokens_per_s": chain["tokens_per_s"]})
-                print(f"  {label:6} {name:22} served: tau {served['tau']:.2f}, {served['tokens_per_s']:.1f} "
-                      f"tok/s; chain of 4: tau {chain['tau']:.2f}", flush=True)
+            generators = {label: {mode: SpeculativeGenerator(target, head, **settings)
+                                  for mode, settings in modes.items()} for label, head in heads.items()}
+            stats = {label: {mode: SpecStats() for mode in modes} for label in heads}
+            for i, conversation in enumerate(conversations):
+                for label in (list(heads) if i % 2 == 0 else list(heads)[::-1]):
+                    for mode, generator in generators[label].items():
+                        result = measure_speculative(target, None, tokenizer, [conversation], max_new_tokens=max_tokens,
+                                                     progress=False, generator=generator)
+                        stats[label][mode] = stats[label][mode].merge(result["stats"])
+            for label in heads:
+                served, chain = stats[label]["served"], stats[label]["chain4"]
+                runs[label][name].append({"tau": served.tau, "tokens_per_s": served.tokens_per_second,
+                                          "chain4_tau": chain.tau, "chain4_tokens_per_s": chain.tokens_per_second})
+                print(f"  {label:6} {name:22} served: tau {served.tau:.2f}, {served.tokens_per_second:.1f} "
+                      f"tok/s; chain of 4: tau {chain.tau:.2f}", flush=True)
     return {label: {name: {key: round(sum(r[key] for r in rows) / len(rows), 3) for key in rows[0]}
                     for name, rows in by_set.items()} for label, by_set in runs.items()}
 

@@ -74,13 +74,14 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversati
                         max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
                         progress: bool = True, draft_confidence: float = 0.0, draft_vocab=None,
                         draft_tree=None, draft_retrieval=None, draft_tree_sampling="sample",
-                        sampled_tree=SAMPLED_TREE) -> dict:
+                        sampled_tree=SAMPLED_TREE, generator: SpeculativeGenerator | None = None) -> dict:
     """Speculative decoding over the prompts (every turn of each); merged raw counts and derived
-    rates. ``draft=None`` measures the target alone on our engine."""
-    generator = SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
-                                     draft_confidence=draft_confidence, draft_vocab=draft_vocab,
-                                     draft_tree=draft_tree, draft_retrieval=draft_retrieval,
-                                     draft_tree_sampling=draft_tree_sampling, sampled_tree=sampled_tree)
+    rates. ``draft=None`` measures the target alone on our engine. ``generator``: one built already
+    (the draft settings are then its own), so that what its policy learned carries over between calls."""
+    generator = generator or SpeculativeGenerator(target, draft, num_draft_tokens=num_draft_tokens,
+                                                  draft_confidence=draft_confidence, draft_vocab=draft_vocab,
+                                                  draft_tree=draft_tree, draft_retrieval=draft_retrieval,
+                                                  draft_tree_sampling=draft_tree_sampling, sampled_tree=sampled_tree)
     stats, outputs, seeds = SpecStats(), [], itertools.count(seed)  # a seed per answer
 
     def answer(ids):
