@@ -13,7 +13,7 @@ import gzip
 import json
 from pathlib import Path
 
-from specdistill.serve.datastore import CORPUS_FILE, save_corpus
+from specdistill.serve.datastore import CORPUS_FILE, save_head_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ("v1", "v2", "v4", "v7")
@@ -21,14 +21,12 @@ VOCAB_SIZE = 49152  # SmolLM2's tokenizer
 
 
 def main():
-    answers = {}
+    answers = []
     for version in VERSIONS:
         with gzip.open(ROOT / f"bench/data/default-draft-train-{version}.jsonl.gz", "rt") as lines:
-            for line in lines:
-                answer = json.loads(line)["answer_ids"]
-                answers.setdefault(tuple(answer), answer)
-    tokens = save_corpus(ROOT / "specdistill/default_draft" / CORPUS_FILE, list(answers.values()), VOCAB_SIZE)
-    print(f"{len(answers)} answers, {tokens} tokens (separators included)")
+            answers += [json.loads(line)["answer_ids"] for line in lines]
+    tokens = save_head_corpus(ROOT / "specdistill/default_draft" / CORPUS_FILE, None, answers, VOCAB_SIZE)
+    print(f"{len(set(map(tuple, answers)))} answers, {tokens} tokens (separators included)")
 
 
 if __name__ == "__main__":

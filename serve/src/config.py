@@ -43,7 +43,7 @@ class ServeConfig:
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
                                           "METHOD[:TOKENS][+STORE] (ngram, prompt-lookup; STORE: served = also "
                                           "the outputs served so far where the text has no match, corpus = "
-                                          "those and the default target's shipped answers), auto = "
+                                          "those and the answers the head trained on), auto = "
                                           "ngram:8+corpus with a tree, none")
     draft_tree_sampling: str = option("sample", "how sampled requests use the tree: sample (siblings drawn "
                                                 "without replacement from the head), top (the likeliest "

@@ -95,7 +95,7 @@ MODEL_FREE_METHODS = {
 
 
 # What a retrieval branch falls back on where the row's own text holds no match (``datastore``): none, the
-# outputs served so far, or those and the default target's shipped corpus.
+# outputs served so far, or those and the serving head's corpus (else the default target's shipped one).
 STORES = ("", "served", "corpus")
 
 

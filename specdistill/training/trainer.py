@@ -258,19 +258,13 @@ def _scalars(config: TrainConfig) -> dict:
 
 
 def answer_spans(rows: TokenRows) -> list[list[int]]:
-    """The tokens each row's loss counts (its answers), one list per contiguous span."""
-    answers = []
-    for ids, mask in zip(rows.input_ids[:, 1:].tolist(), rows.loss_mask[:, :-1].tolist()):
-        span = []
-        for token, counts in zip(ids, mask):
-            if counts:
-                span.append(token)
-            elif span:
-                answers.append(span)
-                span = []
-        if span:
-            answers.append(span)
-    return answers
+    """The tokens each row's loss counts (its answers), one list per contiguous span, in row order."""
+    # A column that never counts ends each row, so no span runs on into the next row once flattened.
+    counts = torch.nn.functional.pad(rows.loss_mask[:, :-1], (0, 1)).flatten()
+    ids = torch.nn.functional.pad(rows.input_ids[:, 1:], (0, 1)).flatten()
+    edges = torch.diff(counts.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8))
+    starts, ends = torch.nonzero(edges == 1).flatten(), torch.nonzero(edges == -1).flatten()
+    return [ids[start:end].tolist() for start, end in zip(starts.tolist(), ends.tolist())]
 
 
 def _export(path: Path, draft, tokenizer, target_eos: list[int], rows: TokenRows) -> None:
