@@ -92,7 +92,8 @@ def root_logits(runner, state, rows, device) -> tuple[torch.Tensor | None, float
 
 def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, float, int]:
     """The head's tree for each row (None when it has nothing to draft from), the seconds
-    spent and the number of head calls."""
+    spent and the number of head calls: fewer than ``shape.depth`` when the deeper levels could not
+    enter the selection (``_selection_is_final``)."""
     logits, seconds = root_logits(runner, state, rows, device)
     if logits is None:
         return None, 0.0, 0
@@ -102,9 +103,12 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
     levels = [(tokens, scores, torch.full_like(tokens, -1))]  # (tokens, path log-prob, parent's candidate index)
     frontier = torch.arange(k, device=device).expand(batch, k)  # candidate indices fed next
     features, parent_slots = state.last[:, None].expand(-1, k, -1), torch.full((batch, k), -1, device=device)
+    calls = 1
     for depth in range(1, shape.depth):
         count = sum(level[0].shape[1] for level in levels)
         all_tokens, all_scores = (torch.cat([level[i] for level in levels], 1) for i in (0, 1))
+        if _selection_is_final(all_scores, frontier, shape.nodes):
+            break
         fed = _grow_ancestors(fed, parent_slots)
         start = fed.shape[1] - k
         out, elapsed = clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
@@ -119,7 +123,19 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
         frontier = count + best
         features = out.gather(1, (best // k)[:, :, None].expand(-1, -1, out.shape[-1]))
         parent_slots = start + best // k
-    return _select(levels, shape.nodes), seconds, shape.depth
+        calls += 1
+    return _select(levels, shape.nodes), seconds, calls
+
+
+def _selection_is_final(scores: torch.Tensor, frontier: torch.Tensor, nodes: int) -> bool:
+    """Whether no deeper level could change any row's selection: a node's path probability is at most
+    its parent's, so once every row's ``nodes``-th best candidate is at least as likely as its likeliest
+    frontier node, every descendant would lose to the candidates held (ties go to the earlier one), and
+    the head's further calls would be spent on nodes ``_select`` drops. Exact: the tree is the same."""
+    if scores.shape[1] < nodes:
+        return False
+    held = scores.topk(nodes, dim=-1).values[:, -1]
+    return bool((scores.gather(1, frontier).max(-1).values <= held).all())
 
 
 def _grow_ancestors(fed: torch.Tensor, parent_slots: torch.Tensor) -> torch.Tensor:

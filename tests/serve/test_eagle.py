@@ -247,3 +247,41 @@ def test_a_head_tree_and_branches_decode_up_to_the_target_context(auto):
     torch.testing.assert_close(out.sequences, hf_greedy(target, prompt, room))
     with pytest.raises(ValueError, match="context of 40 positions"):
         gen.generate(prompt, max_new_tokens=room + 1, eos_token_id=[])
+
+
+def test_a_tree_stops_drafting_where_deeper_levels_could_not_be_selected_and_is_the_same_tree(target, head,
+                                                                                            monkeypatch):
+    from specdistill.serve import scheduler
+    from specdistill.serve import tree as tree_module
+
+    def run():
+        drafted = []
+
+        def recording(*args, **kwargs):
+            tree, seconds, calls = tree_module.draft_tree(*args, **kwargs)
+            drafted.append((tree.tokens.tolist(), tree.parents.tolist(), calls))
+            return tree, seconds, calls
+
+        with monkeypatch.context() as patch:
+            patch.setattr(scheduler, "draft_tree", recording)
+            out = SpeculativeGenerator(target, head, draft_tree="5,3,3").generate(
+                torch.tensor([[2, 5, 3, 9]]), 24, eos_token_id=[])
+        return out.sequences, drafted
+
+    early, early_trees = run()
+    with monkeypatch.context() as patch:
+        patch.setattr(tree_module, "_selection_is_final", lambda *args: False)
+        full, full_trees = run()
+    assert early.tolist() == full.tolist() == hf_greedy(target, torch.tensor([[2, 5, 3, 9]]), 24).tolist()
+    assert [t[:2] for t in early_trees] == [t[:2] for t in full_trees]  # the same nodes, step by step
+    assert all(t[2] == 5 for t in full_trees) and min(t[2] for t in early_trees) < 5  # fewer head calls
+
+
+def test_the_selection_is_final_once_the_held_nodes_beat_every_frontier_node():
+    from specdistill.serve.tree import _selection_is_final
+    scores = torch.tensor([[-0.1, -0.2, -0.3, -0.5, -0.6, -0.9]])  # candidates so far (path log-probs)
+    assert _selection_is_final(scores, torch.tensor([[3, 4, 5]]), 3)  # the 3rd best, -0.3, beats -0.5
+    assert _selection_is_final(scores, torch.tensor([[3, 4, 5]]), 4)  # a child of -0.5 at best ties, and loses
+    assert not _selection_is_final(scores, torch.tensor([[3, 4, 5]]), 5)  # -0.5's children could beat -0.6
+    assert not _selection_is_final(scores, torch.tensor([[1, 4, 5]]), 3)  # -0.2's children could enter
+    assert not _selection_is_final(scores[:, :2], torch.tensor([[0, 1]]), 3)  # fewer candidates than nodes
