@@ -253,8 +253,8 @@ class SpecEngine:
         gen = self.gen
         limits = [r.max_new_tokens - r.new - 1 for r in rows]
         if all(r.params.greedy for r in rows):  # EAGLE-2's dynamic tree, and the retrieval branches
-            tree, draft_seconds, draft_calls = draft_tree(gen.draft_runner, self._draft_state, rows, gen.draft_tree,
-                                                          self.device)
+            (tree, draft_calls), draft_seconds = decode.clocked(draft_tree, gen.draft_runner, self._draft_state, rows,
+                                                                gen.draft_tree, self.device)
             if tree is None:
                 return None
             tree, draft_seconds = add_branches(tree, branches), draft_seconds + retrieval_seconds
@@ -262,8 +262,9 @@ class SpecEngine:
             # The longest path a step can accept: the head's tree, or a longer branch.
             longest = [max(min(gen.draft_tree.depth, gen.draft_tree.nodes), len(branch)) for branch in branches]
         else:  # sampled rows: a fixed topology, verified by recursive rejection sampling
-            drafted, draft_seconds, draft_calls = draft_sampled_tree(
-                gen.draft_runner, self._draft_state, rows, gen.sampled_topology, gen.draft_tree_sampling, self.device)
+            (drafted, draft_calls), draft_seconds = decode.clocked(
+                draft_sampled_tree, gen.draft_runner, self._draft_state, rows, gen.sampled_topology,
+                gen.draft_tree_sampling, self.device)
             if drafted is None:
                 return None
             tree = drafted.tree

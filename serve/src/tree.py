@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 import torch
-from specdistill.serve.decode import clocked, right_padded, timed
+from specdistill.serve.decode import clocked, right_padded
 from specdistill.serve.sampling import argmax
 
 
@@ -77,26 +77,26 @@ class DraftTree:
     ancestors: torch.Tensor  # [B, N + 1, N + 1]: j is i or an ancestor of i (root included)
 
 
-def root_logits(runner, state, rows, device) -> tuple[torch.Tensor | None, float]:
+def root_logits(runner, state, rows, device) -> torch.Tensor | None:
     """The head's first call of a tree: it takes each row's waiting tokens and features and gives
-    the logits [B, V] at the root (the row's last token), and the seconds; None when a row has
-    nothing to draft from."""
+    the logits [B, V] at the root (the row's last token); None when a row has nothing to draft from."""
     pending = [row.tokens[held:] for row, held in zip(rows, state.lengths)]
     if not all(pending):
-        return None, 0.0
+        return None
     inputs = right_padded(pending, max(map(len, pending)), device)
-    logits, seconds = timed(runner, state, inputs, [len(p) - 1 for p in pending])
+    logits = runner.forward(state, inputs, [len(p) - 1 for p in pending])
     runner.rollback(state, [len(row.tokens) for row in rows])  # the right-padding
-    return logits, seconds
+    return logits
 
 
-def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, float, int]:
-    """The head's tree for each row (None when it has nothing to draft from), the seconds
-    spent and the number of head calls: fewer than ``shape.depth`` when the deeper levels could not
-    enter the selection (``_selection_is_final``)."""
-    logits, seconds = root_logits(runner, state, rows, device)
+def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree | None, int]:
+    """The head's tree for each row (None when it has nothing to draft from) and the number of head
+    calls: fewer than ``shape.depth`` when the deeper levels could not enter the selection
+    (``_selection_is_final``). The caller clocks the whole call: the head's logits and the tree's
+    bookkeeping cost as much as its layer."""
+    logits = root_logits(runner, state, rows, device)
     if logits is None:
-        return None, 0.0, 0
+        return None, 0
     head, k = runner.head, shape.top_k
     scores, tokens = logits.float().log_softmax(-1).topk(k, dim=-1)  # level 1: the root's children
     batch, fed = len(rows), torch.zeros(len(rows), 0, 0, dtype=torch.bool, device=device)
@@ -111,9 +111,7 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
             break
         fed = _grow_ancestors(fed, parent_slots)
         start = fed.shape[1] - k
-        out, elapsed = clocked(runner.forward_tree, state, all_tokens.gather(1, frontier), features, depth, start,
-                               fed[:, start:])
-        seconds += elapsed
+        out = runner.forward_tree(state, all_tokens.gather(1, frontier), features, depth, start, fed[:, start:])
         child_scores, child_index = head.logits(out).float().log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
         child_scores = (all_scores.gather(1, frontier)[:, :, None] + child_scores).flatten(1)
         child_tokens = head.draft_ids[child_index].flatten(1)
@@ -124,7 +122,7 @@ def draft_tree(runner, state, rows, shape: TreeShape, device) -> tuple[DraftTree
         features = out.gather(1, (best // k)[:, :, None].expand(-1, -1, out.shape[-1]))
         parent_slots = start + best // k
         calls += 1
-    return _select(levels, shape.nodes), seconds, calls
+    return _select(levels, shape.nodes), calls
 
 
 def _selection_is_final(scores: torch.Tensor, frontier: torch.Tensor, nodes: int) -> bool:

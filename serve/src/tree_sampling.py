@@ -40,7 +40,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from specdistill.serve.decode import clocked
 from specdistill.serve.sampling import argmax, draw, draw_distinct, warp_rows
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors, _grow_ancestors, root_logits
 
@@ -148,13 +147,13 @@ class SampledTree:
 
 def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, device):
     """Each row's tree of the fixed ``topology``: sampled rows draw children from the head's
-    warped q (``mode``), greedy rows take the likeliest. Returns (SampledTree | None, seconds,
-    head calls); None when the head has nothing to draft from."""
+    warped q (``mode``), greedy rows take the likeliest. Returns (SampledTree | None, head calls); None
+    when the head has nothing to draft from. The caller clocks the whole call."""
     if mode not in MODES:
         raise ValueError(f"a sampled tree drafts by {MODES}, got {mode!r}")
-    logits, seconds = root_logits(runner, state, rows, device)
+    logits = root_logits(runner, state, rows, device)
     if logits is None:
-        return None, 0.0, 0
+        return None, 0
     batch, nodes = len(rows), topology.nodes
     vocab = runner.head.draft_ids  # q is kept over these target ids (module doc)
     tokens = torch.zeros(batch, nodes, dtype=torch.long, device=device)
@@ -173,9 +172,9 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
             fed = _grow_ancestors(fed, parent_slots)
             start = fed.shape[1] - len(expanding)
             features = torch.stack([head_state[topology.parents[v - 1]] for v in expanding], 1)
-            out, elapsed = clocked(runner.forward_tree, state, tokens[:, [v - 1 for v in expanding]], features,
-                                   depth, start, fed[:, start:])
-            seconds, calls = seconds + elapsed, calls + 1
+            out = runner.forward_tree(state, tokens[:, [v - 1 for v in expanding]], features, depth, start,
+                                      fed[:, start:])
+            calls += 1
             for i, v in enumerate(expanding):
                 slot_of[v], head_state[v] = start + i, out[:, i]
             logits = runner.head.logits(out)  # [B, E, V_draft]
@@ -185,7 +184,7 @@ def draft_sampled_tree(runner, state, rows, topology: Topology, mode: str, devic
     depths = torch.tensor(topology.depths, device=device).expand(batch, -1)
     parents = torch.tensor(topology.parents, device=device).expand(batch, -1)
     tree = DraftTree(tokens, parents, depths, _ancestors(parents))
-    return SampledTree(tree, topology, q, valid, mode, vocab, picks), seconds, calls
+    return SampledTree(tree, topology, q, valid, mode, vocab, picks), calls
 
 
 def _at_depth(topology: Topology, depth: int) -> list[int]:

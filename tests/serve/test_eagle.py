@@ -258,9 +258,9 @@ def test_a_tree_stops_drafting_where_deeper_levels_could_not_be_selected_and_is_
         drafted = []
 
         def recording(*args, **kwargs):
-            tree, seconds, calls = tree_module.draft_tree(*args, **kwargs)
+            tree, calls = tree_module.draft_tree(*args, **kwargs)
             drafted.append((tree.tokens.tolist(), tree.parents.tolist(), calls))
-            return tree, seconds, calls
+            return tree, calls
 
         with monkeypatch.context() as patch:
             patch.setattr(scheduler, "draft_tree", recording)
