@@ -1,22 +1,27 @@
 """``specdistill bench``: measure a draft against its target on held-out prompts, against HF
 ``generate`` (the faster of fp32 and bf16) and our engine with no draft, in one table ending with
-one JSON line. ``MeasureConfig`` and the report are shared with ``specdistill demo``.
+one JSON line. The rows take each prompt in turns, so a host whose speed drifts over minutes moves
+them all alike and the ratios hold. ``MeasureConfig`` and the report are shared with ``specdistill demo``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
-from specdistill.measure import measure_speculative, measure_target, predicted_speedup, warm_up
+from specdistill.measure import measure_speculative, measure_target, predicted_speedup, speculative_summary, warm_up
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
 from specdistill.models.eagle3 import Eagle3Head
 from specdistill.options import nested, option
+from specdistill.serve import SpecStats, SpeculativeGenerator
 from specdistill.serve.model_free import RetrievalBranch
 from specdistill.serve.tree import TreeShape
 from specdistill.serve.tree_sampling import SAMPLED_TREE, check_sampled_tree, check_tree_sampling
@@ -194,11 +199,15 @@ def run_bench(config: BenchConfig) -> dict:
         {"": measure_prompts(measure)}
     target, tokenizer = load_target(config.target)
     draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
+    hf_targets = hf_generate_targets(target, dtype)
+    for model in hf_targets.values():
+        warm_up(model, None, tokenizer)
+    warm_up(target, draft, tokenizer)
     summaries = {}
     for category, conversations in groups.items():
         if config.by_category:
             print(f"\n== {category} ==")
-        summaries[category] = bench_rows(target, draft, vocab, tokenizer, conversations, config, category)
+        summaries[category] = bench_rows(target, draft, vocab, tokenizer, conversations, config, hf_targets, category)
     summary = summaries[""] if not config.by_category else print_categories(summaries, config)
     if isinstance(where, Path) and config.draft != DEFAULT_DRAFT:  # the shipped draft's card is part of the package
         update_model_card(where, summary | {"source": f"specdistill bench, {summary['num_prompts']} prompts"})
@@ -206,25 +215,64 @@ def run_bench(config: BenchConfig) -> dict:
 
 
 def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation], config: BenchConfig,
-               category: str = "") -> dict:
-    """HF ``generate``, our engine alone and the draft on these conversations: the table and its JSON line."""
+               hf_targets: dict, category: str = "") -> dict:
+    """HF ``generate`` (``hf_targets``: the target in fp32 and bf16), our engine alone and the draft on these
+    conversations, prompt by prompt in turns (each row takes a prompt, then the next row; the order rotates), so
+    that every row sees the same minutes of a host whose speed drifts: the table and its JSON line. Each engine
+    row keeps one generator over the prompts, as one server would (what its policy learns carries over)."""
     measure = config.measure
-    k, max_new = measure.k, measure.max_new_tokens
-    temperature = measure.decode_temperature
-    rows = measure_hf_baseline(target, tokenizer, conversations, max_new, decode_dtype(measure.dtype), temperature)
-    warm_up(target, draft, tokenizer)
-    rows["target alone (our engine)"] = measure_row(target, None, tokenizer, conversations, 0, max_new, temperature)
-    result = measure_row(target, draft, tokenizer, conversations, k, max_new, measure.decode_temperature,
-                         draft_confidence=measure.draft_confidence, draft_vocab=vocab, draft_tree=measure.draft_tree,
-                         draft_retrieval=measure.draft_retrieval, draft_tree_sampling=measure.draft_tree_sampling,
-                         sampled_tree=measure.sampled_tree)
+    k, max_new, temperature = measure.k, measure.max_new_tokens, measure.decode_temperature
+    tree = TreeShape.parse(measure.draft_tree, head=isinstance(draft, Eagle3Head))
+    retrieval = RetrievalBranch.parse(measure.draft_retrieval, tree=tree is not None)
+    drafted = SpeculativeGenerator(target, draft, num_draft_tokens=k, draft_confidence=measure.draft_confidence,
+                                   draft_vocab=vocab, draft_tree=tree, draft_retrieval=retrieval,
+                                   draft_tree_sampling=measure.draft_tree_sampling, sampled_tree=measure.sampled_tree)
+    engines = {"alone": SpeculativeGenerator(target, None, num_draft_tokens=0), "draft": drafted}
+    hf_rows = {f"target alone (HF generate, {name})": model for name, model in hf_targets.items()}
+    runs = {name: [] for name in [*hf_rows, "alone", "draft"]}
+    for i, conversation in enumerate(tqdm(conversations, desc=category or "prompts", leave=False)):
+        names = list(runs)
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            if name in hf_rows:
+                runs[name].append(measure_target(hf_rows[name], tokenizer, [conversation], max_new, progress=False,
+                                                 temperature=temperature))
+            else:
+                runs[name].append(measure_speculative(target, None, tokenizer, [conversation], max_new_tokens=max_new,
+                                                      temperature=temperature, seed=1000 * i, progress=False,
+                                                      generator=engines[name]))
+    rows = {name: _merged_target_runs(runs[name]) for name in hf_rows}
+    rows["target alone (our engine)"] = _merged_engine_runs(runs["alone"])
+    result = _merged_engine_runs(runs["draft"]) | {"draft_tree": None if tree is None else str(tree),
+                                                   "draft_retrieval": None if retrieval is None else str(retrieval)}
     name = drafted_label(result, k)
     name += f" + {result['draft_retrieval']}" if result["draft_retrieval"] else ""
     name += f", draft vocab {len(vocab)}" if vocab is not None else ""
     rows[name] = result
     extra = {"decode_temperature": measure.decode_temperature, "draft": config.draft,
-             "num_prompts": len(conversations), "turns": sum(len(c.turns) for c in conversations)}
+             "num_prompts": len(conversations), "turns": sum(len(c.turns) for c in conversations),
+             "interleaved": "prompt by prompt"}
     return print_report(rows, name, measure, extra | ({"category": category} if category else {}))
+
+
+def hf_generate_targets(target, dtype: torch.dtype) -> dict:
+    """The target in fp32 and in bf16 for HF ``generate``'s rows (on some CPUs plain decoding is faster in
+    fp32: a speedup is only honest against the faster of the two): ``target`` itself, moved to the decoding
+    ``dtype`` (our engine decodes with it), and a copy in the other, each run once to warm it up."""
+    target.to(dtype)
+    other = copy.deepcopy(target).to(torch.float32 if dtype == torch.bfloat16 else torch.bfloat16)
+    models = {name: target if DTYPES[name] == dtype else other for name in ("fp32", "bf16")}
+    return models
+
+
+def _merged_target_runs(runs: list[dict]) -> dict:
+    new_tokens, seconds = sum(r["new_tokens"] for r in runs), sum(r["seconds"] for r in runs)
+    return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
+            "step_seconds": seconds / max(new_tokens, 1), "outputs": [out for r in runs for out in r["outputs"]]}
+
+
+def _merged_engine_runs(runs: list[dict]) -> dict:
+    stats = functools.reduce(SpecStats.merge, (r["stats"] for r in runs), SpecStats())
+    return speculative_summary(stats) | {"outputs": [out for r in runs for out in r["outputs"]]}
 
 
 def drafted_label(result: dict, k) -> str:

@@ -93,12 +93,17 @@ def measure_speculative(target, draft, tokenizer, prompts: list[str | Conversati
 
     for prompt in tqdm(prompts, desc=f"speculative k={num_draft_tokens}", disable=not progress, leave=False):
         outputs += answer_turns(tokenizer, prompt, answer)
+    return {**speculative_summary(stats), "stats": stats, "outputs": outputs}
+
+
+def speculative_summary(stats: SpecStats) -> dict:
+    """The rates of a run's merged counts, and its mean draft and verification costs."""
     summary = stats.summary()
     summary["draft_step_seconds"] = stats.draft_seconds / max(stats.draft_calls, 1)
     summary["verify_seconds"] = stats.target_seconds / max(stats.target_calls, 1)
     summary["mean_k"] = stats.proposed / max(stats.steps, 1)  # drafts per step actually proposed
     summary["tree_step_share"] = stats.tree_steps / max(stats.steps, 1)  # what was drafted, for the row's label
-    return {**summary, "stats": stats, "outputs": outputs}
+    return summary
 
 
 @torch.inference_mode()
