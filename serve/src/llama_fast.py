@@ -183,17 +183,20 @@ class LlamaRunner:
     def keep_path(self, state: FastState, base: int, paths: list[list[int]], lengths: list[int]) -> None:
         """After ``forward_tree`` from slot ``base``: row b keeps the nodes ``paths[b]`` (node
         indices, root first), moved to its slots ``lengths[b]`` on, and holds nothing past them."""
-        width = max(map(len, paths))
-        device = state.keys[0].device
-        # A row's short path is padded with copies of its last move, which write the same value twice.
-        source = torch.tensor([[base + i for i in p] + [base + p[-1]] * (width - len(p)) for p in paths], device=device)
-        target = torch.tensor([[n + j for j in range(len(p))] + [n + len(p) - 1] * (width - len(p))
-                               for p, n in zip(paths, lengths)], device=device)
+        # (slot from, slot to) per row, leaving out the nodes already in place (the root, and a path that
+        # runs down the first node of each level): each move is a gather and a scatter over every layer.
+        moves = [[(base + i, n + j) for j, i in enumerate(p) if base + i != n + j] for p, n in zip(paths, lengths)]
+        state.lengths = [n + len(p) for p, n in zip(paths, lengths)]
+        width = max(map(len, moves))
+        if width == 0:
+            return
+        # A row with fewer moves repeats its last one (or moves its root onto itself): the same value twice.
+        moves = [m + [m[-1] if m else (base + p[0], n)] * (width - len(m)) for m, p, n in zip(moves, paths, lengths)]
+        source, target = torch.tensor(moves, device=state.keys[0].device).unbind(-1)
         shape = (len(paths), self.kv_heads, width, self.head_dim)
         source, target = source[:, None, :, None].expand(shape), target[:, None, :, None].expand(shape)
         for cache in (*state.keys, *state.values):
             cache.scatter_(2, target, cache.gather(2, source))
-        state.lengths = [n + len(p) for p, n in zip(paths, lengths)]
 
     def rollback(self, state: FastState, lengths: list[int]) -> None:
         # Entries past a row's length are never read (the causal mask stops at the query's

@@ -5,7 +5,8 @@ under 1 / (1 - 0.65) ≈ 2.9 however long it is. A tree keeps several guesses:
 
     draft   level by level, the ``top_k`` likeliest nodes of the newest level (by the draft's
             probability of the whole path) each propose their ``top_k`` likeliest next tokens,
-            ``depth`` levels deep, one batched head call per level
+            ``depth`` levels deep, one batched head call per level, stopping early once no
+            deeper node could enter the selection (``_selection_is_final``: the same tree)
     select  the ``nodes`` best of all proposed nodes by path probability (a child is never
             likelier than its parent, so the selection holds every selected node's parents)
     verify  the target scores the row's last token and every node in ONE forward, each node
