@@ -25,6 +25,16 @@ translations back into English (single turns, as users send them); training repl
         --prompts runs/v7/prompts.jsonl runs/v7/english-prompts.jsonl --chat-records 0 \\
         --out bench/data/default-draft-train-v7.jsonl.gz
 
+v9: the tasks the shipped head (v8) drafts worst on the broad held-out set, answered greedily, second turns after
+the target's own first answers; training replays v4 (its Python chat and code):
+
+    specdistill make-prompts --source tasks --max-prompts 1200 --seed 21 --out runs/v9data/prompts.jsonl \
+        --mix everyday:3,translation:2,summarization:2,qa:2,rag:2,extraction:1,math:1
+    specdistill generate-data --prompts runs/v9data/prompts.jsonl --out runs/v9data/answers.jsonl \
+        --max-tokens 160 --temperature 0 --batch-size 32 --keep-truncated
+    python bench/build_broad_train.py --answers runs/v9data/answers.jsonl --prompts runs/v9data/prompts.jsonl \
+        --chat-records 0 --out bench/data/default-draft-train-v9.jsonl.gz
+
 Every prompt comes from this Python's standard library, the project's templates (``specdistill.data.task_prompts``,
 ``specdistill.data.everyday_prompts``) or the target's own text; none is a held-out or benchmark prompt.
 """
