@@ -257,11 +257,10 @@ def bench_rows(target, draft, vocab, tokenizer, conversations: list[Conversation
 def hf_generate_targets(target, dtype: torch.dtype) -> dict:
     """The target in fp32 and in bf16 for HF ``generate``'s rows (on some CPUs plain decoding is faster in
     fp32: a speedup is only honest against the faster of the two): ``target`` itself, moved to the decoding
-    ``dtype`` (our engine decodes with it), and a copy in the other, each run once to warm it up."""
+    ``dtype`` (our engine decodes with it), and a copy in the other."""
     target.to(dtype)
     other = copy.deepcopy(target).to(torch.float32 if dtype == torch.bfloat16 else torch.bfloat16)
-    models = {name: target if DTYPES[name] == dtype else other for name in ("fp32", "bf16")}
-    return models
+    return {name: target if DTYPES[name] == dtype else other for name in ("fp32", "bf16")}
 
 
 def _merged_target_runs(runs: list[dict]) -> dict:
