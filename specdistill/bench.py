@@ -16,7 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
-from specdistill.measure import measure_speculative, measure_target, predicted_speedup, speculative_summary, warm_up
+from specdistill.measure import (
+    measure_speculative,
+    measure_target,
+    predicted_speedup,
+    speculative_summary,
+    target_summary,
+    warm_up,
+    warm_up_generate,
+)
 from specdistill.models import DEFAULT_TARGET, load_target
 from specdistill.models.drafts import DEFAULT_DRAFT, load_draft, resolve_draft
 from specdistill.models.eagle3 import Eagle3Head
@@ -201,7 +209,8 @@ def run_bench(config: BenchConfig) -> dict:
     draft, vocab = load_draft(config.draft, target, dtype, measure.draft_vocab_size)
     hf_targets = hf_generate_targets(target, dtype)
     for model in hf_targets.values():
-        warm_up(model, None, tokenizer)
+        if model is not target:  # the copy runs HF generate only; the target's own runs warm up below
+            warm_up_generate(model, tokenizer)
     warm_up(target, draft, tokenizer)
     summaries = {}
     for category, conversations in groups.items():
@@ -264,9 +273,7 @@ def hf_generate_targets(target, dtype: torch.dtype) -> dict:
 
 
 def _merged_target_runs(runs: list[dict]) -> dict:
-    new_tokens, seconds = sum(r["new_tokens"] for r in runs), sum(r["seconds"] for r in runs)
-    return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
-            "step_seconds": seconds / max(new_tokens, 1), "outputs": [out for r in runs for out in r["outputs"]]}
+    return target_summary([out for r in runs for out in r["outputs"]], sum(r["seconds"] for r in runs))
 
 
 def _merged_engine_runs(runs: list[dict]) -> dict:

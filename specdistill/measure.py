@@ -65,6 +65,11 @@ def measure_target(target, tokenizer, prompts: list[str | Conversation], max_new
 
     for prompt in tqdm(prompts, desc="target alone", disable=not progress, leave=False):
         outputs += answer_turns(tokenizer, prompt, answer)
+    return target_summary(outputs, seconds)
+
+
+def target_summary(outputs: list[list[int]], seconds: float) -> dict:
+    """Plain decoding's figures from its answers (one per turn) and the seconds they took."""
     new_tokens = sum(len(out) for out in outputs)
     return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
             "step_seconds": seconds / max(new_tokens, 1), "outputs": outputs}
@@ -109,10 +114,17 @@ def speculative_summary(stats: SpecStats) -> dict:
 @torch.inference_mode()
 def warm_up(target, draft, tokenizer) -> None:
     """One short run of each path, so one-time allocation costs stay out of the timings."""
-    ids = chat_prompt_ids(tokenizer, "Hello").to(target.device)
-    target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                    pad_token_id=_eos(tokenizer))
+    ids = warm_up_generate(target, tokenizer)
     SpeculativeGenerator(target, draft, num_draft_tokens=2).generate(ids, max_new_tokens=4)
+
+
+@torch.inference_mode()
+def warm_up_generate(model, tokenizer) -> torch.Tensor:
+    """One short HF ``generate`` run of ``model``; returns the prompt ids it used."""
+    ids = chat_prompt_ids(tokenizer, "Hello").to(model.device)
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                   pad_token_id=_eos(tokenizer))
+    return ids
 
 
 def _chained(accepts: list[torch.Tensor], max_k: int) -> list[float]:
