@@ -6,19 +6,27 @@
 
 The folder gets the head's bf16 weights, its speculators config, a sha256 checksum and a
 model card with how it was made and what it measured (the last JSON line of the bench log). With
-``--by-category LOG`` (the output of ``specdistill bench --draft HEAD --prompts
-bench/prompts/broad-heldout.jsonl --by-category ...``) the card also gets τ and speedup per task.
+``--by-category LOG ...`` (outputs of ``specdistill bench --draft HEAD --prompts
+bench/prompts/broad-heldout.jsonl --by-category ...``, as served and with the tree on every step) the card
+also gets τ and speedup per task. A run trained without ``--eval-every`` gets its held-out α measured here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+
+from specdistill.serve.tree import TreeShape
 
 from specdistill.bench import MeasureConfig
 from specdistill.models import load_target
 from specdistill.models.drafts import package_head
+from specdistill.models.eagle3_io import load_head
+from specdistill.training.heldout_eval import HeldOutEval
+from specdistill.training.sources import pad_id
 
 DEST = Path(__file__).parents[1] / "specdistill" / "default_draft"
 
@@ -31,12 +39,14 @@ def per_task_section(summary: dict, command: str) -> str:
     new_tokens = summary.get("max_new_tokens", MeasureConfig().max_new_tokens)
     mean = (f"| mean | | {summary['mean_tau']:.2f} | | {summary['mean_speedup_vs_hf_generate']:.2f}x | "
             f"{summary['mean_speedup_over_our_target']:.2f}x |")
+    k = summary["num_draft_tokens"]
+    how = (f"as served (k = {k}: the tree, a chain or nothing each step, by measured tokens/s)" if k == "auto"
+           else f"with the tree {TreeShape.parse(summary['draft_tree'])} on every step (k = {k})")
     return f"""
-## Measured per task
+## Measured per task, {"as served" if k == "auto" else "the tree on every step"}
 
 The project's broad held-out set (`bench/prompts/broad-heldout.jsonl`: hand-written prompts of eight
-tasks, never trained on), greedy, bf16, {new_tokens} new tokens, 2-core CPU, as served
-(k = {summary["num_draft_tokens"]}):
+tasks, never trained on), greedy, bf16, {new_tokens} new tokens, 2-core CPU, {how}:
 
 ```sh
 {command}
@@ -127,7 +137,8 @@ def main():
     parser.add_argument("--data-note", default="the target's own answers to the project's prompts.",
                         help="one or two sentences on the training data, for the card")
     parser.add_argument("--training-note", default="", help="a sentence on how the run went (resumes), for the card")
-    parser.add_argument("--by-category", default="", help="output of specdistill bench --by-category on the broad set")
+    parser.add_argument("--by-category", nargs="*", default=[],
+                        help="outputs of specdistill bench --by-category on the broad set (a table each)")
     args = parser.parse_args()
     head = Path(args.head)
     bench = json.loads(Path(args.bench).read_text().strip().splitlines()[-1])
@@ -136,13 +147,18 @@ def main():
     training = {"config": json.loads((run / "train_config.json").read_text()), "history": history,
                 "steps": history[-1]["step"]}
     per_task = ""
-    if args.by_category:
-        summary = json.loads(Path(args.by_category).read_text().strip().splitlines()[-1])
+    for log in args.by_category:
+        summary = json.loads(Path(log).read_text().strip().splitlines()[-1])
         command = ("specdistill bench --draft default --prompts bench/prompts/broad-heldout.jsonl --by-category "
                    f"--num-prompts {max(s['num_prompts'] for s in summary['by_category'].values())} "
                    f"--num-draft-tokens {summary['num_draft_tokens']}")
-        per_task = per_task_section(summary, command)
-    target, _ = load_target()
+        per_task += per_task_section(summary, command)
+    target, tokenizer = load_target()
+    if not any("eval" in h for h in history):  # a run without --eval-every: measure the card's held-out α now
+        with tempfile.TemporaryDirectory() as scratch:
+            config = SimpleNamespace(eval_prompts=12, output_dir=scratch, eval_decode=0, eval_every=1)
+            history[-1]["eval"] = HeldOutEval(config, target, tokenizer, pad_id(tokenizer), progress=True).run(
+                load_head(head, target))
     card_text = card(head, bench, training, args.data_note, args.training_note, per_task)
     out = package_head(head, DEST, target, card_text)
     (out / "model.safetensors").chmod(0o644)
