@@ -56,7 +56,7 @@ class MeasureConfig:
     draft_vocab_size: int = option(8192, "draft only the N most frequent training tokens (0 = all; needs "
                                          "draft_vocab.json)")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step instead of a chain "
-                                     "of k: auto = 5,3,10 for a head, none = a chain")
+                                     "of k: auto = 5,8,12 for a head, none = a chain")
     draft_retrieval: str = option("auto", "candidates copied from the prompt and answer join a head's tree: "
                                           "METHOD[:TOKENS][+STORE] (ngram, prompt-lookup; STORE: served = also "
                                           "the outputs served so far where the text has no match, corpus = "

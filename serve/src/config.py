@@ -36,7 +36,7 @@ class ServeConfig:
                                          "draft_vocab.json)")
     draft_confidence: float = option(0.4, "stop drafting below this draft probability")
     draft_tree: str = option("auto", "an EAGLE-3 head drafts a tree DEPTH,TOP_K,NODES per step "
-                                     "(auto = 5,3,10 for a head, a chain for other drafts); none = a chain of k")
+                                     "(auto = 5,8,12 for a head, a chain for other drafts); none = a chain of k")
     draft_tree_max_batch: int = option(0, "0 = no cap: with --num-draft-tokens auto, each step drafts the tree, "
                                           "a chain or nothing by measured tokens/s; N = batches of more rows "
                                           "always draft a chain")

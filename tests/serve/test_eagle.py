@@ -158,7 +158,7 @@ def test_a_tree_path_stops_at_eos_and_counts_only_what_a_step_could_accept(targe
 
 
 def test_tree_specs():
-    assert TreeShape.parse("auto") == TreeShape(5, 3, 10) and TreeShape.parse("auto", head=False) is None
+    assert TreeShape.parse("auto") == TreeShape(5, 8, 12) and TreeShape.parse("auto", head=False) is None
     assert TreeShape.parse("none") is None and TreeShape.parse(" 4, 2 ,6") == TreeShape(4, 2, 6)
 
 
