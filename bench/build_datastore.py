@@ -16,7 +16,7 @@ from pathlib import Path
 from specdistill.serve.datastore import CORPUS_FILE, save_head_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSIONS = ("v1", "v2", "v4", "v7")
+VERSIONS = ("v1", "v2", "v4", "v7", "v9")
 VOCAB_SIZE = 49152  # SmolLM2's tokenizer
 
 
