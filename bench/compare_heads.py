@@ -18,6 +18,7 @@ import json
 
 import torch
 
+from specdistill.bench import MeasureConfig
 from specdistill.data.prompts import by_category, read_conversations
 from specdistill.measure import measure_speculative
 from specdistill.models import load_target
@@ -42,9 +43,10 @@ def main() -> None:
     if not all(tasks.values()):
         raise SystemExit(f"--skip {args.skip} leaves no prompts for some tasks of {args.prompts}")
     modes = {f"chain of {args.k}": dict(num_draft_tokens=args.k)}
-    if args.tree:  # as served but with the tree every step: the τ the policy can draw on
-        modes["tree"] = dict(num_draft_tokens=args.k, draft_confidence=0.4, draft_tree=args.draft_tree,
-                             draft_retrieval="auto")
+    if args.tree:  # as served (the bench's defaults) but with the tree every step: the τ the policy can draw on
+        served = MeasureConfig()
+        modes["tree"] = dict(num_draft_tokens=args.k, draft_confidence=served.draft_confidence,
+                             draft_tree=args.draft_tree, draft_retrieval=served.draft_retrieval)
     taus = {mode: {} for mode in modes}
     for head in args.heads:
         draft, vocab = load_draft(head, target, dtype=torch.bfloat16)

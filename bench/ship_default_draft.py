@@ -156,7 +156,7 @@ def main():
     target, tokenizer = load_target()
     if not any("eval" in h for h in history):  # a run without --eval-every: measure the card's held-out α now
         with tempfile.TemporaryDirectory() as scratch:
-            config = SimpleNamespace(eval_prompts=12, output_dir=scratch, eval_decode=0, eval_every=1)
+            config = SimpleNamespace(eval_prompts=12, output_dir=scratch, eval_decode=0)  # as --eval-every's
             history[-1]["eval"] = HeldOutEval(config, target, tokenizer, pad_id(tokenizer), progress=True).run(
                 load_head(head, target))
     card_text = card(head, bench, training, args.data_note, args.training_note, per_task)
