@@ -87,27 +87,32 @@ class CostAwareDraftLength:
     level deeper. t_draft is one draft forward, t_tree_draft the drafting of a whole tree, and t_verify(n)
     one target forward over n tokens in all: flat while the machine is memory-bound, growing once it is
     compute-bound (large batches, wide trees, CPUs without native bf16), interpolated between the token
-    counts timed. All are estimated online with
+    counts timed at that batch size (the draft costs too, per batch size). All are estimated online with
     exponential forgetting, so a draft that stops paying (another language, another task) is dropped
-    within steps and k = 0 decodes at the target's own speed.
+    within steps and k = 0 decodes at the target's own speed. Drafting must beat k = 0 by ``margin``
+    (costs the model leaves out fall on drafting only), and a batch times k = 0 before pricing it.
 
     Exploration comes from optimism: a position never reached takes the estimate of the position before
     it, and the tree is tried before it is judged. But t_verify is flat until two token counts have been
     timed, which would price a chain at the tree's verification: so while the tree wins, a chain step is
     taken after ``chain_probe_steps`` tree steps until a chain was timed, then once every
-    ``tree_probe_every``. When k = 0 wins, one drafted token is tried after ``probe_every`` steps, and a tree
+    ``tree_probe_every``. When k = 0 wins, one drafted token is tried after ``probe_every`` steps (times the
+    batch's rows), and a tree
     passed over is tried after ``tree_probe_every`` steps, so a draft that gets better is noticed; each gap
     doubles while the probes keep losing (up to 16 times), since a probe of a costly tree is not cheap, and
     a tree that could not win even if its every level were accepted is not probed at all.
     """
 
     def __init__(self, k_max: int = 8, warmup_k: int = 4, prior_alpha: float = 0.6, prior_weight: float = 2.0,
-                 decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64, chain_probe_steps: int = 4):
+                 decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64, chain_probe_steps: int = 4,
+                 margin: float = 0.1):
         if k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
-        self.k_max, self.warmup_k = k_max, min(warmup_k, k_max)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.k_max, self.warmup_k, self.margin = k_max, min(warmup_k, k_max), margin
         self.prior_alpha, self.prior_weight, self.decay = prior_alpha, prior_weight, decay
         self.probe_every, self.tree_probe_every, self.chain_probe_steps = probe_every, tree_probe_every, \
             chain_probe_steps
@@ -117,9 +122,13 @@ class CostAwareDraftLength:
         self.tree_reached_at: list[float] = []
         self.branch_accepted_at: list[float] = []  # per position of a retrieval branch verified on its own
         self.branch_reached_at: list[float] = []
-        self.verify_points: dict[int, list[float]] = {}  # tokens verified -> [discounted seconds, count]
-        self.draft_step_seconds: float | None = None  # moving average of one draft forward
-        self.tree_draft_seconds: float | None = None  # moving average of drafting one tree
+        # (rows, tokens verified in all) -> [discounted seconds, count]
+        self.verify_points: dict[tuple[int, int], list[float]] = {}
+        self._curves = None  # (rows, own points, pooled points) of verify_points, see _verify_curves
+        # Moving averages per batch size (rows -> seconds): a 16-row tree costs far more to draft than a
+        # 1-row one, and pricing it at the 1-row cost probed 16-row trees at 10 plain steps' time each.
+        self.draft_step_costs: dict[int, float] = {}  # one draft forward
+        self.tree_draft_costs: dict[int, float] = {}  # drafting one tree
         self.rows = 1  # the batch size of the last step: the next one is priced for it
         self._zero_steps = self._chain_steps = self._tree_steps = 0
         self._chain_timed = False
@@ -134,21 +143,29 @@ class CostAwareDraftLength:
         verification costs stay."""
         self.accepted_at, self.reached_at = [0.0] * self.k_max, [0.0] * self.k_max
         self.tree_accepted_at, self.tree_reached_at = [], []
-        self.draft_step_seconds = self.tree_draft_seconds = None
+        self.draft_step_costs, self.tree_draft_costs = {}, {}
         self._zero_steps = self._chain_steps = self._tree_steps = 0
         self._zero_gap, self._tree_gap = self.probe_every, self.tree_probe_every
 
     # ---- decisions -------------------------------------------------------------------------------
 
     def next_k(self) -> int:
+        if self.rows > 1 and (self.rows, self.rows) not in self.verify_points:
+            # Drafting nothing was never timed at this batch size: a batch of one-token rows takes the
+            # target's fastest path, which a line through the chains' costs overprices (16 rows kept drafting
+            # chains at 0.85x the tokens/s), and a step of the target alone costs no more than the target.
+            return 0
         if self.draft_step_seconds is None or not self.verify_points:
             return self.warmup_k  # nothing measured yet
-        best = max(range(self.k_max + 1), key=self.tokens_per_second)
-        if best > 0:
+        best = max(range(1, self.k_max + 1), key=self.tokens_per_second)
+        if self.tokens_per_second(best) > self._plain_to_beat():
             self._zero_gap = self.probe_every
             return best
         self._zero_steps += 1
-        if self._zero_steps < self._zero_gap:
+        # A probe after a run of steps without drafts has the head read every row's missed features: at 16
+        # rows on a CPU that costs 2-4 steps of the target alone, at 1 row a fifth of one; so the gap grows
+        # with the rows (the acceptance it refreshes is learned at every batch size anyway).
+        if self._zero_steps < self._zero_gap * self.rows:
             return 0
         self._zero_steps, self._zero_gap = 0, min(2 * self._zero_gap, 16 * self.probe_every)
         return 1
@@ -158,7 +175,7 @@ class CostAwareDraftLength:
         self.rows = rows
         if self.tree_draft_seconds is None:
             return True  # never tried: try it
-        chain = max(self.tokens_per_second(k) for k in range(self.k_max + 1))
+        chain = self._best_to_beat()
         if self.tree_tokens_per_second(depth, nodes) > chain:
             self._tree_gap = self.tree_probe_every
             self._tree_steps += 1
@@ -174,12 +191,36 @@ class CostAwareDraftLength:
         self._chain_steps, self._tree_gap = 0, min(2 * self._tree_gap, 16 * self.tree_probe_every)
         return True
 
-    def use_branch(self, rows: int, length: int) -> bool:
-        """Whether a greedy batch that drafts no tree verifies its rows' retrieval branches (at most
-        ``length`` tokens, no draft model run) rather than the chain ``next_k`` gives: by expected
-        tokens/s; a branch's positions start from the optimistic prior, so branches get tried."""
+    def use_branch(self, lengths: list[int]) -> bool:
+        """Whether a greedy batch that drafts no tree verifies its rows' retrieval branches (of ``lengths``
+        tokens, one per row, 0 where a row has none; no draft model run) rather than the chain ``next_k``
+        gives: by expected tokens/s; a branch's positions start from the optimistic prior, so branches get
+        tried."""
+        self.rows = len(lengths)
+        return self.branch_tokens_per_second(lengths) > self._best_to_beat()
+
+    def branches_may_pay(self, rows: int, length: int, depth: int, nodes: int) -> bool:
+        """Whether a greedy batch of ``rows`` could use retrieval branches of up to ``length`` tokens this
+        step, so that they are worth looking up (~0.5 ms a row on a CPU, a fifth of a 16-row step that
+        drafts nothing): the tree with them could win if its every level were accepted, or branches alone
+        would if every row had one at the rates measured. No side effects (``use_tree`` probes)."""
         self.rows = rows
-        return self.branch_tokens_per_second(length) > max(self.tokens_per_second(k) for k in range(self.k_max + 1))
+        if self.tree_draft_seconds is None:
+            return True  # the tree was never tried: it will be, with its branches
+        chain = self._best_to_beat()
+        return (self.tree_tokens_per_second(max(depth, length), nodes + length, every_level=True) > chain
+                or self.branch_tokens_per_second([length] * rows) > chain)
+
+    def _plain_to_beat(self) -> float:
+        """What drafting must beat: drafting nothing, by ``margin``. The model leaves out costs that fall
+        on drafting only (the head reading the features it missed after steps without drafts; rows that
+        finish apart, which leave part-empty batches and admit new requests in small prefills), and
+        at 16 rows on a CPU a chain priced even with drafting nothing ran at 0.85x its tokens/s."""
+        return (1 + self.margin) * self.tokens_per_second(0)
+
+    def _best_to_beat(self) -> float:
+        """What a tree or retrieval branches must beat: the best chain, or drafting nothing by ``margin``."""
+        return max(self._plain_to_beat(), *(self.tokens_per_second(k) for k in range(1, self.k_max + 1)))
 
     # ---- what happened ---------------------------------------------------------------------------
 
@@ -197,7 +238,7 @@ class CostAwareDraftLength:
         self.rows, self._chain_timed = len(rows), True
         self._time_verify(len(rows) * (k_run + 1), verify_seconds)
         if k > 0 and self._drafted_last:
-            self.draft_step_seconds = _average(self.draft_step_seconds, draft_seconds / k)
+            self.draft_step_costs[self.rows] = _average(self.draft_step_costs.get(self.rows), draft_seconds / k)
         self._drafted_last = k > 0
 
     def update_tree(self, accepted: list[int], depth: int, nodes: int, draft_seconds: float,
@@ -211,7 +252,7 @@ class CostAwareDraftLength:
         self.rows = len(accepted)
         self._time_verify(len(accepted) * (nodes + 1), verify_seconds)
         if self._drafted_last:
-            self.tree_draft_seconds = _average(self.tree_draft_seconds, draft_seconds)
+            self.tree_draft_costs[self.rows] = _average(self.tree_draft_costs.get(self.rows), draft_seconds)
         self._drafted_last = True
 
     def update_branch(self, rows: list[tuple[int, int]], verify_seconds: float, width: int) -> None:
@@ -226,17 +267,19 @@ class CostAwareDraftLength:
         self._drafted_last = False  # the head drafted nothing: its next call catches up
 
     def _forget(self) -> None:
+        self._curves = None
         for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at,
                        self.branch_accepted_at, self.branch_reached_at):
             counts[:] = [c * self.decay for c in counts]
-        for tokens, point in list(self.verify_points.items()):
+        for key, point in list(self.verify_points.items()):
             point[0] *= self.decay
             point[1] *= self.decay
-            if point[1] < 1e-3:  # a token count not timed for a long while
-                del self.verify_points[tokens]
+            if point[1] < 1e-3:  # a batch size and token count not timed for a long while
+                del self.verify_points[key]
 
     def _time_verify(self, tokens: int, seconds: float) -> None:
-        point = self.verify_points.setdefault(tokens, [0.0, 0.0])
+        self._curves = None
+        point = self.verify_points.setdefault((self.rows, tokens), [0.0, 0.0])
         point[0] += seconds
         point[1] += 1
 
@@ -252,22 +295,47 @@ class CostAwareDraftLength:
         prior = self.acceptance()[0] if self.k_max else self.prior_alpha
         return _rates_to(self.tree_accepted_at, self.tree_reached_at, prior, self.prior_weight, depth)
 
+    @property
+    def draft_step_seconds(self) -> float | None:
+        """One draft forward at the current batch size (None until one was timed)."""
+        return _at_rows(self.draft_step_costs, self.rows)
+
+    @property
+    def tree_draft_seconds(self) -> float | None:
+        """Drafting one tree at the current batch size (None until one was timed)."""
+        return _at_rows(self.tree_draft_costs, self.rows)
+
     def expected_tokens(self, k: int) -> float:
         """Expected tokens from one step with k drafts (accepted drafts + the target's token)."""
         return _expected(self.acceptance()[:k])
 
     def verify_seconds(self, tokens: int) -> float:
-        """t_verify over ``tokens`` tokens in all: linear between the two nearest token counts timed
-        (their mean times), and beyond them along the slope of a weighted least-squares line over all
-        counts (flat until two counts were timed; never falling with more tokens)."""
-        points = sorted((n, s / c, c) for n, (s, c) in self.verify_points.items() if c > 1e-3)
-        if not points:
-            return 1e-9  # nothing timed yet
-        for (n0, t0, _), (n1, t1, _) in zip(points, points[1:]):
-            if n0 <= tokens <= n1:
-                return max(t0 + max(t1 - t0, 0.0) * (tokens - n0) / (n1 - n0), 1e-9)
-        n, t, _ = points[0] if tokens < points[0][0] else points[-1]
-        return max(t + _slope(points) * (tokens - n), 1e-9)
+        """t_verify over ``tokens`` tokens in all for a batch of ``self.rows``, from the times of this batch
+        size: linear between the two nearest token counts timed (their mean times), and beyond them along the
+        slope of a weighted least-squares line over its counts (never falling with more tokens). One count
+        timed at this size takes the slope of all sizes' counts pooled; none, all sizes' counts pooled (flat
+        until two counts were timed). By size, since the tokens alone do not set the cost: 16 rows of one
+        token each take the target's one-token path, at a third of the time of 8 rows of two on a CPU, and
+        priced alike a 16-row batch kept drafting a chain of 2 at 0.85x the tokens/s of drafting none."""
+        own, pooled = self._verify_curves()
+        if len(own) == 1:
+            n, t, _ = own[0]
+            return max(t + _slope(pooled) * (tokens - n), 1e-9)
+        return _on_curve(own or pooled, tokens)
+
+    def _verify_curves(self) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float]]]:
+        """This batch size's (tokens, seconds, weight) points and all sizes' pooled by tokens, sorted; kept
+        until the next step's update (a decision prices ~30 options)."""
+        if self._curves is None or self._curves[0] != self.rows:
+            own = sorted((n, s / c, c) for (rows, n), (s, c) in self.verify_points.items()
+                         if rows == self.rows and c > 1e-3)
+            pooled: dict[int, list[float]] = {}
+            for (_, n), (s, c) in self.verify_points.items():
+                if c > 1e-3:
+                    point = pooled.setdefault(n, [0.0, 0.0])
+                    point[0], point[1] = point[0] + s, point[1] + c
+            self._curves = (self.rows, own, sorted((n, s / c, c) for n, (s, c) in pooled.items()))
+        return self._curves[1], self._curves[2]
 
     def tokens_per_second(self, k: int) -> float:
         """Expected tokens per second of the batch drafting a chain of k."""
@@ -281,13 +349,30 @@ class CostAwareDraftLength:
         tokens = depth + 1 if every_level else _expected(self.tree_acceptance(depth))
         return self.rows * tokens / seconds
 
-    def branch_tokens_per_second(self, length: int) -> float:
-        """Expected tokens per second of the batch verifying retrieval branches of ``length`` alone."""
-        rates = _rates_to(self.branch_accepted_at, self.branch_reached_at, self.prior_alpha, self.prior_weight, length)
-        return self.rows * _expected(rates) / self.verify_seconds(self.rows * (length + 1))
+    def branch_tokens_per_second(self, lengths: list[int]) -> float:
+        """Expected tokens per second of a batch verifying its rows' retrieval branches of ``lengths`` alone.
+        Each row is priced by its own branch: the rates are measured over rows that had one, so a row without
+        one yields its one token, however well the others' branches do (pricing every row at the longest
+        branch chose branch steps over the head's chain at 4 rows, for 0.7x its tokens/s)."""
+        width = max(lengths)
+        rates = _rates_to(self.branch_accepted_at, self.branch_reached_at, self.prior_alpha, self.prior_weight, width)
+        tokens = sum(_expected(rates[:length]) for length in lengths)
+        return tokens / self.verify_seconds(len(lengths) * (width + 1))
 
     def __repr__(self) -> str:
         return f"CostAwareDraftLength(k_max={self.k_max})"
+
+
+def _on_curve(points: list[tuple[int, float, float]], tokens: int) -> float:
+    """The seconds at ``tokens`` on sorted (tokens, seconds, weight) points: linear between the nearest two,
+    beyond them along ``_slope``'s line (1e-9 when there are none)."""
+    if not points:
+        return 1e-9  # nothing timed yet
+    for (n0, t0, _), (n1, t1, _) in zip(points, points[1:]):
+        if n0 <= tokens <= n1:
+            return max(t0 + max(t1 - t0, 0.0) * (tokens - n0) / (n1 - n0), 1e-9)
+    n, t, _ = points[0] if tokens < points[0][0] else points[-1]
+    return max(t + _slope(points) * (tokens - n), 1e-9)
 
 
 def _slope(points: list[tuple[int, float, float]]) -> float:
@@ -336,6 +421,27 @@ def _expected(rates: list[float]) -> float:
         survive *= rate
         total += survive
     return total
+
+
+def _at_rows(costs: dict[int, float], rows: int) -> float | None:
+    """A cost at ``rows`` from those timed at other batch sizes: linear between the nearest two; above the
+    largest, along the line through them all, or in proportion to the rows while one size was timed (a
+    cost per row: pessimistic, where batching amortizes, but a costly option tried at a batch it cannot pay
+    at costs ten plain steps); below the smallest, that one's cost."""
+    if not costs:
+        return None
+    if rows in costs:
+        return costs[rows]
+    sizes = sorted(costs)
+    if rows < sizes[0]:
+        return costs[sizes[0]]
+    for low, high in zip(sizes, sizes[1:]):
+        if low < rows < high:
+            return costs[low] + (costs[high] - costs[low]) * (rows - low) / (high - low)
+    top = sizes[-1]
+    if len(sizes) == 1:
+        return costs[top] * rows / top
+    return costs[top] + _slope([(n, costs[n], 1.0) for n in sizes]) * (rows - top)
 
 
 def _average(previous: float | None, value: float) -> float:

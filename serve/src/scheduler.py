@@ -182,7 +182,7 @@ class SpecEngine:
         k = policy.next_k()
         if gen.max_positions:
             k = min(k, min(gen.max_positions - len(r.tokens) for r in rows))
-        if any(branches) and hasattr(policy, "use_branch") and policy.use_branch(len(rows), max(map(len, branches))):
+        if any(branches) and hasattr(policy, "use_branch") and policy.use_branch(list(map(len, branches))):
             return self._decode_branches(rows, branches, retrieval_seconds)
         limits = [max(0, min(k, r.max_new_tokens - r.new - 1)) for r in rows]
         drafts, draft_probs, limits, draft_seconds, draft_calls = decode.propose(
@@ -221,6 +221,10 @@ class SpecEngine:
         gen, began = self.gen, time.perf_counter()
         if gen.draft_retrieval is None or gen.draft_tree is None or not all(r.params.greedy for r in rows):
             return [[] for _ in rows], 0.0
+        may_pay = getattr(gen.draft_length, "branches_may_pay", None)
+        if may_pay and not may_pay(len(rows), gen.draft_retrieval.max_tokens, gen.draft_tree.depth,
+                                   gen.draft_tree.nodes):
+            return [[] for _ in rows], 0.0  # neither a tree nor branches alone could win: not looked up
         limit = gen.max_positions
         limits = [min(r.max_new_tokens - r.new - 1, limit - len(r.tokens) if limit else r.max_new_tokens)
                   for r in rows]
