@@ -15,7 +15,9 @@ Concurrency 1 runs the held-out prompts one at a time; higher concurrency runs `
 requests (the prompts cycled) through each engine's continuous batching. vLLM gets its documented CPU
 setup: OpenMP threads on every core (its default reserves one of our two), Intel OpenMP and tcmalloc
 preloaded where found, prefix caching off (cycled prompts must not be free). Greedy outputs are
-compared token for token. Prints a table, then ONE JSON line.
+compared token for token. Our rows run ``--rounds`` times in turns (this host's speed moves by 1.5x within
+minutes): each gives its median tokens/s and "vs plain", the median over rounds of its ratio to our plain
+decoding in the same round; vLLM's run once each, after ours. Prints a table, then ONE JSON line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,9 @@ def parse_args():
                         "bfloat16,float32: each engine at its best dtype in one run")
     parser.add_argument("--compiled", action="store_true", help="also vLLM's compiled mode (slow to start)")
     parser.add_argument("--ours-only", action="store_true", help="skip vLLM (a quick look at our side)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="our rows run in turns this many times; each reports the median tokens/s, and the "
+                             "median of its ratios to plain decoding in the same round (vs plain)")
     return parser.parse_args()
 
 
@@ -144,18 +150,25 @@ def run_ours(args, dtype: torch.dtype, engine: str, rows: dict) -> list[list[int
     head, _ = load_draft(args.draft, target, dtype)
     lm_draft = load_draft(args.lm_draft, target, dtype)[0] if args.lm_draft else None
     prompts = [chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in HELDOUT_PROMPTS[: args.num_prompts]]
+    configs = {"plain": (None, {}),
+               f"chain of {args.k}": (head, dict(num_draft_tokens=args.k, draft_tree=None, draft_confidence=0.0)),
+               "auto (tree + ngram:8)": (head, dict(num_draft_tokens="auto", draft_tree="auto",
+                                                    draft_retrieval="auto"))}
+    if lm_draft is not None:
+        configs[f"LM draft, chain of {args.k}"] = (lm_draft, dict(num_draft_tokens=args.k))
     for concurrency in map(int, args.concurrency.split(",")):
         batch = requests_at(prompts, concurrency, args.batch_prompts)
-        rows[(engine, "plain", concurrency)] = ours(target, None, batch, args.max_tokens, concurrency)
-        rows[(engine, f"chain of {args.k}", concurrency)] = ours(
-            target, head, batch, args.max_tokens, concurrency, num_draft_tokens=args.k, draft_tree=None,
-            draft_confidence=0.0)
-        rows[(engine, "auto (tree + ngram:8)", concurrency)] = ours(
-            target, head, batch, args.max_tokens, concurrency, num_draft_tokens="auto", draft_tree="auto",
-            draft_retrieval="auto")
-        if lm_draft is not None:
-            rows[(engine, f"LM draft, chain of {args.k}", concurrency)] = ours(
-                target, lm_draft, batch, args.max_tokens, concurrency, num_draft_tokens=args.k)
+        runs = {label: [] for label in configs}
+        for round_ in range(args.rounds):  # in turns, the order reversed every other round: the host drifts
+            for label in (list(configs) if round_ % 2 == 0 else list(configs)[::-1]):
+                draft, settings = configs[label]
+                runs[label].append(ours(target, draft, batch, args.max_tokens, concurrency, **settings))
+        for label, done in runs.items():
+            rows[(engine, label, concurrency)] = done[0] | {
+                "tokens_per_s": statistics.median(run["tokens_per_s"] for run in done),
+                "rounds_tokens_per_s": [run["tokens_per_s"] for run in done],
+                "vs_plain": round(statistics.median(run["tokens_per_s"] / plain["tokens_per_s"]
+                                                    for run, plain in zip(done, runs["plain"])), 3)}
     return prompts
 
 
@@ -167,20 +180,22 @@ def report(rows: dict, settings: dict) -> None:
     ours_engine = {engine: engine for engine, _ in plain if engine.startswith("ours")}
     # "= ours plain": against ours in the run's --dtype where ours ran in it, else the first of ours
     reference = ours_engine.get(f"ours ({SHORT[settings['dtype']]})", ours_engine.get("ours", next(iter(ours_engine))))
-    print(f"{'engine':16} {'decoding':24} {'conc.':>5} {'tok/s':>8} {'tau':>6} {'= ours plain':>12} "
+    print(f"{'engine':16} {'decoding':24} {'conc.':>5} {'tok/s':>8} {'tau':>6} {'vs plain':>8} {'= ours plain':>12} "
           f"{'= own plain':>11}")
     table = []
     for (engine, label, concurrency), run in rows.items():
         ours_equal = _equal(run["outputs"], plain[(reference, concurrency)])
         own_equal = _equal(run["outputs"], plain[(engine, concurrency)])
         tau = run.get("tau", "")
-        print(f"{engine:16} {label:24} {concurrency:5d} {run['tokens_per_s']:8.2f} {tau:>6} {ours_equal:>12} "
-              f"{own_equal:>11}")
+        vs_plain = run.get("vs_plain", "")
+        print(f"{engine:16} {label:24} {concurrency:5d} {run['tokens_per_s']:8.2f} {tau:>6} {vs_plain:>8} "
+              f"{ours_equal:>12} {own_equal:>11}")
         table.append({"engine": engine, "decoding": label, "concurrency": concurrency,
                       "tokens_per_s": run["tokens_per_s"], "tau": run.get("tau"),
                       "outputs_equal_ours_plain": ours_equal, "outputs_equal_own_plain": own_equal}
                      | ({"accepted_per_position": run["accepted_per_position"]} if "accepted_per_position" in run
-                        else {}))
+                        else {})
+                     | {key: run[key] for key in ("rounds_tokens_per_s", "vs_plain") if key in run})
     print(json.dumps({"settings": settings, "rows": table}))
 
 
