@@ -310,32 +310,37 @@ class CostAwareDraftLength:
         return _expected(self.acceptance()[:k])
 
     def verify_seconds(self, tokens: int) -> float:
-        """t_verify over ``tokens`` tokens in all for a batch of ``self.rows``, from the times of this batch
-        size: linear between the two nearest token counts timed (their mean times), and beyond them along the
-        slope of a weighted least-squares line over its counts (never falling with more tokens). One count
-        timed at this size takes the slope of all sizes' counts pooled; none, all sizes' counts pooled (flat
-        until two counts were timed). By size, since the tokens alone do not set the cost: 16 rows of one
-        token each take the target's one-token path, at a third of the time of 8 rows of two on a CPU, and
-        priced alike a 16-row batch kept drafting a chain of 2 at 0.85x the tokens/s of drafting none."""
-        own, pooled = self._verify_curves()
+        """t_verify over ``tokens`` tokens in all for a batch of ``self.rows``. A step of one token a row
+        (drafting nothing) is priced from such steps alone, at this batch size or between the sizes timed:
+        on a CPU it takes the target's one-token path, at a third of the time of 8 rows of two, and priced
+        with the rest a 16-row batch kept drafting chains at 0.85x the tokens/s of drafting none. Other steps
+        from this batch size's times: linear between the two nearest token counts timed (their mean times),
+        beyond them along the slope of a weighted least-squares line over its counts (never falling with more
+        tokens); one count timed at this size takes the slope of all sizes' counts pooled; none, all sizes'
+        counts pooled (flat until two counts were timed)."""
+        one_token, own, pooled = self._verify_curves()
+        if tokens == self.rows and one_token:
+            return _on_curve(one_token, self.rows)
         if len(own) == 1:
             n, t, _ = own[0]
             return max(t + _slope(pooled) * (tokens - n), 1e-9)
-        return _on_curve(own or pooled, tokens)
+        return _on_curve(own or pooled or [(rows, t, c) for rows, t, c in one_token], tokens)
 
-    def _verify_curves(self) -> tuple[list[tuple[int, float, float]], list[tuple[int, float, float]]]:
-        """This batch size's (tokens, seconds, weight) points and all sizes' pooled by tokens, sorted; kept
-        until the next step's update (a decision prices ~30 options)."""
+    def _verify_curves(self):
+        """(rows, seconds, weight) of one-token-a-row steps; (tokens, seconds, weight) of this batch size's
+        other steps, and of all sizes' pooled by tokens; sorted, and kept until the next step's update (a
+        decision prices ~30 options)."""
         if self._curves is None or self._curves[0] != self.rows:
-            own = sorted((n, s / c, c) for (rows, n), (s, c) in self.verify_points.items()
-                         if rows == self.rows and c > 1e-3)
+            timed = [(rows, n, s / c, c) for (rows, n), (s, c) in self.verify_points.items() if c > 1e-3]
+            one_token = sorted((rows, t, c) for rows, n, t, c in timed if n == rows)
+            own = sorted((n, t, c) for rows, n, t, c in timed if rows == self.rows and n > rows)
             pooled: dict[int, list[float]] = {}
-            for (_, n), (s, c) in self.verify_points.items():
-                if c > 1e-3:
+            for rows, n, t, c in timed:
+                if n > rows:
                     point = pooled.setdefault(n, [0.0, 0.0])
-                    point[0], point[1] = point[0] + s, point[1] + c
-            self._curves = (self.rows, own, sorted((n, s / c, c) for n, (s, c) in pooled.items()))
-        return self._curves[1], self._curves[2]
+                    point[0], point[1] = point[0] + t * c, point[1] + c
+            self._curves = (self.rows, one_token, own, sorted((n, s / c, c) for n, (s, c) in pooled.items()))
+        return self._curves[1:]
 
     def tokens_per_second(self, k: int) -> float:
         """Expected tokens per second of the batch drafting a chain of k."""

@@ -323,3 +323,16 @@ def test_a_batch_times_drafting_nothing_before_it_prices_it():
     policy.update_rows([(0, 0)] * 16, 0, draft_seconds=0.0, verify_seconds=0.09)  # a slow host: it pays again
     policy.update_rows([(0, 0)] * 16, 0, draft_seconds=0.0, verify_seconds=0.09)
     assert policy.next_k() > 0
+
+
+def test_a_one_token_step_is_priced_from_one_token_steps_at_other_batch_sizes():
+    """A batch size never timed: drafting nothing is priced between the sizes timed drafting nothing,
+    and a chain from the multi-token steps, not from a line through both kinds."""
+    policy = CostAwareDraftLength(k_max=4)
+    for rows, one, two in ((8, 0.02, 0.06), (16, 0.03, 0.09)):
+        policy.rows = rows
+        policy.update_rows([(0, 0)] * rows, 0, draft_seconds=0.0, verify_seconds=one)
+        policy.update_rows([(1, 1)] * rows, 1, draft_seconds=0.004, verify_seconds=two)
+    policy.rows = 12
+    assert policy.verify_seconds(12) == pytest.approx(0.025, rel=0.02)  # between 8 and 16 rows of one token
+    assert policy.verify_seconds(24) == pytest.approx(0.075, rel=0.02)  # between 8 x 2 and 16 x 2 tokens
