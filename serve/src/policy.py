@@ -212,11 +212,12 @@ class CostAwareDraftLength:
                 or self.branch_tokens_per_second([length] * rows) > chain)
 
     def _plain_to_beat(self) -> float:
-        """What drafting must beat: drafting nothing, by ``margin``. The model leaves out costs that fall
-        on drafting only (the head reading the features it missed after steps without drafts; rows that
-        finish apart, which leave part-empty batches and admit new requests in small prefills), and
-        at 16 rows on a CPU a chain priced even with drafting nothing ran at 0.85x its tokens/s."""
-        return (1 + self.margin) * self.tokens_per_second(0)
+        """What drafting must beat: drafting nothing, by ``margin`` in a batch. The model leaves out costs
+        that fall on a batch's drafting only (rows that finish apart leave part-empty batches and admit new
+        requests in small prefills; the head reads every row's missed features after steps without drafts),
+        and at 16 rows on a CPU a chain priced even with drafting nothing ran at 0.85x its tokens/s. One row
+        has none of these, and a margin there cost the tree its share on translation."""
+        return (1 + (self.margin if self.rows > 1 else 0.0)) * self.tokens_per_second(0)
 
     def _best_to_beat(self) -> float:
         """What a tree or retrieval branches must beat: the best chain, or drafting nothing by ``margin``."""
