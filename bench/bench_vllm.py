@@ -17,7 +17,8 @@ setup: OpenMP threads on every core (its default reserves one of our two), Intel
 preloaded where found, prefix caching off (cycled prompts must not be free). Greedy outputs are
 compared token for token. Our rows run ``--rounds`` times in turns (this host's speed moves by 1.5x within
 minutes): each gives its median tokens/s and "vs plain", the median over rounds of its ratio to our plain
-decoding in the same round; vLLM's run once each, after ours. Prints a table, then ONE JSON line.
+decoding in the same round (τ and outputs from the first round); vLLM's run once each, after ours.
+Prints a table, then ONE JSON line.
 """
 
 from __future__ import annotations

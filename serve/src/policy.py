@@ -89,8 +89,9 @@ class CostAwareDraftLength:
     compute-bound (large batches, wide trees, CPUs without native bf16), interpolated between the token
     counts timed at that batch size (the draft costs too, per batch size). All are estimated online with
     exponential forgetting, so a draft that stops paying (another language, another task) is dropped
-    within steps and k = 0 decodes at the target's own speed. Drafting must beat k = 0 by ``margin``
-    (costs the model leaves out fall on drafting only), and a batch times k = 0 before pricing it.
+    within steps and k = 0 decodes at the target's own speed. Drafting in a batch must beat k = 0 by
+    ``margin`` (costs the model leaves out fall on a batch's drafting only), and a batch times k = 0 before
+    pricing it.
 
     Exploration comes from optimism: a position never reached takes the estimate of the position before
     it, and the tree is tried before it is judged. But t_verify is flat until two token counts have been
@@ -124,7 +125,7 @@ class CostAwareDraftLength:
         self.branch_reached_at: list[float] = []
         # (rows, tokens verified in all) -> [discounted seconds, count]
         self.verify_points: dict[tuple[int, int], list[float]] = {}
-        self._curves = None  # (rows, own points, pooled points) of verify_points, see _verify_curves
+        self._curves = None  # verify_points' curves for one batch size, see _verify_curves
         # Moving averages per batch size (rows -> seconds): a 16-row tree costs far more to draft than a
         # 1-row one, and pricing it at the 1-row cost probed 16-row trees at 10 plain steps' time each.
         self.draft_step_costs: dict[int, float] = {}  # one draft forward
@@ -325,21 +326,21 @@ class CostAwareDraftLength:
         if len(own) == 1:
             n, t, _ = own[0]
             return max(t + _slope(pooled) * (tokens - n), 1e-9)
-        return _on_curve(own or pooled or [(rows, t, c) for rows, t, c in one_token], tokens)
+        return _on_curve(own or pooled or one_token, tokens)  # one token a row: its rows are its tokens
 
     def _verify_curves(self):
         """(rows, seconds, weight) of one-token-a-row steps; (tokens, seconds, weight) of this batch size's
         other steps, and of all sizes' pooled by tokens; sorted, and kept until the next step's update (a
         decision prices ~30 options)."""
         if self._curves is None or self._curves[0] != self.rows:
-            timed = [(rows, n, s / c, c) for (rows, n), (s, c) in self.verify_points.items() if c > 1e-3]
-            one_token = sorted((rows, t, c) for rows, n, t, c in timed if n == rows)
-            own = sorted((n, t, c) for rows, n, t, c in timed if rows == self.rows and n > rows)
+            timed = [(rows, n, s, c) for (rows, n), (s, c) in self.verify_points.items() if c > 1e-3]
+            one_token = sorted((rows, s / c, c) for rows, n, s, c in timed if n == rows)
+            own = sorted((n, s / c, c) for rows, n, s, c in timed if rows == self.rows and n > rows)
             pooled: dict[int, list[float]] = {}
-            for rows, n, t, c in timed:
+            for rows, n, s, c in timed:
                 if n > rows:
                     point = pooled.setdefault(n, [0.0, 0.0])
-                    point[0], point[1] = point[0] + t * c, point[1] + c
+                    point[0], point[1] = point[0] + s, point[1] + c
             self._curves = (self.rows, one_token, own, sorted((n, s / c, c) for n, (s, c) in pooled.items()))
         return self._curves[1:]
 
