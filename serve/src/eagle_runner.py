@@ -31,7 +31,9 @@ class EagleState:
     value_store: torch.Tensor
     lengths: list[int]  # tokens held per row (slots fed + 1)
     verified: list[int]  # the length up to which the fed slots carry the target's features
-    pending: list[torch.Tensor]  # per row, target features [n, F] for the next slots, not fed yet
+    # Per row, the target's features [n, F] for the next slots, not fed yet, in the pieces they came in:
+    # joined when fed, as a batch that drafts nothing for many steps would copy them again every step.
+    pending: list[list[torch.Tensor]]
     last: torch.Tensor | None  # [B, H]: each row's latest head state (the next draft's feature)
 
     @property
@@ -64,15 +66,15 @@ class EagleRunner:
     def start(self, batch_size: int, max_length: int) -> EagleState:
         weight = self.head.fc.weight
         shape = (batch_size, self.kv_heads, max_length, self.head_dim)
-        empty = weight.new_zeros(0, weight.shape[1])
         cache = [weight.new_zeros(shape, dtype=self.cache_dtype) for _ in range(2)]
-        return EagleState(*cache, [1] * batch_size, [1] * batch_size, [empty] * batch_size, None)
+        return EagleState(*cache, [1] * batch_size, [1] * batch_size, [[] for _ in range(batch_size)], None)
 
     def take_features(self, state: EagleState, features: torch.Tensor, counts: list[int]) -> None:
         """The first ``counts[b]`` of the target's features [B, T, F] of each row, in order."""
         features = features.to(self.head.fc.weight.dtype)
-        state.pending = [torch.cat([waiting, features[b, :n]]) for b, (waiting, n) in
-                         enumerate(zip(state.pending, counts))]
+        for b, (waiting, n) in enumerate(zip(state.pending, counts)):
+            if n:
+                waiting.append(features[b, :n])
 
     def forward(self, state: EagleState, input_ids: torch.Tensor, keep: list[int] | None):
         """Feed tokens [B, T]: the waiting target features go with a row's first tokens (the
@@ -80,10 +82,12 @@ class EagleRunner:
         row's own last state. Logits over the target's vocabulary at ``keep`` (or all)."""
         head = self.head
         batch, width = input_ids.shape
-        if any(len(p) for p in state.pending):
-            feature = head.fc(torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in state.pending]))
-            state.verified = [n + len(p) for n, p in zip(state.lengths, state.pending)]
-            state.pending = [p[:0] for p in state.pending]
+        if any(state.pending):
+            empty = head.fc.weight.new_zeros(0, head.fc.weight.shape[1])
+            waiting = [torch.cat(pieces) if pieces else empty for pieces in state.pending]
+            feature = head.fc(torch.stack([F.pad(p, (0, 0, 0, width - len(p))) for p in waiting]))
+            state.verified = [n + len(p) for n, p in zip(state.lengths, waiting)]
+            state.pending = [[] for _ in state.pending]
         elif state.last is not None and width == 1:
             feature = state.last[:, None]
         else:

@@ -93,15 +93,17 @@ class CostAwareDraftLength:
     ``margin`` (costs the model leaves out fall on a batch's drafting only), and a batch times k = 0 before
     pricing it.
 
-    Exploration comes from optimism: a position never reached takes the estimate of the position before
-    it, and the tree is tried before it is judged. But t_verify is flat until two token counts have been
-    timed, which would price a chain at the tree's verification: so while the tree wins, a chain step is
-    taken after ``chain_probe_steps`` tree steps until a chain was timed, then once every
-    ``tree_probe_every``. When k = 0 wins, one drafted token is tried after ``probe_every`` steps (times the
-    batch's rows), and a tree
-    passed over is tried after ``tree_probe_every`` steps, so a draft that gets better is noticed; each gap
-    doubles while the probes keep losing (up to 16 times), since a probe of a costly tree is not cheap, and
-    a tree that could not win even if its every level were accepted is not probed at all.
+    Exploration comes from optimism about acceptance: a position never reached takes the estimate of the
+    position before it, and the tree is tried before it is judged. Not about costs: while one token count
+    has been timed, a step over fewer tokens costs what it did and one over more costs in proportion (the
+    slope is unknown, and pricing it flat probed 16-row chains at a 1-row tree's cost, at 2-5 plain steps
+    each). So while the tree wins, a chain step is taken after ``chain_probe_steps`` tree steps until a
+    chain was timed, then once every ``tree_probe_every``. A batch size's first multi-token step is a
+    chain of one, the cheapest to time. When k = 0 wins, one drafted token is tried after ``probe_every``
+    steps (times the batch's rows), and a tree passed over is tried after ``tree_probe_every`` steps, so a
+    draft that gets better is noticed; each gap doubles while the probes keep losing (up to 16 times), since
+    a probe of a costly tree is not cheap, and a tree that could not win even if its every level were
+    accepted is not probed at all.
     """
 
     def __init__(self, k_max: int = 8, warmup_k: int = 4, prior_alpha: float = 0.6, prior_weight: float = 2.0,
@@ -126,6 +128,9 @@ class CostAwareDraftLength:
         # (rows, tokens verified in all) -> [discounted seconds, count]
         self.verify_points: dict[tuple[int, int], list[float]] = {}
         self._curves = None  # verify_points' curves for one batch size, see _verify_curves
+        # (rows, k) -> a chain's tokens/s until the next update: a step's decisions price each chain 3-4 times
+        # (~30 options), which at 16 rows drafting nothing was 1% of the step.
+        self._chain_prices: dict[tuple[int, int], float] = {}
         # Moving averages per batch size (rows -> seconds): a 16-row tree costs far more to draft than a
         # 1-row one, and pricing it at the 1-row cost probed 16-row trees at 10 plain steps' time each.
         self.draft_step_costs: dict[int, float] = {}  # one draft forward
@@ -145,6 +150,7 @@ class CostAwareDraftLength:
         self.accepted_at, self.reached_at = [0.0] * self.k_max, [0.0] * self.k_max
         self.tree_accepted_at, self.tree_reached_at = [], []
         self.draft_step_costs, self.tree_draft_costs = {}, {}
+        self._chain_prices.clear()
         self._zero_steps = self._chain_steps = self._tree_steps = 0
         self._zero_gap, self._tree_gap = self.probe_every, self.tree_probe_every
 
@@ -156,12 +162,15 @@ class CostAwareDraftLength:
             # target's fastest path, which a line through the chains' costs overprices (16 rows kept drafting
             # chains at 0.85x the tokens/s), and a step of the target alone costs no more than the target.
             return 0
-        if self.draft_step_seconds is None or not self.verify_points:
-            return self.warmup_k  # nothing measured yet
+        if self.rows == 1 and (self.draft_step_seconds is None or not self.verify_points):
+            return self.warmup_k  # nothing measured yet (a batch prices what it has: a chain of 4 at 16 rows
+            # cost 2-5 steps of the target alone)
         best = max(range(1, self.k_max + 1), key=self.tokens_per_second)
         if self.tokens_per_second(best) > self._plain_to_beat():
             self._zero_gap = self.probe_every
-            return best
+            # A batch whose steps of several tokens a row were never timed at its size prices them from other
+            # sizes' (1-row steps say little of 16 rows'): its first such step is the cheapest, one draft.
+            return best if self.rows == 1 or self._verify_curves()[1] else 1
         self._zero_steps += 1
         # A probe after a run of steps without drafts has the head read every row's missed features: at 16
         # rows on a CPU that costs 2-4 steps of the target alone, at 1 row a fifth of one; so the gap grows
@@ -270,6 +279,7 @@ class CostAwareDraftLength:
 
     def _forget(self) -> None:
         self._curves = None
+        self._chain_prices.clear()
         for counts in (self.accepted_at, self.reached_at, self.tree_accepted_at, self.tree_reached_at,
                        self.branch_accepted_at, self.branch_reached_at):
             counts[:] = [c * self.decay for c in counts]
@@ -319,12 +329,15 @@ class CostAwareDraftLength:
         from this batch size's times: linear between the two nearest token counts timed (their mean times),
         beyond them along the slope of a weighted least-squares line over its counts (never falling with more
         tokens); one count timed at this size takes the slope of all sizes' counts pooled; none, all sizes'
-        counts pooled (flat until two counts were timed)."""
+        counts pooled. Where a curve has one count, more
+        tokens cost in proportion (``_on_curve``)."""
         one_token, own, pooled = self._verify_curves()
         if tokens == self.rows and one_token:
             return _on_curve(one_token, self.rows)
         if len(own) == 1:
             n, t, _ = own[0]
+            if len(pooled) < 2:
+                return _on_curve(own, tokens)
             return max(t + _slope(pooled) * (tokens - n), 1e-9)
         return _on_curve(own or pooled or one_token, tokens)  # one token a row: its rows are its tokens
 
@@ -346,8 +359,12 @@ class CostAwareDraftLength:
 
     def tokens_per_second(self, k: int) -> float:
         """Expected tokens per second of the batch drafting a chain of k."""
-        seconds = k * (self.draft_step_seconds or 0.0) + self.verify_seconds(self.rows * (k + 1))
-        return self.rows * self.expected_tokens(k) / seconds if seconds > 0 else math.inf
+        price = self._chain_prices.get((self.rows, k))
+        if price is None:
+            seconds = k * (self.draft_step_seconds or 0.0) + self.verify_seconds(self.rows * (k + 1))
+            price = self.rows * self.expected_tokens(k) / seconds if seconds > 0 else math.inf
+            self._chain_prices[self.rows, k] = price
+        return price
 
     def tree_tokens_per_second(self, depth: int, nodes: int, every_level: bool = False) -> float:
         """Expected tokens per second of the batch drafting a tree (``every_level``: if its walk always
@@ -372,13 +389,18 @@ class CostAwareDraftLength:
 
 def _on_curve(points: list[tuple[int, float, float]], tokens: int) -> float:
     """The seconds at ``tokens`` on sorted (tokens, seconds, weight) points: linear between the nearest two,
-    beyond them along ``_slope``'s line (1e-9 when there are none)."""
+    beyond them along ``_slope``'s line; with one point, its seconds below it and in proportion above it
+    (1e-9 when there are none)."""
     if not points:
         return 1e-9  # nothing timed yet
     for (n0, t0, _), (n1, t1, _) in zip(points, points[1:]):
         if n0 <= tokens <= n1:
             return max(t0 + max(t1 - t0, 0.0) * (tokens - n0) / (n1 - n0), 1e-9)
     n, t, _ = points[0] if tokens < points[0][0] else points[-1]
+    if len(points) == 1:
+        # The slope is unknown: flat priced a 16-row chain of 4 (80 tokens) at a 1-row tree's 13 tokens,
+        # and probed it at 2-5 plain steps' time; in proportion is what a compute-bound machine pays.
+        return max(t * max(tokens, n) / n, 1e-9)
     return max(t + _slope(points) * (tokens - n), 1e-9)
 
 

@@ -336,3 +336,34 @@ def test_a_one_token_step_is_priced_from_one_token_steps_at_other_batch_sizes():
     policy.rows = 12
     assert policy.verify_seconds(12) == pytest.approx(0.025, rel=0.02)  # between 8 and 16 rows of one token
     assert policy.verify_seconds(24) == pytest.approx(0.075, rel=0.02)  # between 8 x 2 and 16 x 2 tokens
+
+
+
+
+def test_with_one_token_count_timed_more_tokens_cost_in_proportion():
+    """The bench's warm-up times one 1-row tree of 13 tokens (0.040 s); then 16 rows arrive. Priced flat (and
+    drafting the warm-up's chain of 4 while no chain was timed), a 16-row chain of 4 (80 tokens) was probed
+    at 0.1-0.2 s a step, 2-5 steps of the target alone (the 2-vCPU Xeon); in proportion, none is drafted."""
+    policy = CostAwareDraftLength()
+    policy.update_tree([3], 5, 12, draft_seconds=0.017, verify_seconds=0.040)
+    policy.rows = 1
+    assert policy.verify_seconds(5) == pytest.approx(0.040)  # fewer tokens: not cheaper
+    policy.update_rows([(0, 0)] * 16, 0, draft_seconds=0.0, verify_seconds=0.043)
+    assert policy.verify_seconds(80) == pytest.approx(0.040 * 80 / 13)
+    assert policy.next_k() == 0
+
+
+def test_a_batch_size_first_times_the_cheapest_chain():
+    """1-row steps of 5 and 13 tokens cost the same (a memory-bound row), which says nothing of 16 rows'
+    (0.043 s for one token a row, 0.079 for two, ~0.1-0.2 for five on the 2-vCPU Xeon). The first multi-token
+    step at a batch size drafts one token, and its time prices the chains from then on."""
+    policy = CostAwareDraftLength()
+    for _ in range(10):
+        policy.update_tree([2], 5, 12, draft_seconds=0.004, verify_seconds=0.040)
+        policy.update_rows([(4, 2)], 4, draft_seconds=0.002, verify_seconds=0.040)
+    policy.update_rows([(0, 0)] * 16, 0, draft_seconds=0.0, verify_seconds=0.043)
+    assert policy.tokens_per_second(2) > policy.tokens_per_second(1)  # priced from 1-row steps: a chain of 2
+    assert policy.next_k() == 1
+    policy.update_rows([(1, 1)] * 10 + [(1, 0)] * 6, 1, draft_seconds=0.004, verify_seconds=0.079)
+    assert policy.verify_seconds(32) == pytest.approx(0.079)
+    assert policy.next_k() == 0
