@@ -103,12 +103,13 @@ class CostAwareDraftLength:
     steps (times the batch's rows), and a tree passed over is tried after ``tree_probe_every`` steps, so a
     draft that gets better is noticed; each gap doubles while the probes keep losing (up to 16 times), since
     a probe of a costly tree is not cheap, and a tree that could not win even if its every level were
-    accepted is not probed at all.
+    accepted is not probed at all. Until the tree has been verified ``tree_min_steps`` times, a tree passed
+    over is tried again after ``chain_probe_steps`` steps, without doubling.
     """
 
     def __init__(self, k_max: int = 8, warmup_k: int = 4, prior_alpha: float = 0.6, prior_weight: float = 2.0,
                  decay: float = 0.99, probe_every: int = 16, tree_probe_every: int = 64, chain_probe_steps: int = 4,
-                 margin: float = 0.1):
+                 margin: float = 0.1, tree_min_steps: int = 8):
         if k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not 0 < decay <= 1:
@@ -119,6 +120,8 @@ class CostAwareDraftLength:
         self.prior_alpha, self.prior_weight, self.decay = prior_alpha, prior_weight, decay
         self.probe_every, self.tree_probe_every, self.chain_probe_steps = probe_every, tree_probe_every, \
             chain_probe_steps
+        self.tree_min_steps = tree_min_steps
+        self._tree_samples = 0  # tree steps verified since the draft began serving
         self.accepted_at = [0.0] * k_max  # discounted counts, like SpecStats.accepted_at
         self.reached_at = [0.0] * k_max
         self.tree_accepted_at: list[float] = []  # per tree depth, sized by the first tree step
@@ -151,7 +154,7 @@ class CostAwareDraftLength:
         self.tree_accepted_at, self.tree_reached_at = [], []
         self.draft_step_costs, self.tree_draft_costs = {}, {}
         self._chain_prices.clear()
-        self._zero_steps = self._chain_steps = self._tree_steps = 0
+        self._zero_steps = self._chain_steps = self._tree_steps = self._tree_samples = 0
         self._zero_gap, self._tree_gap = self.probe_every, self.tree_probe_every
 
     # ---- decisions -------------------------------------------------------------------------------
@@ -196,9 +199,15 @@ class CostAwareDraftLength:
         if self.tree_tokens_per_second(depth, nodes, every_level=True) <= chain:
             return False  # not even a tree whose every level is accepted would pay: no probe
         self._chain_steps += 1
-        if self._chain_steps < self._tree_gap:
+        # A tree judged on a few steps is tried again soon: one step's walk is a coin toss, and the first
+        # steps of answers are the hardest (an adapted head whose tree made τ 3.33 on translation, every
+        # step, lost two of its first three and was then drafted on 3 steps of 220, at τ 1.4).
+        young = self._tree_samples < self.tree_min_steps
+        if self._chain_steps < (self.chain_probe_steps if young else self._tree_gap):
             return False
-        self._chain_steps, self._tree_gap = 0, min(2 * self._tree_gap, 16 * self.tree_probe_every)
+        self._chain_steps = 0
+        if not young:
+            self._tree_gap = min(2 * self._tree_gap, 16 * self.tree_probe_every)
         return True
 
     def use_branch(self, lengths: list[int]) -> bool:
@@ -261,6 +270,7 @@ class CostAwareDraftLength:
         for n in accepted:
             _count(self.tree_accepted_at, self.tree_reached_at, depth, n)
         self.rows = len(accepted)
+        self._tree_samples += 1
         self._time_verify(len(accepted) * (nodes + 1), verify_seconds)
         if self._drafted_last:
             self.tree_draft_costs[self.rows] = _average(self.tree_draft_costs.get(self.rows), draft_seconds)
