@@ -165,9 +165,10 @@ class CostAwareDraftLength:
             # target's fastest path, which a line through the chains' costs overprices (16 rows kept drafting
             # chains at 0.85x the tokens/s), and a step of the target alone costs no more than the target.
             return 0
+        # Nothing measured yet at one row; a batch prices what it has (a blind chain of 4 at 16 rows cost 2-5
+        # steps of the target alone).
         if self.rows == 1 and (self.draft_step_seconds is None or not self.verify_points):
-            return self.warmup_k  # nothing measured yet (a batch prices what it has: a chain of 4 at 16 rows
-            # cost 2-5 steps of the target alone)
+            return self.warmup_k
         best = max(range(1, self.k_max + 1), key=self.tokens_per_second)
         if self.tokens_per_second(best) > self._plain_to_beat():
             self._zero_gap = self.probe_every
@@ -339,8 +340,7 @@ class CostAwareDraftLength:
         from this batch size's times: linear between the two nearest token counts timed (their mean times),
         beyond them along the slope of a weighted least-squares line over its counts (never falling with more
         tokens); one count timed at this size takes the slope of all sizes' counts pooled; none, all sizes'
-        counts pooled. Where a curve has one count, more
-        tokens cost in proportion (``_on_curve``)."""
+        counts pooled. Where a curve has one count, more tokens cost in proportion (``_on_curve``)."""
         one_token, own, pooled = self._verify_curves()
         if tokens == self.rows and one_token:
             return _on_curve(one_token, self.rows)
