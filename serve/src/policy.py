@@ -174,7 +174,8 @@ class CostAwareDraftLength:
             self._zero_gap = self.probe_every
             # A batch whose steps of several tokens a row were never timed at its size prices them from other
             # sizes' (1-row steps say little of 16 rows'): its first such step is the cheapest, one draft.
-            return best if self.rows == 1 or self._verify_curves()[1] else 1
+            _, timed_here, _ = self._verify_curves()
+            return best if self.rows == 1 or timed_here else 1
         self._zero_steps += 1
         # A probe after a run of steps without drafts has the head read every row's missed features: at 16
         # rows on a CPU that costs 2-4 steps of the target alone, at 1 row a fifth of one; so the gap grows
@@ -344,10 +345,8 @@ class CostAwareDraftLength:
         one_token, own, pooled = self._verify_curves()
         if tokens == self.rows and one_token:
             return _on_curve(one_token, self.rows)
-        if len(own) == 1:
+        if len(own) == 1 and len(pooled) > 1:
             n, t, _ = own[0]
-            if len(pooled) < 2:
-                return _on_curve(own, tokens)
             return max(t + _slope(pooled) * (tokens - n), 1e-9)
         return _on_curve(own or pooled or one_token, tokens)  # one token a row: its rows are its tokens
 

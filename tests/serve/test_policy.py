@@ -338,8 +338,6 @@ def test_a_one_token_step_is_priced_from_one_token_steps_at_other_batch_sizes():
     assert policy.verify_seconds(24) == pytest.approx(0.075, rel=0.02)  # between 8 x 2 and 16 x 2 tokens
 
 
-
-
 def test_with_one_token_count_timed_more_tokens_cost_in_proportion():
     """The bench's warm-up times one 1-row tree of 13 tokens (0.040 s); then 16 rows arrive. Priced flat (and
     drafting the warm-up's chain of 4 while no chain was timed), a 16-row chain of 4 (80 tokens) was probed
