@@ -18,8 +18,9 @@ import logging
 import torch
 
 from specdistill.kernels import triton_available
-from specdistill.kernels.loss_args import KERNEL_DTYPES, SPARSE_MAX_K, LossOptions
+from specdistill.kernels.loss_args import KERNEL_DTYPES, SPARSE_MAX_K, LossOptions, kernel_divergence, reduce_rows
 from specdistill.losses.chunked import chunked_linear_distill_loss
+from specdistill.losses.forward_kl import forward_kl_rows
 from specdistill.losses.reference import distill_loss, expected_acceptance
 from specdistill.losses.sparse import sparse_distill_loss, sparse_expected_acceptance
 
@@ -87,6 +88,13 @@ def compute_distill_loss(
         from specdistill.kernels import fused_distill_loss
 
         return fused_distill_loss(student_logits, teacher_logits, return_acceptance=return_acceptance, **options)
+    if impl == "auto" and o.alpha == 1 and kernel_divergence(o.divergence, o.beta) == "fkl" \
+            and not teacher_logits.requires_grad:  # one autograd node, the acceptance from the same pass
+        per_row, acc = forward_kl_rows(student_logits, teacher_logits, o.temperature, return_acceptance)
+        _, mask = o.flat_labels(per_row.shape[0], per_row.device)
+        shape = student_logits.shape[:-1]
+        loss = reduce_rows(per_row, mask, o.reduction, shape)
+        return _with_acceptance(loss, acc.reshape(shape), o, True) if return_acceptance else loss
     loss = distill_loss(student_logits, teacher_logits, **options)
     acc = expected_acceptance(student_logits, teacher_logits, o.temperature) if return_acceptance else None
     return _with_acceptance(loss, acc, o, return_acceptance)

@@ -79,13 +79,19 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
     Each step's LM head and loss run only at the positions whose drafted token counts (prompt
     and padding positions never reach the [N, V] logits), and only the first draft's
     acceptance is measured: on a CPU the loss over the vocabulary is most of a step."""
+    # Step j at position c learns the target's distribution at c + j where loss_mask[c + j] holds: the
+    # teacher is needed at the masked positions alone (a prompt's are not), [M, V_draft] in their order.
+    wanted = batch.loss_mask
     with torch.no_grad(), autocast:
         if batch.features is None:
             features, teacher = target_pass(target, head, batch.input_ids, draft_vocab_only=True)
+            teacher = teacher[wanted]
         else:  # the target's states from the feature cache: only the teacher's small matmul is left
             features, final = batch.features
             _, weight = decoder_and_head(target)
-            teacher = F.linear(final, weight[head.draft_ids])
+            teacher = F.linear(final[wanted], weight[head.draft_ids])
+    teacher_row = torch.full(wanted.shape, -1, dtype=torch.long, device=wanted.device)
+    teacher_row[wanted] = torch.arange(int(wanted.sum()), device=wanted.device)
     # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does. The
     # head runs only where some step counts, so a long prompt's positions cost their keys alone.
     counted = [shifted(batch.loss_mask, j, False) for j in range(1, config.ttt_steps + 1)]
@@ -99,7 +105,7 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
         rows, cols = mask.nonzero(as_tuple=True)
         with autocast:
             logits = head.logits(state[slot[rows, cols]])
-        out = compute_distill_loss(logits, teacher[rows, cols + j], divergence=config.divergence,
+        out = compute_distill_loss(logits, teacher[teacher_row[rows, cols + j]], divergence=config.divergence,
                                    temperature=config.temperature, beta=config.beta, reduction="sum",
                                    return_acceptance=j == 1)
         step_loss = out[0] if j == 1 else out
