@@ -41,7 +41,8 @@ class TrainConfig(DataConfig):
     batch_size: int = option(8, "the global batch (rows per step, over all processes)")
     grad_accum: int = option(1, "micro-batches per process per step (same result, less memory)", resumable=True)
     steps: int = option(200, "optimizer steps in all (a resumed run continues up to this)", resumable=True)
-    max_minutes: float = option(0.0, "stop earlier after this much wall time (0 = no limit)", resumable=True)
+    max_minutes: float = option(0.0, "stop earlier after this much wall time (0 = no limit); the lr decays over it too",
+                               resumable=True)
     lr: float = option(5e-4, "peak AdamW learning rate, after warmup (cosine decay to 10%)")
     warmup_steps: int = option(10, "linear warmup steps")
     weight_decay: float = option(0.0, "AdamW weight decay")

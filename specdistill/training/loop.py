@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +22,19 @@ from specdistill.training.step import distill_step
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TimeBudget:
+    """The share of the run's ``max_minutes`` spent (0 without one), the mean over the processes so that
+    every one steps its learning rate alike; the loop updates it after each step."""
+    used: float = 0.0
+
+
 class TrainLoop:
     """The training steps of one process."""
 
     def __init__(self, config, accelerator, target, student, draft, tokenizer, rows, optimizer, scheduler, params,
-                 onpolicy: OnPolicyBatches, eos_ids: list[int], evaluator=None, on_best=None):
+                 onpolicy: OnPolicyBatches, eos_ids: list[int], evaluator=None, on_best=None,
+                 budget: TimeBudget | None = None):
         self.config, self.accelerator, self.target, self.student, self.draft = config, accelerator, target, student, \
             draft
         self.tokenizer, self.rows, self.optimizer, self.scheduler, self.params = tokenizer, rows, optimizer, \
@@ -33,11 +42,13 @@ class TrainLoop:
         self.onpolicy, self.eos_ids = onpolicy, eos_ids
         # evaluator: a HeldOutEval (main process only); on_best(figures): export the draft as the best so far.
         self.evaluator, self.on_best = evaluator, on_best
+        self.budget = budget or TimeBudget()
 
     def run(self, start_step: int, history: list, progress: bool) -> int:
         config = self.config
         checkpoint = Path(config.output_dir) / "checkpoint"
-        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+        self.started = time.monotonic()
+        deadline = self.started + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
         bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
                    disable=not progress)
         with GracefulStop() as stop:
@@ -54,12 +65,14 @@ class TrainLoop:
         config, accelerator = self.config, self.accelerator
         for step in bar:
             onpolicy = self.onpolicy.covers(step)
+            lr = self.scheduler.get_last_lr()[0]  # this step's
             loss, acceptance = self.step(step, onpolicy)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss} at step {step}; lower lr (now {config.lr}) or check the data. "
                     f"The last good checkpoint is in {checkpoint}")
-            history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5)}
+            history.append({"step": step + 1, "loss": round(loss, 5), "acceptance": round(acceptance, 5),
+                            "lr": float(f"{lr:.4g}")}
                            | ({"onpolicy": True} if onpolicy else {}))
             bar.set_postfix(loss=f"{loss:.3f}", accept=f"{acceptance:.3f}", **self._heldout(history))
             completed = step + 1
@@ -67,10 +80,13 @@ class TrainLoop:
                 log.info("step %d loss %.4f expected acceptance %.4f", completed, loss, acceptance)
                 accelerator.log({"train/loss": loss, "train/acceptance": acceptance,
                                  "train/lr": self.scheduler.get_last_lr()[0]}, step=completed)
-            # Every process must agree to stop (a collective waits for all of them).
-            flags = torch.tensor([time.monotonic() > deadline, stop.requested], dtype=torch.float,
-                                 device=accelerator.device)
-            late, stopping = (accelerator.reduce(flags, "sum") > 0).tolist()
+            # Every process must agree to stop (a collective waits for all of them), and on the budget spent.
+            now = time.monotonic()
+            used = (now - self.started) / (config.max_minutes * 60) if config.max_minutes > 0 else 0.0
+            flags = torch.tensor([now > deadline, stop.requested, used], dtype=torch.float, device=accelerator.device)
+            late, stopping, used = accelerator.reduce(flags, "sum").tolist()
+            late, stopping = late > 0, stopping > 0
+            self.budget.used = min(used / accelerator.num_processes, 1.0)
             stopping = stopping and completed < config.steps  # a signal on any process stops them all
             done = completed >= config.steps or late or stopping
             if self.evaluator is not None and self.evaluator.due(completed, done) and not stopping:

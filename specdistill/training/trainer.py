@@ -38,7 +38,7 @@ from specdistill.training.config import TrainConfig
 from specdistill.training.eagle3_head import build_head
 from specdistill.training.feature_cache import feature_rows
 from specdistill.training.heldout_eval import HeldOutEval, card_figures, last_eval
-from specdistill.training.loop import TrainLoop
+from specdistill.training.loop import TimeBudget, TrainLoop
 from specdistill.training.lora import add_lora, has_adapters, load_adapters, plain_model
 from specdistill.training.model_card import write_model_card
 from specdistill.training.onpolicy import OnPolicyBatches
@@ -69,11 +69,14 @@ def trainable_parameters(draft, train_embeddings: bool) -> list[torch.nn.Paramet
     return params
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10% over ``steps``."""
+def _lr_factor(step: int, config: TrainConfig, budget_used: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 10% over ``steps``, or over the run's ``max_minutes`` when
+    ``budget_used`` (the share of them spent) runs ahead: a run on a time budget (``specdistill adapt``,
+    ``--steps 100000 --max-minutes 15``) then ends at its low learning rate, not at its peak."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = max(progress, budget_used)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -220,7 +223,8 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
         history = json.loads((resumed_from / "history.json").read_text())
     if world > 1:
         student = accelerator.prepare(student)  # DDP: gradients averaged over the processes
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s + start_step, config))
+    budget = TimeBudget()  # the loop keeps its share of max_minutes spent, agreed by every process
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s + start_step, config, budget.used))
     out = Path(config.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +245,7 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
 
     accelerator.init_trackers("tensorboard", config=_scalars(config))
     loop = TrainLoop(config, accelerator, teacher.target, student, draft, tokenizer, rows, optimizer, scheduler,
-                     params, onpolicy, teacher.eos_ids, evaluator, export_best)
+                     params, onpolicy, teacher.eos_ids, evaluator, export_best, budget)
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft = plain_model(draft).eval()
     if accelerator.is_main_process:

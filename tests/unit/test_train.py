@@ -226,3 +226,28 @@ def test_bf16_autocast_only_where_bf16_is_native(monkeypatch):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with step.autocast(cpu, False):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+class _Clock:
+    """A clock that moves one second each time the loop reads it (once at the start, once a step)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_a_run_on_a_time_budget_decays_its_learning_rate_by_the_clock(tmp_path, target_and_chunks, monkeypatch):
+    """--steps 100000 --max-minutes 0.5 (as ``specdistill adapt`` runs): the cosine follows the clock, so the
+    last steps run at a tenth of the peak, not at the peak a schedule over 100,000 steps would still be at."""
+    target, chunks = target_and_chunks
+    monkeypatch.setattr(train_loop, "time", _Clock())
+    result = train(_config(tmp_path, steps=100000, max_minutes=0.5, save_every=1000), target=target, data=chunks,
+                   progress=False)
+    rates = [entry["lr"] for entry in result["history"]]
+    assert 25 <= len(rates) <= 31  # 30 "seconds"
+    assert max(rates) == pytest.approx(3e-3, rel=0.01)
+    assert rates[-1] < 0.12 * 3e-3
+    assert 0.4 * 3e-3 < rates[len(rates) // 2] < 0.7 * 3e-3
