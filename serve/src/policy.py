@@ -185,12 +185,18 @@ class CostAwareDraftLength:
         self._zero_steps, self._zero_gap = 0, min(2 * self._zero_gap, 16 * self.probe_every)
         return 1
 
-    def use_tree(self, rows: int, depth: int, nodes: int) -> bool:
-        """Whether a greedy batch of ``rows`` drafts the tree (else the chain ``next_k`` gives)."""
+    def use_tree(self, rows: int, depth: int, nodes: int, branches: list[int] | None = None) -> bool:
+        """Whether a greedy batch of ``rows`` drafts the tree (else the chain ``next_k`` gives, or its
+        rows' retrieval ``branches`` alone, of these lengths, when ``use_branch`` takes them)."""
         self.rows = rows
         if self.tree_draft_seconds is None:
             return True  # never tried: try it
         chain = self._best_to_beat()
+        if branches and any(branches):
+            # Branches alone cost one verification and no draft: where the text repeats they beat a tree
+            # that holds them (an adapted head's better tree took the steps branches had won, at 0.86x
+            # the tokens/s, on translation requests like the captured ones).
+            chain = max(chain, self.branch_tokens_per_second(branches))
         if self.tree_tokens_per_second(depth, nodes) > chain:
             self._tree_gap = self.tree_probe_every
             self._tree_steps += 1

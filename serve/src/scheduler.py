@@ -248,7 +248,7 @@ class SpecEngine:
             return False
         use_tree = getattr(gen.draft_length, "use_tree", None)
         extra = max(map(len, branches))
-        return use_tree is None or use_tree(len(rows), max(depth, extra), nodes + extra)
+        return use_tree is None or use_tree(len(rows), max(depth, extra), nodes + extra, list(map(len, branches)))
 
     def _decode_tree(self, rows: list[Request], branches: list[list[int]],
                      retrieval_seconds: float) -> list[tuple[Request, list[int], str | None]] | None:

@@ -384,3 +384,20 @@ def test_a_tree_that_loses_its_first_steps_is_tried_again_soon():
             n = next((i for i in range(k) if rng.random() >= 0.3), k)
             policy.update_rows([(k, n)], k, 0.0018 * k, verify(k + 1))
     assert trees > 100
+
+
+def test_a_tree_that_beats_every_chain_still_gives_way_to_branches_that_beat_it():
+    """Translation requests whose answers copy their prompt: a retrieval branch alone (one verification, no
+    draft) is accepted whole, which beats the head's tree; the tree, priced against chains alone, took those
+    steps (measured: 0.86x the tokens/s of a worse head whose tree lost to the chains)."""
+    policy = CostAwareDraftLength(k_max=8)
+    verify = lambda tokens: 0.020 + 0.0004 * tokens  # noqa: E731
+    _feed_tree(policy, 0.75, rows=1, verify_seconds=verify, tree_seconds=0.012, nodes=12)
+    _feed_chain(policy, 0.3, rows=1, verify_seconds=verify, draft_seconds=0.002, ks=(0, 1, 2))
+    for _ in range(30):
+        policy.update_branch([(8, 8)], verify_seconds=verify(9), width=8)
+    assert policy.tree_tokens_per_second(8, 20) > policy._best_to_beat()  # the tree beats every chain
+    assert policy.branch_tokens_per_second([8]) > policy.tree_tokens_per_second(8, 20)
+    assert not policy.use_tree(rows=1, depth=8, nodes=20, branches=[8])
+    assert policy.use_branch([8])
+    assert policy.use_tree(rows=1, depth=5, nodes=12, branches=[0])  # no branch this step: the tree
