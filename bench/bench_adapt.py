@@ -63,6 +63,8 @@ def parse_args():
     parser.add_argument("--domain", default="translation", help="a task of make-prompts --source tasks")
     parser.add_argument("--heldout", default=str(ROOT / "bench/prompts/broad-heldout.jsonl"))
     parser.add_argument("--capture-requests", type=int, default=1000)
+    parser.add_argument("--reuse-capture", default="",
+                        help="adapt on this capture folder (an earlier run's OUT/capture) instead of capturing anew")
     parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
     parser.add_argument("--heldout-generated", type=int, default=20,
                         help="requests made like the captured ones, never sent before the swap, measured too")
@@ -195,12 +197,16 @@ def main():
     sets = {args.domain: heldout[args.domain][: args.num_heldout or None],
             f"{args.domain}-generated": [Conversation.of(p) for p in generated],
             "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
-    capture = out / "capture"
-    config = ServeConfig(capture=str(capture), max_batch_size=args.clients, max_queue=4 * args.capture_requests)
+    capture = Path(args.reuse_capture) if args.reuse_capture else out / "capture"
+    config = ServeConfig(capture="" if args.reuse_capture else str(capture), max_batch_size=args.clients,
+                         max_queue=4 * args.capture_requests)
     with serving(config) as (url, engine):
         start = time.perf_counter()
-        captured, lost, _ = asyncio.run(send_all(url, config.served_name(), captured_prompts, args.max_tokens,
-                                                 args.clients))
+        if args.reuse_capture:
+            captured, lost = sum(1 for path in capture.glob("*.jsonl") for _ in path.open()), 0
+        else:
+            captured, lost, _ = asyncio.run(send_all(url, config.served_name(), captured_prompts, args.max_tokens,
+                                                     args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
         adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed)
