@@ -2,10 +2,12 @@
 
 ``impl="auto"`` runs Triton for CUDA tensors when the kernels cover the call
 and the eager path otherwise (CPU, float64, a teacher that wants a gradient,
-no triton installed), logging the reason once; ``impl="torch"`` always runs the
-eager path; ``impl="triton"`` always runs the kernels and raises if they do not
-cover the call (on CPU tensors that needs ``TRITON_INTERPRET=1`` set before the
-kernels are first used). All three entry points take the arguments of
+no triton installed), logging the reason once; there, forward KL without a
+hard-label term takes ``forward_kl.py`` (one autograd node, in cache-sized blocks)
+and the rest the reference. ``impl="torch"`` always runs the reference;
+``impl="triton"`` always runs the kernels and raises if they do not cover the
+call (on CPU tensors that needs ``TRITON_INTERPRET=1`` set before the kernels
+are first used). All three entry points take the arguments of
 ``distill_loss`` and return the same value, plus the per-position acceptance
 ``sum min(p, q)`` (0 at masked positions, no gradient) with
 ``return_acceptance=True``.
