@@ -71,6 +71,8 @@ def parse_args():
     parser.add_argument("--replay", default=str(ROOT / "bench/data/default-draft-train-v4.jsonl.gz"),
                         help="records mixed into the capture (empty: none): the shipped head's training data")
     parser.add_argument("--lr", type=float, default=3e-4, help="the adapt's peak learning rate (cosine to 10%%)")
+    parser.add_argument("--head-vocab-size", type=int, default=13312,
+                        help="the adapted head's draft vocabulary (the shipped head's 12,288: no tokens added)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default="runs/adapt")
@@ -169,12 +171,13 @@ async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, cl
     return finished, failed, extra
 
 
-def adapt(capture: Path, out: Path, minutes: float, replay: str, seed: int, lr: float) -> tuple[Path, dict]:
+def adapt(capture: Path, out: Path, minutes: float, replay: str, seed: int, lr: float,
+          vocab: int) -> tuple[Path, dict]:
     """Fine-tune the shipped head on the capture for ``minutes`` in all: a first run builds the feature
     cache and takes one step; the run then resumes with what is left of the budget."""
     config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=replay, replay_share=0.2,
                          output_dir=str(out / "head"), feature_cache=str(out / "features"), seq_len=1024,
-                         batch_size=4, steps=1, lr=lr, warmup_steps=5, ttt_steps=4, head_vocab_size=13312,
+                         batch_size=4, steps=1, lr=lr, warmup_steps=5, ttt_steps=4, head_vocab_size=vocab,
                          save_every=25, log_every=10, report_to="none", seed=seed)
     start = time.perf_counter()
     train(config)
@@ -210,7 +213,8 @@ def main():
                                                      args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
-        adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed, args.lr)
+        adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed, args.lr,
+                                 args.head_vocab_size)
         print(f"adapted for {trained['minutes']} min, {trained['steps']} steps", flush=True)
 
         async def swap():
