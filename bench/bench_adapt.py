@@ -2,6 +2,7 @@
 
     python bench/bench_adapt.py                     # ~1,000 captured requests, 15 minutes of adapting
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
+    python bench/bench_adapt.py --reuse-capture runs/adapt/capture --lr 1e-3 --out runs/adapt-lr   # adapt again
 
 1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
