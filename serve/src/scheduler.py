@@ -247,8 +247,9 @@ class SpecEngine:
         if limit and any(len(r.tokens) + depth > limit for r in rows):
             return False
         use_tree = getattr(gen.draft_length, "use_tree", None)
-        extra = max(map(len, branches))
-        return use_tree is None or use_tree(len(rows), max(depth, extra), nodes + extra, list(map(len, branches)))
+        lengths = list(map(len, branches))
+        extra = max(lengths)
+        return use_tree is None or use_tree(len(rows), max(depth, extra), nodes + extra, lengths)
 
     def _decode_tree(self, rows: list[Request], branches: list[list[int]],
                      retrieval_seconds: float) -> list[tuple[Request, list[int], str | None]] | None:

@@ -90,14 +90,12 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
             features, final = batch.features
             _, weight = decoder_and_head(target)
             teacher = F.linear(final[wanted], weight[head.draft_ids])
-    teacher_row = torch.full(wanted.shape, -1, dtype=torch.long, device=wanted.device)
-    teacher_row[wanted] = torch.arange(int(wanted.sum()), device=wanted.device)
+    teacher_row = _rank(wanted)
     # Step j at position c drafts token c + j + 1: it counts where the prediction at c + j does. The
     # head runs only where some step counts, so a long prompt's positions cost their keys alone.
     counted = [shifted(batch.loss_mask, j, False) for j in range(1, config.ttt_steps + 1)]
     keep = torch.stack(counted).any(0)
-    slot = torch.full(keep.shape, -1, dtype=torch.long, device=keep.device)
-    slot[keep] = torch.arange(int(keep.sum()), device=keep.device)
+    slot = _rank(keep)
     with autocast:
         states = head.ttt_states_at(features, batch.input_ids, config.ttt_steps, keep)
     loss = acceptance = count = None
@@ -114,6 +112,14 @@ def head_step(target, head: Eagle3Head, batch, config, autocast) -> tuple[torch.
         if j == 1:
             acceptance, count = out[1].float().sum(), len(rows)
     return loss, acceptance, count
+
+
+def _rank(mask: torch.Tensor) -> torch.Tensor:
+    """Each marked position's index among the marked ones, in ``mask.nonzero()`` order (-1 elsewhere): where
+    a row of a tensor gathered at ``mask`` lies."""
+    rank = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    rank[mask] = torch.arange(int(mask.sum()), device=mask.device)
+    return rank
 
 
 @torch.no_grad()

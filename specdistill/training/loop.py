@@ -47,8 +47,7 @@ class TrainLoop:
     def run(self, start_step: int, history: list, progress: bool) -> int:
         config = self.config
         checkpoint = Path(config.output_dir) / "checkpoint"
-        self.started = time.monotonic()
-        deadline = self.started + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+        deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
         bar = tqdm(range(start_step, config.steps), desc="distilling", initial=start_step, total=config.steps,
                    disable=not progress)
         with GracefulStop() as stop:
@@ -82,7 +81,7 @@ class TrainLoop:
                                  "train/lr": self.scheduler.get_last_lr()[0]}, step=completed)
             # Every process must agree to stop (a collective waits for all of them), and on the budget spent.
             now = time.monotonic()
-            used = (now - self.started) / (config.max_minutes * 60) if config.max_minutes > 0 else 0.0
+            used = 1 - (deadline - now) / (config.max_minutes * 60) if config.max_minutes > 0 else 0.0
             flags = torch.tensor([now > deadline, stop.requested, used], dtype=torch.float, device=accelerator.device)
             late, stopping, used = accelerator.reduce(flags, "sum").tolist()
             late, stopping = late > 0, stopping > 0
