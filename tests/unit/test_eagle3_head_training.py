@@ -190,6 +190,27 @@ def test_training_time_test_at_kept_positions_equals_the_dense_unrolling():
         torch.testing.assert_close(kept, reference[keep], rtol=0, atol=1e-12)
 
 
+def test_training_time_test_at_kept_positions_has_the_dense_unrolling_gradients():
+    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3).double()
+    head = Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1).double()
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 16, (2, 23), generator=generator)
+    features = torch.randn(2, 23, 96, dtype=torch.float64, generator=generator)
+    keep = torch.rand(2, 23, generator=generator) < 0.5
+    weights = [torch.randn(int(keep.sum()), 32, dtype=torch.float64, generator=generator) for _ in range(4)]
+
+    def gradients(states) -> list[torch.Tensor]:
+        head.zero_grad()
+        sum((s * w).sum() for s, w in zip(states, weights)).backward()
+        return [p.grad.clone() for p in head.parameters() if p.grad is not None]
+
+    kept = gradients(head.ttt_states_at(features, ids, 4, keep))
+    dense = gradients([state[keep] for state in _dense_ttt_states(head, features, ids, 4)])
+    assert len(kept) == len(dense) > 0
+    for got, want in zip(kept, dense):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+
 def test_extending_a_head_vocabulary_keeps_its_rows_and_adds_the_most_frequent_missing(tmp_path):
     from specdistill.models.eagle3 import extend_vocabulary, save_head
 
