@@ -2,16 +2,17 @@
 
     python bench/bench_adapt.py                     # ~1,000 captured requests, 15 minutes of adapting
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
-    python bench/bench_adapt.py --reuse-capture runs/adapt/capture --lr 1e-3 --out runs/adapt-lr   # adapt again
+    python bench/bench_adapt.py --reuse-capture runs/adapt/capture --ttt-steps 4 --out runs/adapt-ttt4   # adapt again
 
 1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
-2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4`` for the
-            minutes given (a feature cache first; the head's vocabulary grows by 1,024 of the answers' tokens it
-            lacks; 20% of the records replay the shipped head's own training data, so it keeps chat); the
-            adapted head's folder also holds the answers it trained on, the shipped corpus's and the
-            captured ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
+2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4 --lr 1e-3
+            --ttt-steps 2`` for the minutes given (a feature cache first; the head's vocabulary grows by
+            1,024 of the answers' tokens it lacks; 20% of the records replay the shipped head's own training
+            data, so it keeps chat); the adapted head's folder also holds the answers it trained on, the
+            shipped corpus's and the captured ones, as its retrieval branch's corpus (``datastore.npz``),
+            which serves with it
 3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
 4. measure  the shipped head (before) and the adapted one (after) in turns prompt by prompt, ``--rounds``
             times each on every set, so that both see the same seconds of a host whose speed drifts:
@@ -57,6 +58,9 @@ from specdistill.training.config import TrainConfig
 from specdistill.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
+# The adapt unrolls 2 draft positions, not the shipped head's 4: twice the steps in the budget, and on translation
+# (8 minutes, RESULTS session 26) its first two positions gained more than 4 positions' steps gave all four.
+TTT_STEPS = 2
 
 
 def parse_args():
@@ -71,7 +75,9 @@ def parse_args():
                         help="requests made like the captured ones, never sent before the swap, measured too")
     parser.add_argument("--replay", default=str(ROOT / "bench/data/default-draft-train-v4.jsonl.gz"),
                         help="records mixed into the capture (empty: none): the shipped head's training data")
-    parser.add_argument("--lr", type=float, default=3e-4, help="the adapt's peak learning rate (cosine to 10%%)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the adapt's peak learning rate (cosine to 10%%)")
+    parser.add_argument("--ttt-steps", type=int, default=TTT_STEPS,
+                        help="draft positions the adapt unrolls (the shipped head trained with 4)")
     parser.add_argument("--head-vocab-size", type=int, default=13312,
                         help="the adapted head's draft vocabulary (the shipped head's 12,288: no tokens added)")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -172,14 +178,15 @@ async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, cl
     return finished, failed, extra
 
 
-def adapt(capture: Path, out: Path, minutes: float, replay: str, seed: int, lr: float,
-          vocab: int) -> tuple[Path, dict]:
-    """Fine-tune the shipped head on the capture for ``minutes`` in all: a first run builds the feature
-    cache and takes one step; the run then resumes with what is left of the budget."""
-    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=replay, replay_share=0.2,
-                         output_dir=str(out / "head"), feature_cache=str(out / "features"), seq_len=1024,
-                         batch_size=4, steps=1, lr=lr, warmup_steps=5, ttt_steps=4, head_vocab_size=vocab,
-                         save_every=25, log_every=10, report_to="none", seed=seed)
+def adapt(capture: Path, out: Path, args) -> tuple[Path, dict]:
+    """Fine-tune the shipped head on the capture for ``--adapt-minutes`` in all: a first run builds the
+    feature cache and takes one step; the run then resumes with what is left of the budget."""
+    minutes = args.adapt_minutes
+    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=args.replay,
+                         replay_share=0.2, output_dir=str(out / "head"), feature_cache=str(out / "features"),
+                         seq_len=1024, batch_size=4, steps=1, lr=args.lr, warmup_steps=5, ttt_steps=args.ttt_steps,
+                         head_vocab_size=args.head_vocab_size, save_every=25, log_every=10, report_to="none",
+                         seed=args.seed)
     start = time.perf_counter()
     train(config)
     cache_minutes = (time.perf_counter() - start) / 60
@@ -214,8 +221,7 @@ def main():
                                                      args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
-        adapted, trained = adapt(capture, out, args.adapt_minutes, args.replay, args.seed, args.lr,
-                                 args.head_vocab_size)
+        adapted, trained = adapt(capture, out, args)
         print(f"adapted for {trained['minutes']} min, {trained['steps']} steps", flush=True)
 
         async def swap():
