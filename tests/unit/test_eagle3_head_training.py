@@ -174,12 +174,19 @@ def _dense_ttt_states(head, features, input_ids, steps):
     return out
 
 
-def test_training_time_test_at_kept_positions_equals_the_dense_unrolling():
+def _float64_head_and_rows(rows: int, width: int, seed: int):
+    """A tiny float64 head (GQA: 4 query heads on 2 kv heads), random ids and features [rows, width], and the
+    generator that made them."""
     target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3).double()
     head = Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1).double()
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 16, (3, 19), generator=generator)
-    features = torch.randn(3, 19, 96, dtype=torch.float64, generator=generator)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 16, (rows, width), generator=generator)
+    features = torch.randn(rows, width, 96, dtype=torch.float64, generator=generator)
+    return head, ids, features, generator
+
+
+def test_training_time_test_at_kept_positions_equals_the_dense_unrolling():
+    head, ids, features, generator = _float64_head_and_rows(3, 19, seed=0)
     dense = _dense_ttt_states(head, features, ids, 4)
     keep = torch.rand(3, 19, generator=generator) < 0.3
     keep[1] = False  # a row with nothing kept
@@ -191,11 +198,7 @@ def test_training_time_test_at_kept_positions_equals_the_dense_unrolling():
 
 
 def test_training_time_test_at_kept_positions_has_the_dense_unrolling_gradients():
-    target = tiny_llama(vocab_size=16, num_layers=4, hidden_size=32, seed=3).double()
-    head = Eagle3Head.for_target(target, torch.arange(2, 16), layer_ids=[0, 2, 3], seed=1).double()
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 16, (2, 23), generator=generator)
-    features = torch.randn(2, 23, 96, dtype=torch.float64, generator=generator)
+    head, ids, features, generator = _float64_head_and_rows(2, 23, seed=1)
     keep = torch.rand(2, 23, generator=generator) < 0.5
     weights = [torch.randn(int(keep.sum()), 32, dtype=torch.float64, generator=generator) for _ in range(4)]
 
