@@ -48,6 +48,7 @@ from specdistill.serve.datastore import corpus_for
 from specdistill.serve.server import build_app, serving_in_thread
 from specdistill.serve.stats import SpecStats
 
+from specdistill.data.captured import read_capture
 from specdistill.data.corpora import stdlib_files
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
 from specdistill.data.task_prompts import module_docs, task_prompts
@@ -215,7 +216,7 @@ def main():
     with serving(config) as (url, engine):
         start = time.perf_counter()
         if args.reuse_capture:
-            captured, lost = sum(1 for path in capture.glob("*.jsonl") for _ in path.open()), 0
+            captured, lost = len(read_capture(str(capture), config.target)), 0  # its finished records
         else:
             captured, lost, _ = asyncio.run(send_all(url, config.served_name(), captured_prompts, args.max_tokens,
                                                      args.clients))
