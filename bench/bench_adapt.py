@@ -79,6 +79,8 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-3, help="the adapt's peak learning rate (cosine to 10%%)")
     parser.add_argument("--ttt-steps", type=int, default=TTT_STEPS,
                         help="draft positions the adapt unrolls (the shipped head trained with 4)")
+    parser.add_argument("--freeze-lm-head", action="store_true",
+                        help="keep the head's LM head as shipped: the adapt trains its projection and layer")
     parser.add_argument("--head-vocab-size", type=int, default=13312,
                         help="the adapted head's draft vocabulary (the shipped head's 12,288: no tokens added)")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -186,8 +188,8 @@ def adapt(capture: Path, out: Path, args) -> tuple[Path, dict]:
     config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=args.replay,
                          replay_share=0.2, output_dir=str(out / "head"), feature_cache=str(out / "features"),
                          seq_len=1024, batch_size=4, steps=1, lr=args.lr, warmup_steps=5, ttt_steps=args.ttt_steps,
-                         head_vocab_size=args.head_vocab_size, save_every=25, log_every=10, report_to="none",
-                         seed=args.seed)
+                         freeze_lm_head=args.freeze_lm_head, head_vocab_size=args.head_vocab_size, save_every=25,
+                         log_every=10, report_to="none", seed=args.seed)
     start = time.perf_counter()
     train(config)
     cache_minutes = (time.perf_counter() - start) / 60

@@ -35,7 +35,14 @@ def parse_layers(text: str) -> list[int] | None:
 def build_head(config, target, rows, eos_ids: list[int], checkpoint: Path | None) -> Eagle3Head:
     """The run's head: resumed from ``checkpoint``, else loaded from ``config.draft`` (a head
     directory, or ``default``: the shipped head), else new, with a draft vocabulary of the
-    training answers' most frequent tokens."""
+    training answers' most frequent tokens; its LM head frozen with ``freeze_lm_head``."""
+    head = _start_head(config, target, rows, eos_ids, checkpoint)
+    head.lm_head.weight.requires_grad_(not config.freeze_lm_head)
+    return head
+
+
+def _start_head(config, target, rows, eos_ids: list[int], checkpoint: Path | None) -> Eagle3Head:
+    """``build_head``'s head, every weight trainable."""
     if checkpoint is not None:
         log.info("resuming the head from %s", checkpoint)
         return load_head(checkpoint, target, torch.float32).train()

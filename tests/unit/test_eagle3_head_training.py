@@ -235,3 +235,22 @@ def test_extending_a_head_vocabulary_keeps_its_rows_and_adds_the_most_frequent_m
     out = SpeculativeGenerator(target, again, draft_tree="2,2,4").generate(ids, 20, eos_token_id=[])
     reference = target.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
     torch.testing.assert_close(out.sequences, reference)
+
+
+def test_a_fine_tune_with_a_frozen_lm_head_trains_only_the_projection_and_layer(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    start = train(_config(tmp_path / "start", steps=4), target=target, data=chunks, progress=False)["draft_dir"]
+    before = load_head(start, target, torch.float32)
+    tuned = train(_config(tmp_path / "tuned", draft=str(start), steps=4, freeze_lm_head=True, head_vocab_size=56),
+                  target=target, data=chunks, progress=False)["draft"]
+    kept = torch.isin(tuned.draft_ids, before.draft_ids)
+    assert int(kept.sum()) == 48 and len(tuned.draft_ids) > 48  # the vocabulary grew; its new rows are the target's
+    torch.testing.assert_close(tuned.lm_head.weight[kept], before.lm_head.weight)
+    torch.testing.assert_close(tuned.lm_head.weight[~kept], target.lm_head.weight[tuned.draft_ids[~kept]])
+    assert not torch.allclose(tuned.fc.weight, before.fc.weight)
+    assert not torch.allclose(tuned.layers[0].mlp.up_proj.weight, before.layers[0].mlp.up_proj.weight)
+
+
+def test_freezing_the_lm_head_is_for_heads_only(tmp_path):
+    with pytest.raises(ValueError, match="freeze_lm_head is for EAGLE-3 heads"):
+        TrainConfig(target="unused", draft_type="lm", freeze_lm_head=True, output_dir=str(tmp_path))
