@@ -8,11 +8,11 @@
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
 2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4 --lr 1e-3
-            --ttt-steps 3`` for the minutes given (a feature cache first; the head's vocabulary grows by
-            1,024 of the answers' tokens it lacks; 20% of the records replay the shipped head's own training
-            data, so it keeps chat); the adapted head's folder also holds the answers it trained on, the
-            shipped corpus's and the captured ones, as its retrieval branch's corpus (``datastore.npz``),
-            which serves with it
+            --ttt-steps 3 --blend-start 0.3`` for the minutes given (a feature cache first; the head's
+            vocabulary grows by 1,024 of the answers' tokens it lacks; 20% of the records replay the shipped
+            head's own training data, so it keeps chat; the exported head's weights are 30% the shipped
+            head's); the adapted head's folder also holds the answers it trained on, the shipped corpus's and
+            the captured ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
 3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
 4. measure  the shipped head (before) and the adapted one (after) in turns prompt by prompt, ``--rounds``
             times each on every set, so that both see the same seconds of a host whose speed drifts:
@@ -62,6 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # The adapt unrolls 3 draft positions, not the shipped head's 4: a third more steps in the budget. With 2 (twice
 # the steps) the domain gained as much but chat's chain fell by 0.15; with 3 it held (RESULTS, session 26).
 TTT_STEPS = 3
+# The adapted head is blended 0.3 with the shipped one: on the same two heads the domain's tree gained as much
+# (+0.35/+0.25 against +0.25/+0.34) and chat's tree lost half as much (-0.19 against -0.34; RESULTS, session 27).
+BLEND_START = 0.3
 
 
 def parse_args():
@@ -81,6 +84,8 @@ def parse_args():
                         help="draft positions the adapt unrolls (the shipped head trained with 4)")
     parser.add_argument("--freeze-lm-head", action="store_true",
                         help="keep the head's LM head as shipped: the adapt trains its projection and layer")
+    parser.add_argument("--blend-start", type=float, default=BLEND_START,
+                        help="the adapted head's weights this share the shipped head's (WiSE-FT; 0: none)")
     parser.add_argument("--head-vocab-size", type=int, default=13312,
                         help="the adapted head's draft vocabulary (the shipped head's 12,288: no tokens added)")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -188,7 +193,8 @@ def adapt(capture: Path, out: Path, args) -> tuple[Path, dict]:
     config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=args.replay,
                          replay_share=0.2, output_dir=str(out / "head"), feature_cache=str(out / "features"),
                          seq_len=1024, batch_size=4, steps=1, lr=args.lr, warmup_steps=5, ttt_steps=args.ttt_steps,
-                         freeze_lm_head=args.freeze_lm_head, head_vocab_size=args.head_vocab_size, save_every=25,
+                         freeze_lm_head=args.freeze_lm_head, blend_start=args.blend_start,
+                         head_vocab_size=args.head_vocab_size, save_every=25,
                          log_every=10, report_to="none", seed=args.seed)
     start = time.perf_counter()
     train(config)

@@ -304,14 +304,24 @@ def extend_vocabulary(head: Eagle3Head, target, token_ids: torch.Tensor, size: i
     if not missing:
         return 0
     ids = torch.cat([have, torch.tensor(missing, device=have.device)]).sort().values
-    with torch.no_grad():
-        weight = target.get_output_embeddings().weight[ids].to(head.lm_head.weight)
-        weight[torch.isin(ids, have)] = head.lm_head.weight  # both ascending: the old rows in order
+    weight = lm_head_rows(head, target, ids)
     head.lm_head = nn.Linear(weight.shape[1], len(ids), bias=False, device=weight.device, dtype=weight.dtype)
     head.lm_head.weight = nn.Parameter(weight)
     head.d2t = ids - torch.arange(len(ids), device=ids.device)
     head.t2d[ids] = True
     return len(missing)
+
+
+@torch.no_grad()
+def lm_head_rows(head: Eagle3Head, target, ids: torch.Tensor) -> torch.Tensor:
+    """LM-head rows for the ascending target ids ``ids``: the head's own where its vocabulary has the
+    id, the target's elsewhere (a new token's row in a fresh head)."""
+    weight = target.get_output_embeddings().weight[ids].to(head.lm_head.weight)
+    have = head.draft_ids
+    found = torch.searchsorted(have, ids).clamp(max=len(have) - 1)
+    known = have[found] == ids
+    weight[known] = head.lm_head.weight[found[known]]
+    return weight
 
 
 SPECULATORS_VERSION = "0.3.0"  # the format version written (speculators' config schema)

@@ -31,6 +31,9 @@ class TrainConfig(DataConfig):
     freeze_lm_head: bool = option(False, "eagle3: keep the head's LM head (its draft-vocabulary rows) as it starts; "
                                          "only the feature projection and the layer learn: ~15% faster CPU steps, "
                                          "and a fine-tuned head keeps its ranking of other traffic's tokens")
+    blend_start: float = option(0.0, "eagle3 fine-tune (--draft): the exported final head's weights are this share "
+                                     "its starting head's, the rest the fine-tuned ones' (WiSE-FT): it keeps more "
+                                     "of what it knew (other traffic) for a little of what it learned")
     ttt_decay: float = option(1.0, "eagle3: draft position j's loss weighs ttt_decay ** (j - 1)")
     feature_cache: str = option("", "eagle3: a directory for the target's features over the training rows, made "
                                     "once and read by every step instead of running the target", resumable=True)
@@ -94,9 +97,9 @@ class TrainConfig(DataConfig):
             raise ValueError(f"draft_type must be lm or eagle3, got {self.draft_type!r}")
         if self.draft_type == "eagle3":
             check_head_config(self)
-        elif self.freeze_lm_head:
-            raise ValueError("freeze_lm_head is for EAGLE-3 heads (draft_type eagle3); an lm draft's LM head is "
-                             "frozen already unless train_embeddings")
+        elif self.freeze_lm_head or self.blend_start:
+            raise ValueError("freeze_lm_head and blend_start are for EAGLE-3 heads (draft_type eagle3); an lm "
+                             "draft's LM head is frozen already unless train_embeddings")
         elif self.feature_cache:
             raise ValueError("feature_cache holds an EAGLE-3 head's features: use it with draft_type eagle3")
         elif self.draft == DEFAULT_DRAFT:

@@ -22,7 +22,7 @@ from specdistill.losses import compute_distill_loss
 from specdistill.measure import chained_figures
 from specdistill.models import decoder_and_head
 from specdistill.models.drafts import resolve_draft
-from specdistill.models.eagle3 import Eagle3Head, draft_vocabulary, extend_vocabulary
+from specdistill.models.eagle3 import Eagle3Head, draft_vocabulary, extend_vocabulary, lm_head_rows
 from specdistill.models.eagle3_io import is_head_dir, load_head
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,17 @@ def _start_head(config, target, rows, eos_ids: list[int], checkpoint: Path | Non
         return head
     ids = draft_vocabulary(answers, target.config.vocab_size, config.head_vocab_size, eos_ids)
     return Eagle3Head.for_target(target, ids, parse_layers(config.head_layers), config.seed).float().train()
+
+
+@torch.no_grad()
+def blend_with_start(head: Eagle3Head, config, target) -> None:
+    """Move a fine-tuned head's weights ``config.blend_start`` of the way back to its starting head's
+    (``config.draft``; WiSE-FT, Wortsman et al. 2022): the start's LM head is taken over the head's
+    vocabulary, the target's rows for the tokens the fine-tune added, as the fine-tune began."""
+    start = load_head(Path(resolve_draft(config.draft)), target, torch.float32)
+    weights = start.state_dict() | {"lm_head.weight": lm_head_rows(start, target, head.draft_ids)}
+    for name, param in head.named_parameters():
+        param.lerp_(weights[name].to(param), config.blend_start)
 
 
 def target_pass(target, head: Eagle3Head, input_ids, draft_vocab_only: bool = False):
@@ -171,3 +182,6 @@ def check_head_config(config) -> None:
                          "teacher_cache, onpolicy_fraction and lora_rank unset and alpha at 1")
     if config.ttt_steps < 1 or config.head_vocab_size < 2 or not 0 < config.ttt_decay <= 1:
         raise ValueError("ttt_steps must be >= 1, head_vocab_size >= 2 and ttt_decay in (0, 1]")
+    if not 0 <= config.blend_start < 1 or (config.blend_start and not config.draft):
+        raise ValueError(f"blend_start ({config.blend_start}) must be in [0, 1) and needs --draft: the head a "
+                         "fine-tune starts from, which the final head is blended with")

@@ -35,7 +35,7 @@ from specdistill.options import changed_fields
 from specdistill.serve.datastore import CORPUS_FILE, corpus_for, save_head_corpus
 from specdistill.training.checkpoints import recover_checkpoint, replace_dir
 from specdistill.training.config import TrainConfig
-from specdistill.training.eagle3_head import build_head
+from specdistill.training.eagle3_head import blend_with_start, build_head
 from specdistill.training.feature_cache import feature_rows
 from specdistill.training.heldout_eval import HeldOutEval, card_figures, last_eval
 from specdistill.training.loop import TimeBudget, TrainLoop
@@ -248,6 +248,8 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
                      params, onpolicy, teacher.eos_ids, evaluator, export_best, budget)
     step = loop.run(start_step, history, progress and accelerator.is_main_process)
     draft = plain_model(draft).eval()
+    if config.blend_start:
+        blend_with_start(draft, config, teacher.target)
     if accelerator.is_main_process:
         export(out / "final", draft, last_eval(history))
     accelerator.wait_for_everyone()

@@ -251,6 +251,26 @@ def test_a_fine_tune_with_a_frozen_lm_head_trains_only_the_projection_and_layer(
     assert not torch.allclose(tuned.layers[0].mlp.up_proj.weight, before.layers[0].mlp.up_proj.weight)
 
 
-def test_freezing_the_lm_head_is_for_heads_only(tmp_path):
-    with pytest.raises(ValueError, match="freeze_lm_head is for EAGLE-3 heads"):
-        TrainConfig(target="unused", draft_type="lm", freeze_lm_head=True, output_dir=str(tmp_path))
+@pytest.mark.parametrize("setting", [{"freeze_lm_head": True}, {"blend_start": 0.3}])
+def test_head_fine_tune_settings_are_refused_for_lm_drafts(tmp_path, setting):
+    with pytest.raises(ValueError, match="are for EAGLE-3 heads"):
+        TrainConfig(target="unused", draft_type="lm", output_dir=str(tmp_path), **setting)
+
+
+def test_blend_start_moves_the_final_head_that_share_back_to_its_start(tmp_path, target_and_chunks):
+    target, chunks = target_and_chunks
+    start = train(_config(tmp_path / "start", steps=4), target=target, data=chunks, progress=False)["draft_dir"]
+    first = load_head(start, target, torch.float32)
+
+    def tuned(name: str, blend: float):
+        config = _config(tmp_path / name, draft=str(start), steps=4, head_vocab_size=56, blend_start=blend)
+        return train(config, target=target, data=chunks, progress=False)["draft_dir"]
+    plain, blended = (load_head(tuned(name, blend), target, torch.float32) for name, blend in (("a", 0), ("b", 0.25)))
+    assert blended.draft_ids.tolist() == plain.draft_ids.tolist() and len(plain.draft_ids) > 48
+    kept = torch.isin(plain.draft_ids, first.draft_ids)
+    start_rows = target.lm_head.weight[plain.draft_ids].clone()  # the rows the fine-tune began from
+    start_rows[kept] = first.lm_head.weight
+    torch.testing.assert_close(blended.lm_head.weight, 0.75 * plain.lm_head.weight + 0.25 * start_rows)
+    torch.testing.assert_close(blended.fc.weight, 0.75 * plain.fc.weight + 0.25 * first.fc.weight)
+    with pytest.raises(ValueError, match="needs --draft"):
+        _config(tmp_path, blend_start=0.5)
