@@ -250,8 +250,8 @@ def train(config: TrainConfig, target=None, tokenizer=None, data: TokenRows | to
     draft = plain_model(draft).eval()
     if config.blend_start:
         blend_with_start(draft, config, teacher.target)
-    if accelerator.is_main_process:
-        export(out / "final", draft, last_eval(history))
+    if accelerator.is_main_process:  # a blended head was never evaluated: its card says how to measure it
+        export(out / "final", draft, None if config.blend_start else last_eval(history))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers (and, under torchrun, the process group)
     return {"steps": step, "history": history, "draft_dir": str(out / "final"), "draft": draft,
