@@ -64,6 +64,7 @@ PRINTS_SUMMARY = ("train", "cache-teacher", "generate-data", "make-prompts")  # 
 
 def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
+    from specdistill.adapt import AdaptConfig, adapt_command
     from specdistill.bench import BenchConfig, run_bench
     from specdistill.demo import DemoConfig, run_demo
     from specdistill.serve.config import ServeConfig
@@ -92,6 +93,8 @@ def _subcommands():
         "bench": (BenchConfig, run_bench, "measure a draft: acceptance and tokens/s vs the target alone "
                                           "(`bench workflow ...` and `bench recipes ...` run bench/ scripts)"),
         "serve": (ServeConfig, run_serve, "serve speculative decoding over an OpenAI-compatible HTTP API"),
+        "adapt": (AdaptConfig, adapt_command, "fine-tune the serving head on captured traffic (serve --capture), "
+                                              "check it on held-back requests and chat, swap it into the server"),
     }
 
 

@@ -1,0 +1,211 @@
+"""``specdistill adapt``: fine-tune the serving head on captured traffic, check it, swap it in.
+
+    specdistill serve --capture runs/traffic                           # serving, and capturing
+    specdistill adapt --data runs/traffic --swap-url http://127.0.0.1:8000
+
+The loop docs/serving.md writes as three commands, in one, with a check before the swap:
+
+1. hold back  ``--holdout-share`` of the capture's finished requests (at most ``--holdout-max``), drawn at
+              random (``--seed``): they are never trained on
+2. score      the starting head, teacher-forced on the target's answers to them (the traffic) and to the
+              held-out chat prompts (what the head knew): τ predicted for a chain of 4 greedy drafts
+3. fine-tune  ``train`` on the rest with the recipe's settings (each a flag), so that the whole adapt,
+              feature cache and scoring included, keeps to ``--max-minutes``
+4. check      the adapted head, scored the same way: it is swapped in only if its τ on the traffic rises
+              by more than ``--min-gain`` and its τ on chat falls by at most ``--max-chat-loss``
+5. swap       ``POST {swap_url}/admin/draft {"draft": output_dir/final}`` (with ``--api-key``)
+
+Like ``train``, a run resumes from ``output_dir/checkpoint``: give each cycle its own ``--output-dir``, and
+the next cycle ``--draft`` the head now serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import torch
+
+from specdistill.data.batches import pack_records, record_rows
+from specdistill.data.captured import is_capture_dir, read_capture
+from specdistill.data.prompts import HELDOUT_PROMPTS
+from specdistill.models import load_target
+from specdistill.models.drafts import load_draft
+from specdistill.models.loading import native_bf16
+from specdistill.options import nested, option
+from specdistill.teacher.target_answers import answer_prompts
+from specdistill.training.config import TrainConfig
+from specdistill.training.eagle3_head import head_acceptance
+from specdistill.training.sources import pad_id, with_replay
+from specdistill.training.trainer import pick_device, train
+
+log = logging.getLogger(__name__)
+# The shipped head's own training records, replayed so that it keeps chat (a source checkout has them).
+SHIPPED_REPLAY = Path(__file__).resolve().parents[1] / "bench/data/default-draft-train-v4.jsonl.gz"
+SCORED_K = 4  # the chain whose predicted τ the check compares
+SWAP_TIMEOUT = 660  # seconds: the server's own swap timeout is 600
+
+
+@dataclass
+class AdaptConfig:
+    """Fine-tune the serving EAGLE-3 head on captured traffic (`serve --capture`), check it on held-back
+    requests and on chat, and swap it into a running server: every training flag, with the adapt's defaults."""
+
+    train: TrainConfig = nested(TrainConfig, draft_type="eagle3", draft="default", data="", replay="auto",
+                                replay_share=0.2, seq_len=1024, batch_size=4, steps=100000, max_minutes=15.0,
+                                lr=1e-3, warmup_steps=5, ttt_steps=3, blend_start=0.3, head_vocab_size=13312,
+                                save_every=25, report_to="none", output_dir="runs/adapt")
+    holdout_share: float = option(0.1, "the share of the captured requests held back from training to check the "
+                                       "adapted head on")
+    holdout_max: int = option(100, "at most this many held-back requests (scoring a head on 100 takes ~30 s on "
+                                   "2 CPU cores)")
+    min_gain: float = option(0.02, "swap only if the head's predicted tau (chain of 4) on the held-back requests "
+                                   "rises by more than this")
+    max_chat_loss: float = option(0.15, "and its predicted tau on the held-out chat prompts falls by at most this")
+    swap_url: str = option("", "the server to swap the adapted head into (http://host:port); empty: only train "
+                               "and check, and print how to swap")
+    api_key: str = option("", "the server's --api-key, if it has one")
+
+
+def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool = True) -> dict:
+    """Hold back, score, fine-tune, check, swap (see the module doc); the figures and the decision."""
+    began = time.monotonic()
+    train_config = _checked(config)
+    if config.swap_url:
+        _reachable(config.swap_url)  # before the minutes of training, not after
+    records = _records(train_config)
+    if target is None:
+        dtype = torch.bfloat16 if train_config.bf16 and native_bf16() else torch.float32  # as train's teacher
+        target, tokenizer = load_target(train_config.target, dtype=dtype)
+    target = target.to(pick_device(train_config.device)).eval()
+    held_back, kept = split_held_back(records, config.holdout_share, config.holdout_max, train_config.seed)
+    pad = pad_id(tokenizer)
+    chat = answer_prompts(target, tokenizer, HELDOUT_PROMPTS[: train_config.eval_prompts],
+                          Path(train_config.output_dir) / "eval_answers.jsonl", progress=progress)
+    sets = {"traffic": record_rows(held_back, pad), "chat": record_rows(chat, pad)}
+    scoring = time.monotonic()
+    before = score(target, load_draft(train_config.draft, target, target.dtype)[0], sets)
+    scoring = time.monotonic() - scoring
+    log.info("the starting head: %s", before)
+    train_records = with_replay(kept, train_config, tokenizer) if train_config.replay else kept
+    rows = pack_records(train_records, train_config.seq_len, pad)
+    minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept
+    trained = fine_tune(train_config, target, tokenizer, rows, minutes, progress)
+    after = score(target, load_draft(trained["draft_dir"], target, target.dtype)[0], sets)
+    swap, reason = decide(before, after, config)
+    result = {"draft": trained["draft_dir"], "steps": trained["steps"], "held_back": len(held_back),
+              "trained_on": len(kept), "before": before, "after": after, "swap": swap, "reason": reason,
+              "minutes": round((time.monotonic() - began) / 60, 2)}
+    if swap and config.swap_url:
+        result["server"] = swap_in(config.swap_url, config.api_key, trained["draft_dir"])
+    return result
+
+
+def _checked(config: AdaptConfig) -> TrainConfig:
+    """The training config, its replay resolved; errors before any model loads."""
+    train_config = config.train
+    if train_config.draft_type != "eagle3" or not train_config.draft:
+        raise ValueError("adapt fine-tunes the serving EAGLE-3 head: --draft-type eagle3 and --draft default (or "
+                         "the folder of the head the server runs)")
+    if not is_capture_dir(train_config.data):
+        raise ValueError(f"--data {train_config.data!r} is not a capture folder: give the folder of "
+                         "`specdistill serve --capture DIR`")
+    if not 0 < config.holdout_share < 1 or config.holdout_max < 1:
+        raise ValueError("holdout_share must be in (0, 1) and holdout_max >= 1")
+    if train_config.replay == "auto":  # the shipped head's records when they are here, else none
+        shipped = train_config.draft == "default" and SHIPPED_REPLAY.exists()
+        if train_config.draft == "default" and not shipped:
+            log.warning("the shipped head's training records (%s) come with a source checkout only: adapting "
+                        "without replay, so the head may forget more of other traffic", SHIPPED_REPLAY.name)
+        train_config = replace(train_config, replay=str(SHIPPED_REPLAY) if shipped else "")
+    if not train_config.feature_cache:  # the target's features over the rows, made once: steps 2-3x cheaper
+        train_config = replace(train_config, feature_cache=str(Path(train_config.output_dir) / "features"))
+    return train_config
+
+
+def _records(config: TrainConfig) -> list[tuple[list[int], list[int]]]:
+    dataset = read_capture(config.data, config.target)
+    if len(dataset) < 10:
+        raise ValueError(f"{config.data} holds {len(dataset)} finished requests: adapt needs at least 10 (some to "
+                         "hold back, the rest to train on); capture longer")
+    return [(r["prompt_ids"], r["answer_ids"]) for r in dataset]
+
+
+def split_held_back(records: list, share: float, most: int, seed: int) -> tuple[list, list]:
+    """(held back, kept): ``share`` of the records (at least 1, at most ``most``) drawn at random, in order."""
+    count = min(most, max(1, round(len(records) * share)))
+    chosen = set(random.Random(seed).sample(range(len(records)), count))
+    return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
+
+
+def score(target, head, sets: dict) -> dict:
+    """Per set, the head's predicted τ for a chain of ``SCORED_K`` greedy drafts (and sampled, T = 1),
+    teacher-forced along the target's answers."""
+    figures = {name: head_acceptance(target, head, rows, max_k=SCORED_K) for name, rows in sets.items()}
+    return {name: {"tau": round(f["predicted_tau_greedy"][-1], 3), "tau_sampled": round(f["predicted_tau"][-1], 3),
+                   "positions": f["positions"]} for name, f in figures.items()}
+
+
+def decide(before: dict, after: dict, config: AdaptConfig) -> tuple[bool, str]:
+    """Swap when the traffic gained more than ``min_gain`` and chat lost at most ``max_chat_loss``."""
+    gain = after["traffic"]["tau"] - before["traffic"]["tau"]
+    chat = after["chat"]["tau"] - before["chat"]["tau"]
+    moved = f"predicted tau on the held-back traffic {gain:+.3f}, on chat {chat:+.3f}"
+    if gain <= config.min_gain:
+        return False, f"{moved}: the traffic gained no more than --min-gain {config.min_gain}; capture more traffic"
+    if -chat > config.max_chat_loss:
+        return False, (f"{moved}: chat lost more than --max-chat-loss {config.max_chat_loss}; keep more of the "
+                       "starting head (--blend-start 0.5) or replay more (--replay-share 0.3)")
+    return True, moved
+
+
+def fine_tune(config: TrainConfig, target, tokenizer, rows, minutes: float, progress: bool) -> dict:
+    """``train`` on ``rows`` within ``minutes`` in all (none: ``config.steps``): a first run builds the feature
+    cache and takes one step, and the run resumes with what is left of the time."""
+    if config.max_minutes <= 0:
+        return train(config, target, tokenizer, rows, progress)
+    began = time.monotonic()
+    train(replace(config, steps=1, max_minutes=0.0), target, tokenizer, rows, progress)
+    left = minutes - (time.monotonic() - began) / 60
+    return train(replace(config, max_minutes=max(left, 0.1)), target, tokenizer, rows, progress)
+
+
+def _reachable(url: str) -> None:
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as err:
+        raise ValueError(f"the server at {url} does not answer /health ({err}); start `specdistill serve` first, "
+                         "or leave --swap-url empty to adapt without swapping") from err
+
+
+def swap_in(url: str, api_key: str, draft_dir: str) -> dict:
+    """``POST /admin/draft``; the server's answer, or ValueError naming the head to swap by hand."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"draft": str(Path(draft_dir).resolve())}
+    try:
+        response = httpx.post(url.rstrip("/") + "/admin/draft", json=body, headers=headers, timeout=SWAP_TIMEOUT)
+    except httpx.HTTPError as err:
+        raise ValueError(f"the swap to {body['draft']} failed ({err}); the head is saved: POST it to "
+                         f"{url}/admin/draft when the server is back") from err
+    if response.status_code != 200:
+        raise ValueError(f"the server at {url} refused the swap (HTTP {response.status_code}: {response.text}); "
+                         f"the old draft serves on, and the adapted head is in {body['draft']}")
+    return response.json()
+
+
+def adapt_command(config: AdaptConfig) -> dict:
+    """``specdistill adapt``: run, then say what happened and print one JSON line."""
+    result = run_adapt(config)
+    verdict = "swapped in" if result.get("server") else "ready" if result["swap"] else "kept back"
+    print(f"adapted {result['steps']} steps on {result['trained_on']} requests ({result['held_back']} held back), "
+          f"{result['minutes']} min: {verdict}; {result['reason']}")
+    if result["swap"] and not config.swap_url:
+        print(f"swap it in: curl -s localhost:8000/admin/draft -H 'Content-Type: application/json' "
+              f"-d '{json.dumps({'draft': str(Path(result['draft']).resolve())})}'")
+    print(json.dumps(result))
+    return result

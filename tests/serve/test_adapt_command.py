@@ -1,0 +1,96 @@
+"""``specdistill adapt``: a head fine-tuned on a server's captured traffic, checked on held-back requests and
+chat, swapped into that server while it serves; what it refuses, and when."""
+
+import openai
+import pytest
+import torch
+from serve_helpers import MODEL, char_chat_tokenizer, running_server
+from specdistill.serve import SpeculativeGenerator
+
+from specdistill.adapt import AdaptConfig, decide, run_adapt, split_held_back
+from specdistill.cli import main
+from specdistill.models import tiny_llama
+from specdistill.models.eagle3 import Eagle3Head, save_head
+from specdistill.training.config import TrainConfig
+
+PROMPTS = ["sort a list", "open a file", "define a class", "zip two lists", "print it", "read a line",
+           "count the words", "join the names", "split a string", "find the max", "sum it up", "copy a dict"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return char_chat_tokenizer()
+
+
+def _tiny_target(tokenizer):
+    """A tiny random target with room for the held-out chat prompts (one token per character) and answers."""
+    target = tiny_llama(vocab_size=len(tokenizer), num_layers=3, max_positions=256, seed=2)
+    target.generation_config.eos_token_id = 0
+    with torch.no_grad():  # a random model says <eos> too often for long answers: make it rarer
+        target.lm_head.weight[0] = -target.lm_head.weight[2:].mean(0)
+    return target
+
+
+def _config(tmp_path, start, capture, **overrides) -> AdaptConfig:
+    train = TrainConfig(draft_type="eagle3", draft=str(start), data=str(capture), output_dir=str(tmp_path / "adapt"),
+                        head_vocab_size=30, ttt_steps=2, seq_len=64, batch_size=2, steps=6, max_minutes=0, lr=3e-3,
+                        warmup_steps=1, blend_start=0.3, bf16=False, device="cpu", eval_prompts=2, save_every=10,
+                        report_to="none")
+    return AdaptConfig(train=train, holdout_share=0.25, **overrides)
+
+
+def test_adapt_trains_on_the_capture_checks_the_head_and_swaps_it_into_the_server(tmp_path, tokenizer):
+    target, start = _tiny_target(tokenizer), tmp_path / "start"
+    head = Eagle3Head.for_target(target, torch.arange(2, len(tokenizer)), layer_ids=[0, 1, 2], seed=1)
+    save_head(head, start)
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=3, tokenizer=tokenizer)
+    capture = tmp_path / "capture"
+    with running_server(gen, tokenizer, capture=str(capture)) as (url, engine):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        answers = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
+                                                  max_tokens=24, temperature=0).choices[0].message.content
+                   for p in PROMPTS]
+        with pytest.raises(ValueError, match="does not answer /health"):  # before any training
+            run_adapt(_config(tmp_path, start, capture, swap_url="http://127.0.0.1:9"), target, tokenizer, False)
+        config = _config(tmp_path, start, capture, swap_url=url, min_gain=-10, max_chat_loss=10)
+        result = run_adapt(config, target, tokenizer, progress=False)
+        assert result["held_back"] == 3 and result["trained_on"] == 9 and result["steps"] == 6
+        assert result["swap"] and result["server"]["version"] == 2
+        for figures in (result["before"], result["after"]):
+            assert set(figures) == {"traffic", "chat"} and 1 <= figures["traffic"]["tau"] <= 5
+        assert result["before"] != result["after"]
+        assert engine.engine.draft_versions[-1].name == str((tmp_path / "adapt" / "final").resolve())
+        again = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                               max_tokens=24, temperature=0).choices[0].message.content
+        assert again == answers[0]  # the new head drafts; the output is still the target's
+
+
+def test_the_check_keeps_a_head_that_does_not_gain_or_forgets_chat():
+    config = AdaptConfig()
+    before = {"traffic": {"tau": 1.50}, "chat": {"tau": 2.80}}
+    assert decide(before, {"traffic": {"tau": 1.70}, "chat": {"tau": 2.70}}, config)[0]
+    swap, reason = decide(before, {"traffic": {"tau": 1.51}, "chat": {"tau": 2.80}}, config)
+    assert not swap and "min-gain" in reason
+    swap, reason = decide(before, {"traffic": {"tau": 1.90}, "chat": {"tau": 2.60}}, config)
+    assert not swap and "--blend-start" in reason
+
+
+def test_held_back_requests_are_a_seeded_share_never_trained_on():
+    records = [([i], [i + 1]) for i in range(50)]
+    held, kept = split_held_back(records, 0.1, 100, seed=0)
+    assert len(held) == 5 and len(kept) == 45 and not set(map(str, held)) & set(map(str, kept))
+    assert split_held_back(records, 0.1, 100, seed=0) == (held, kept)
+    assert len(split_held_back(records, 0.5, 7, seed=0)[0]) == 7
+
+
+def test_adapt_refuses_what_it_cannot_adapt_on(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert main(["adapt", "--data", str(tmp_path / "notes")]) == 2
+    assert "is not a capture folder" in capsys.readouterr().err
+    (tmp_path / "few").mkdir()
+    record = ('{"status": "finished", "target": "smollm2-135m", "prompt_ids": [1, 2], "answer_ids": [3]}\n')
+    (tmp_path / "few" / "capture-0.jsonl").write_text(record * 4)
+    assert main(["adapt", "--data", str(tmp_path / "few"), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "at least 10" in capsys.readouterr().err
+    assert main(["adapt", "--data", str(tmp_path / "few"), "--draft-type", "lm", "--blend-start", "0"]) == 2
+    assert "EAGLE-3" in capsys.readouterr().err
