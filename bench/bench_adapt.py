@@ -7,13 +7,16 @@
 1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
             ``--capture-requests`` requests of the domain, made from the standard library's documentation
             (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
-2. adapt    ``specdistill train --draft-type eagle3 --draft default --data CAPTURE --replay V4 --lr 1e-3
-            --ttt-steps 3 --blend-start 0.3`` for the minutes given (a feature cache first; the head's
-            vocabulary grows by 1,024 of the answers' tokens it lacks; 20% of the records replay the shipped
-            head's own training data, so it keeps chat; the exported head's weights are 30% the shipped
-            head's); the adapted head's folder also holds the answers it trained on, the shipped corpus's and
-            the captured ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
-3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish
+2. adapt    ``specdistill adapt`` without ``--swap-url`` (its defaults: ``--lr 1e-3 --ttt-steps 3 --blend-start 0.3
+            --head-vocab-size 13312``) for the minutes given, its check included: a tenth of the capture is held
+            back, the shipped head and the adapted one are scored on it and on chat (predicted τ of a chain of
+            4), and the JSON says whether the check would swap; then a feature cache; the head's vocabulary
+            grows by 1,024 of the answers' tokens it lacks; 20% of the records replay the shipped head's own
+            training data, so it keeps chat; the exported head's weights are 30% the shipped head's; the
+            adapted head's folder also holds the answers it trained on, the shipped corpus's and the captured
+            ones, as its retrieval branch's corpus (``datastore.npz``), which serves with it
+3. swap     ``POST /admin/draft`` while a wave of requests streams; every one must finish (whatever the
+            check said: the benchmark measures the adapted head)
 4. measure  the shipped head (before) and the adapted one (after) in turns prompt by prompt, ``--rounds``
             times each on every set, so that both see the same seconds of a host whose speed drifts:
             held-out requests of the domain, two sets (``--heldout``'s category: hand-written, other text
@@ -48,6 +51,7 @@ from specdistill.serve.datastore import corpus_for
 from specdistill.serve.server import build_app, serving_in_thread
 from specdistill.serve.stats import SpecStats
 
+from specdistill.adapt import AdaptConfig, run_adapt
 from specdistill.data.captured import read_capture
 from specdistill.data.corpora import stdlib_files
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
@@ -55,8 +59,6 @@ from specdistill.data.task_prompts import module_docs, task_prompts
 from specdistill.measure import measure_speculative
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
-from specdistill.training.config import TrainConfig
-from specdistill.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The adapt unrolls 3 draft positions, not the shipped head's 4: a third more steps in the budget. With 2 (twice
@@ -186,22 +188,16 @@ async def send_all(url: str, model: str, prompts: list[str], max_tokens: int, cl
     return finished, failed, extra
 
 
-def adapt(capture: Path, out: Path, args) -> tuple[Path, dict]:
-    """Fine-tune the shipped head on the capture for ``--adapt-minutes`` in all: a first run builds the
-    feature cache and takes one step; the run then resumes with what is left of the budget."""
-    minutes = args.adapt_minutes
-    config = TrainConfig(draft_type="eagle3", draft="default", data=str(capture), replay=args.replay,
-                         replay_share=0.2, output_dir=str(out / "head"), feature_cache=str(out / "features"),
-                         seq_len=1024, batch_size=4, steps=1, lr=args.lr, warmup_steps=5, ttt_steps=args.ttt_steps,
-                         freeze_lm_head=args.freeze_lm_head, blend_start=args.blend_start,
-                         head_vocab_size=args.head_vocab_size, save_every=25,
-                         log_every=10, report_to="none", seed=args.seed)
-    start = time.perf_counter()
-    train(config)
-    cache_minutes = (time.perf_counter() - start) / 60
-    result = train(dataclasses.replace(config, steps=100000, max_minutes=max(minutes - cache_minutes, 0.1)))
-    return out / "head" / "final", {"minutes": round((time.perf_counter() - start) / 60, 2),
-                                    "cache_minutes": round(cache_minutes, 2), "steps": result["steps"]}
+def adapt(capture: Path, out: Path, args) -> dict:
+    """``specdistill adapt`` without its swap (step 3 swaps while a wave streams): fine-tune the shipped head on
+    the capture for ``--adapt-minutes`` in all, checked on a tenth of the capture held back, and chat."""
+    config = AdaptConfig()
+    train_config = dataclasses.replace(
+        config.train, data=str(capture), replay=args.replay or "", output_dir=str(out / "head"),
+        feature_cache=str(out / "features"), lr=args.lr, ttt_steps=args.ttt_steps, freeze_lm_head=args.freeze_lm_head,
+        blend_start=args.blend_start, head_vocab_size=args.head_vocab_size, max_minutes=args.adapt_minutes,
+        seed=args.seed)
+    return run_adapt(dataclasses.replace(config, train=train_config))
 
 
 def main():
@@ -230,8 +226,10 @@ def main():
                                                      args.clients))
         capture_minutes = (time.perf_counter() - start) / 60
         print(f"captured {captured} requests in {capture_minutes:.1f} min ({lost} failed)", flush=True)
-        adapted, trained = adapt(capture, out, args)
-        print(f"adapted for {trained['minutes']} min, {trained['steps']} steps", flush=True)
+        trained = adapt(capture, out, args)
+        adapted = trained["draft"]
+        print(f"adapted for {trained['minutes']} min, {trained['steps']} steps; the check would "
+              f"{'swap it' if trained['swap'] else 'keep it back'}: {trained['reason']}", flush=True)
 
         async def swap():
             response = await asyncio.to_thread(httpx.post, url + "/admin/draft", json={"draft": str(adapted)},
