@@ -23,6 +23,10 @@
             than the capture's; and ``--heldout-generated`` requests made like the captured ones but never
             sent, the traffic the server sees next), and the held-out chat prompts
 
+Also, per set, the check's score of both heads along the target's own greedy answers (teacher-forced predicted τ
+of a chain of 4: the same tokens for both, where decoding in bf16 may flip a near-tie of the target's logits
+with one head's verification and not the other's; the JSON counts the prompts whose tree outputs differ).
+
 Each measurement has three rows: as served (k auto, tree, retrieval with each head's corpus: tokens/s, and τ
 of what the policy chose, which moves by ±0.3 between runs with the policy's timing-driven choices), the
 tree with its retrieval branch on every step (τ of the head and its corpus, no policy), and a fixed chain of
@@ -51,7 +55,8 @@ from specdistill.serve.datastore import corpus_for
 from specdistill.serve.server import build_app, serving_in_thread
 from specdistill.serve.stats import SpecStats
 
-from specdistill.adapt import AdaptConfig, run_adapt
+from specdistill.adapt import AdaptConfig, run_adapt, score
+from specdistill.data.batches import record_rows
 from specdistill.data.captured import read_capture
 from specdistill.data.corpora import stdlib_files
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
@@ -59,6 +64,8 @@ from specdistill.data.task_prompts import module_docs, task_prompts
 from specdistill.measure import measure_speculative
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
+from specdistill.teacher.target_answers import answer_prompts
+from specdistill.training.sources import pad_id
 
 ROOT = Path(__file__).resolve().parents[1]
 # The adapt unrolls 3 draft positions, not the shipped head's 4: a third more steps in the budget. With 2 (twice
@@ -129,21 +136,39 @@ def measure(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]],
             generators = {label: {mode: SpeculativeGenerator(target, head, **settings)
                                   for mode, settings in modes.items()} for label, head in heads.items()}
             stats = {label: {mode: SpecStats() for mode in modes} for label in heads}
+            tree_outputs = {label: [] for label in heads}
             for i, conversation in enumerate(conversations):
                 for label in (list(heads) if i % 2 == 0 else list(heads)[::-1]):
                     for mode, generator in generators[label].items():
                         result = measure_speculative(target, None, tokenizer, [conversation], max_new_tokens=max_tokens,
                                                      progress=False, generator=generator)
                         stats[label][mode] = stats[label][mode].merge(result["stats"])
+                        if mode == "tree":
+                            tree_outputs[label].append(result["outputs"])
+            # In bf16 a verification pass of another shape can flip a near-tie of the target's logits: the
+            # heads' outputs then differ (and a flip into or out of a repetition moves a set's tau a lot).
+            differ = sum(len({str(outputs[i]) for outputs in tree_outputs.values()}) > 1
+                         for i in range(len(conversations)))
             for label in heads:
                 served, tree, chain = (stats[label][mode] for mode in ("served", "tree", "chain4"))
                 runs[label][name].append({"tau": served.tau, "tokens_per_s": served.tokens_per_second,
                                           "tree_tau": tree.tau, "tree_tokens_per_s": tree.tokens_per_second,
-                                          "chain4_tau": chain.tau, "chain4_tokens_per_s": chain.tokens_per_second})
+                                          "chain4_tau": chain.tau, "chain4_tokens_per_s": chain.tokens_per_second,
+                                          "tree_outputs_differ": differ})
                 print(f"  {label:6} {name:22} served: tau {served.tau:.2f}, {served.tokens_per_second:.1f} "
                       f"tok/s; tree: tau {tree.tau:.2f}; chain of 4: tau {chain.tau:.2f}", flush=True)
     return {label: {name: {key: round(sum(r[key] for r in rows) / len(rows), 3) for key in rows[0]}
                     for name, rows in by_set.items()} for label, by_set in runs.items()}
+
+
+def teacher_forced(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]], max_tokens: int,
+                   out: Path) -> dict:
+    """Per set and head, ``specdistill adapt``'s score along the target's own greedy answers (made once, kept in
+    ``out``): the same tokens for both heads, so no near-tie flip moves it."""
+    answers = {name: record_rows(answer_prompts(target, tokenizer, [c.turns[0] for c in conversations],
+                                                out / f"answers-{name}.jsonl", max_tokens), pad_id(tokenizer))
+               for name, conversations in sets.items()}
+    return {label: score(target, head, answers) for label, head in heads.items()}
 
 
 @contextlib.contextmanager
@@ -246,6 +271,7 @@ def main():
     print("the shipped head (before) and the adapted one (after), in turns", flush=True)
     measured = measure(target, tokenizer, heads, sets, args.max_tokens, args.rounds)
     before, after = measured["before"], measured["after"]
+    forced = teacher_forced(target, tokenizer, heads, sets, args.max_tokens, out)
     report = {"domain": args.domain, "rounds": args.rounds, "captured": captured, "capture_failed": lost,
               "capture_minutes": round(capture_minutes, 2), "adapt": trained, "swap_status": status,
               "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
@@ -254,15 +280,19 @@ def main():
               "tree_tau_gain": {k: round(after[k]["tree_tau"] - before[k]["tree_tau"], 3) for k in sets},
               "chain4_tau_gain": {k: round(after[k]["chain4_tau"] - before[k]["chain4_tau"], 3) for k in sets},
               "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},
+              "teacher_forced": forced,
+              "teacher_forced_gain": {k: round(forced["after"][k]["tau"] - forced["before"][k]["tau"], 3)
+                                      for k in sets},
               "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\n{'set':22} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6} "
-          f"{'tree tau before':>16} {'after':>6} {'chain-4 tau before':>19} {'after':>6}")
+          f"{'tree tau before':>16} {'after':>6} {'chain-4 tau before':>19} {'after':>6} {'forced before':>14} "
+          f"{'after':>6}")
     for name in sets:
         b, a = before[name], after[name]
         print(f"{name:22} {b['tau']:10.2f} {a['tau']:6.2f} {b['tokens_per_s']:13.1f} {a['tokens_per_s']:6.1f} "
               f"{report['speedup'][name]:6.2f} {b['tree_tau']:16.2f} {a['tree_tau']:6.2f} {b['chain4_tau']:19.2f} "
-              f"{a['chain4_tau']:6.2f}")
+              f"{a['chain4_tau']:6.2f} {forced['before'][name]['tau']:14.2f} {forced['after'][name]['tau']:6.2f}")
     print(json.dumps(report))
 
 
