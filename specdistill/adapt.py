@@ -33,14 +33,14 @@ import torch
 
 from specdistill.data.batches import pack_records, record_rows
 from specdistill.data.captured import is_capture_dir, read_capture
-from specdistill.data.prompts import HELDOUT_PROMPTS
+from specdistill.data.dataset_records import dataset_records
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
 from specdistill.models.loading import native_bf16
 from specdistill.options import nested, option
-from specdistill.teacher.target_answers import answer_prompts
 from specdistill.training.config import TrainConfig
 from specdistill.training.eagle3_head import head_acceptance
+from specdistill.training.heldout_eval import HeldOutEval
 from specdistill.training.sources import pad_id, with_replay
 from specdistill.training.trainer import pick_device, train
 
@@ -85,9 +85,8 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     target = target.to(pick_device(train_config.device)).eval()
     held_back, kept = split_held_back(records, config.holdout_share, config.holdout_max, train_config.seed)
     pad = pad_id(tokenizer)
-    chat = answer_prompts(target, tokenizer, HELDOUT_PROMPTS[: train_config.eval_prompts],
-                          Path(train_config.output_dir) / "eval_answers.jsonl", progress=progress)
-    sets = {"traffic": record_rows(held_back, pad), "chat": record_rows(chat, pad)}
+    chat = HeldOutEval(train_config, target, tokenizer, pad, progress).rows  # train's own held-out chat set
+    sets = {"traffic": record_rows(held_back, pad), "chat": chat}
     scoring = time.monotonic()
     before = score(target, load_draft(train_config.draft, target, target.dtype)[0], sets)
     scoring = time.monotonic() - scoring
@@ -133,7 +132,7 @@ def _records(config: TrainConfig) -> list[tuple[list[int], list[int]]]:
     if len(dataset) < 10:
         raise ValueError(f"{config.data} holds {len(dataset)} finished requests: adapt needs at least 10 (some to "
                          "hold back, the rest to train on); capture longer")
-    return [(r["prompt_ids"], r["answer_ids"]) for r in dataset]
+    return dataset_records(dataset, "ids", tokenizer=None)  # token ids: no tokenizer needed
 
 
 def split_held_back(records: list, share: float, most: int, seed: int) -> tuple[list, list]:
