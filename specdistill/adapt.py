@@ -12,7 +12,9 @@ The loop docs/serving.md writes as three commands, in one, with a check before t
 3. fine-tune  ``train`` on the rest with the recipe's settings (each a flag), so that the whole adapt,
               feature cache and scoring included, keeps to ``--max-minutes``
 4. check      the adapted head, scored the same way: it is swapped in only if its τ on the traffic rises
-              by more than ``--min-gain`` and its τ on chat falls by at most ``--max-chat-loss``
+              by more than ``--min-gain`` and its τ on chat falls by at most ``--max-chat-loss``; when only
+              chat fails, the head is re-blended with more of the starting head (``--blend-ladder``: 0.5,
+              then 0.7 of its weights, WiSE-FT) and checked again, ~30 s each, until one passes
 5. swap       ``POST {swap_url}/admin/draft {"draft": output_dir/final}`` (with ``--api-key``)
 
 Like ``train``, a run resumes from ``output_dir/checkpoint``: give each cycle its own ``--output-dir``, and
@@ -36,11 +38,13 @@ from specdistill.data.captured import is_capture_dir, read_capture
 from specdistill.data.dataset_records import dataset_records
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
+from specdistill.models.eagle3 import save_head
 from specdistill.models.loading import native_bf16
 from specdistill.options import nested, option
 from specdistill.training.config import TrainConfig
-from specdistill.training.eagle3_head import head_acceptance
+from specdistill.training.eagle3_head import blend_with_start, head_acceptance
 from specdistill.training.heldout_eval import HeldOutEval
+from specdistill.training.model_card import write_model_card
 from specdistill.training.sources import pad_id, with_replay
 from specdistill.training.trainer import pick_device, train
 
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 SHIPPED_REPLAY = Path(__file__).resolve().parents[1] / "bench/data/default-draft-train-v4.jsonl.gz"
 SCORED_K = 4  # the chain whose predicted τ the check compares
 SWAP_TIMEOUT = 660  # seconds: the server's own swap timeout is 600
+CHAT_FAILED = "; keep more of the starting head (--blend-ladder 0.5,0.7,0.9) or replay more (--replay-share 0.3)"
 
 
 @dataclass
@@ -70,6 +75,20 @@ class AdaptConfig:
     swap_url: str = option("", "the server to swap the adapted head into (http://host:port); empty: only train "
                                "and check, and print how to swap")
     api_key: str = option("", "the server's --api-key, if it has one")
+    blend_ladder: str = option("0.5,0.7", "when chat loses more than --max-chat-loss, re-blend the head with these "
+                                          "shares of the starting head in turn, checking each (empty: none)")
+
+    def ladder(self) -> list[float]:
+        """The re-blend shares, each above ``--blend-start`` and below 1, ascending."""
+        try:
+            shares = [float(x) for x in self.blend_ladder.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--blend-ladder {self.blend_ladder!r} must be shares like 0.5,0.7") from None
+        bounds = [self.train.blend_start, *shares, 1]
+        if any(low >= high for low, high in zip(bounds, bounds[1:])):
+            raise ValueError(f"--blend-ladder {self.blend_ladder!r} must rise from above --blend-start "
+                             f"{self.train.blend_start} to below 1")
+        return shares
 
 
 def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool = True) -> dict:
@@ -95,11 +114,10 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     rows = pack_records(train_records, train_config.seq_len, pad)
     minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept
     trained = fine_tune(train_config, target, tokenizer, rows, minutes, progress)
-    after = score(target, load_draft(trained["draft_dir"], target, target.dtype)[0], sets)
-    swap, reason = decide(before, after, config)
+    after, swap, reason, tried = check(config, train_config, target, trained, before, sets)
     result = {"draft": trained["draft_dir"], "steps": trained["steps"], "held_back": len(held_back),
               "trained_on": len(kept), "before": before, "after": after, "swap": swap, "reason": reason,
-              "minutes": round((time.monotonic() - began) / 60, 2)}
+              "blend": tried[-1]["blend"], "tried": tried, "minutes": round((time.monotonic() - began) / 60, 2)}
     if swap and config.swap_url:
         result["server"] = swap_in(config.swap_url, config.api_key, trained["draft_dir"])
     return result
@@ -116,6 +134,7 @@ def _checked(config: AdaptConfig) -> TrainConfig:
                          "`specdistill serve --capture DIR`")
     if not 0 < config.holdout_share < 1 or config.holdout_max < 1:
         raise ValueError("holdout_share must be in (0, 1) and holdout_max >= 1")
+    config.ladder()
     if train_config.replay == "auto":  # the shipped head's records when they are here, else none
         shipped = train_config.draft == "default" and SHIPPED_REPLAY.exists()
         if train_config.draft == "default" and not shipped:
@@ -150,6 +169,34 @@ def score(target, head, sets: dict) -> dict:
                    "positions": f["positions"]} for name, f in figures.items()}
 
 
+def check(config: AdaptConfig, train_config: TrainConfig, target, trained: dict, before: dict, sets: dict):
+    """(the last scores, swap, reason, each blend tried with its scores): the adapted head as trained, then,
+    while only chat fails, re-blended with more of the starting head (``config.ladder()``), each saved over
+    ``trained["draft_dir"]`` and scored as it would serve."""
+    head, share, tried = trained["draft"], train_config.blend_start, []
+    for rung in [share, *config.ladder()]:
+        if rung != share:
+            reblend(head, train_config, target, share, rung, trained)
+            share = rung
+        after = score(target, load_draft(trained["draft_dir"], target, target.dtype)[0], sets)
+        swap, reason = decide(before, after, config)
+        tried.append({"blend": share, "traffic": after["traffic"]["tau"], "chat": after["chat"]["tau"]})
+        log.info("blended %.2f with the starting head: %s", share, reason)
+        if swap or not reason.endswith(CHAT_FAILED):  # more of the start cannot raise the traffic's gain
+            break
+    return after, swap, reason, tried
+
+
+def reblend(head, config: TrainConfig, target, share: float, rung: float, trained: dict) -> None:
+    """Move ``head``, blended ``share`` with its starting head, to ``rung``, and save it (weights and card)
+    over ``trained["draft_dir"]``; its retrieval corpus stays."""
+    # (1 - t) * ((1 - share) w + share s) + t s has (1 - rung) w when t = (rung - share) / (1 - share)
+    blend_with_start(head, replace(config, blend_start=(rung - share) / (1 - share)), target)
+    save_head(head, trained["draft_dir"])
+    write_model_card(Path(trained["draft_dir"]), replace(config, blend_start=rung), trained["history"],
+                     getattr(target.config, "name_or_path", config.target))
+
+
 def decide(before: dict, after: dict, config: AdaptConfig) -> tuple[bool, str]:
     """Swap when the traffic gained more than ``min_gain`` and chat lost at most ``max_chat_loss``."""
     gain = after["traffic"]["tau"] - before["traffic"]["tau"]
@@ -158,8 +205,7 @@ def decide(before: dict, after: dict, config: AdaptConfig) -> tuple[bool, str]:
     if gain <= config.min_gain:
         return False, f"{moved}: the traffic gained no more than --min-gain {config.min_gain}; capture more traffic"
     if -chat > config.max_chat_loss:
-        return False, (f"{moved}: chat lost more than --max-chat-loss {config.max_chat_loss}; keep more of the "
-                       "starting head (--blend-start 0.5) or replay more (--replay-share 0.3)")
+        return False, f"{moved}: chat lost more than --max-chat-loss {config.max_chat_loss}{CHAT_FAILED}"
     return True, moved
 
 
@@ -202,7 +248,7 @@ def adapt_command(config: AdaptConfig) -> dict:
     result = run_adapt(config)
     verdict = "swapped in" if result.get("server") else "ready" if result["swap"] else "kept back"
     print(f"adapted {result['steps']} steps on {result['trained_on']} requests ({result['held_back']} held back), "
-          f"{result['minutes']} min: {verdict}; {result['reason']}")
+          f"{result['minutes']} min: {verdict} (blended {result['blend']} with the starting head); {result['reason']}")
     if result["swap"] and not config.swap_url:
         print(f"swap it in: curl -s localhost:8000/admin/draft -H 'Content-Type: application/json' "
               f"-d '{json.dumps({'draft': str(Path(result['draft']).resolve())})}'")

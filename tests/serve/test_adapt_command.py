@@ -1,6 +1,9 @@
 """``specdistill adapt``: a head fine-tuned on a server's captured traffic, checked on held-back requests and
 chat, swapped into that server while it serves; what it refuses, and when."""
 
+import json
+import random
+
 import openai
 import pytest
 import torch
@@ -11,6 +14,7 @@ from specdistill.adapt import AdaptConfig, decide, run_adapt, split_held_back
 from specdistill.cli import main
 from specdistill.models import tiny_llama
 from specdistill.models.eagle3 import Eagle3Head, save_head
+from specdistill.models.eagle3_io import load_head
 from specdistill.training.config import TrainConfig
 
 PROMPTS = ["sort a list", "open a file", "define a class", "zip two lists", "print it", "read a line",
@@ -72,7 +76,37 @@ def test_the_check_keeps_a_head_that_does_not_gain_or_forgets_chat():
     swap, reason = decide(before, {"traffic": {"tau": 1.51}, "chat": {"tau": 2.80}}, config)
     assert not swap and "min-gain" in reason
     swap, reason = decide(before, {"traffic": {"tau": 1.90}, "chat": {"tau": 2.60}}, config)
-    assert not swap and "--blend-start" in reason
+    assert not swap and "--blend-ladder" in reason
+
+
+def test_a_head_that_forgets_chat_is_reblended_with_more_of_its_start_rung_by_rung(tmp_path, tokenizer):
+    target, start = _tiny_target(tokenizer), tmp_path / "start"
+    save_head(Eagle3Head.for_target(target, torch.arange(2, len(tokenizer)), layer_ids=[0, 1, 2], seed=1), start)
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    rng = random.Random(0)
+    records = [{"status": "finished", "target": "smollm2-135m", "prompt_ids": [1] + rng.choices(range(2, 30), k=9),
+                "answer_ids": rng.choices(range(2, 30), k=20)} for _ in range(12)]
+    (capture / "capture-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # chat must gain 10: no rung passes, so every one is tried, each blended further from the trained head
+    result = run_adapt(_config(tmp_path, start, capture, max_chat_loss=-10, min_gain=-10, blend_ladder="0.5,0.8"),
+                       target, tokenizer, progress=False)
+    assert not result["swap"] and [rung["blend"] for rung in result["tried"]] == [0.3, 0.5, 0.8]
+    assert result["blend"] == 0.8 and "--blend-ladder" in result["reason"]
+    trained = load_head(tmp_path / "adapt" / "checkpoint", target, torch.float32)  # the head before any blend
+    first = load_head(start, target, torch.float32)
+    final = load_head(tmp_path / "adapt" / "final", target, torch.float32)
+    for name in ("fc.weight", "layers.0.mlp.up_proj.weight"):
+        expected = 0.2 * trained.state_dict()[name] + 0.8 * first.state_dict()[name]
+        torch.testing.assert_close(final.state_dict()[name], expected)
+    assert "| `blend_start` | `0.8` |" in (tmp_path / "adapt" / "final" / "README.md").read_text()
+
+
+def test_the_blend_ladder_must_rise_above_the_blend_and_below_1():
+    assert AdaptConfig().ladder() == [0.5, 0.7]
+    for ladder in ("0.2", "0.7,0.5", "0.5,1", "half"):
+        with pytest.raises(ValueError, match="--blend-ladder"):
+            AdaptConfig(blend_ladder=ladder).ladder()
 
 
 def test_held_back_requests_are_a_seeded_share_never_trained_on():
