@@ -23,9 +23,9 @@ the next cycle ``--draft`` the head now serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +75,9 @@ class AdaptConfig:
     swap_url: str = option("", "the server to swap the adapted head into (http://host:port); empty: only train "
                                "and check, and print how to swap")
     api_key: str = option("", "the server's --api-key, if it has one")
+    every: int = option(0, "keep adapting: one cycle each time the capture holds this many more finished requests, "
+                           "from the head now serving, in output_dir/cycle-K (needs --swap-url; 0: one cycle now)")
+    cycles: int = option(0, "with --every: stop after this many cycles (0: until interrupted)")
     blend_ladder: str = option("0.5,0.7", "when chat loses more than --max-chat-loss, re-blend the head with these "
                                           "shares of the starting head in turn, checking each (empty: none)")
 
@@ -123,13 +126,14 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     return result
 
 
-def _checked(config: AdaptConfig) -> TrainConfig:
-    """The training config, its replay resolved; errors before any model loads."""
+def _checked(config: AdaptConfig, capture_needed: bool = True) -> TrainConfig:
+    """The training config, its replay resolved; errors before any model loads (the capture's only when
+    ``capture_needed``: ``--every`` waits for it)."""
     train_config = config.train
     if train_config.draft_type != "eagle3" or not train_config.draft:
         raise ValueError("adapt fine-tunes the serving EAGLE-3 head: --draft-type eagle3 and --draft default (or "
                          "the folder of the head the server runs)")
-    if not is_capture_dir(train_config.data):
+    if capture_needed and not is_capture_dir(train_config.data):
         raise ValueError(f"--data {train_config.data!r} is not a capture folder: give the folder of "
                          "`specdistill serve --capture DIR`")
     if not 0 < config.holdout_share < 1 or config.holdout_max < 1:
@@ -155,10 +159,13 @@ def _records(config: TrainConfig) -> list[tuple[list[int], list[int]]]:
 
 
 def split_held_back(records: list, share: float, most: int, seed: int) -> tuple[list, list]:
-    """(held back, kept): ``share`` of the records (at least 1, at most ``most``) drawn at random, in order."""
+    """(held back, kept): ``share`` of the records (at least 1, at most ``most``), in order: those whose seeded
+    hash is lowest. A request captured twice falls on one side, and as the capture grows (``adapt --every``)
+    a request trained on is never held back later: only new ones can displace the held-back ones."""
     count = min(most, max(1, round(len(records) * share)))
-    chosen = set(random.Random(seed).sample(range(len(records)), count))
-    return ([r for i, r in enumerate(records) if i in chosen], [r for i, r in enumerate(records) if i not in chosen])
+    digests = [hashlib.sha256(f"{seed}:{prompt}:{answer}".encode()).digest() for prompt, answer in records]
+    cutoff = sorted(digests)[count - 1]
+    return ([r for r, d in zip(records, digests) if d <= cutoff], [r for r, d in zip(records, digests) if d > cutoff])
 
 
 def score(target, head, sets: dict) -> dict:
@@ -243,14 +250,23 @@ def swap_in(url: str, api_key: str, draft_dir: str) -> dict:
     return response.json()
 
 
-def adapt_command(config: AdaptConfig) -> dict:
-    """``specdistill adapt``: run, then say what happened and print one JSON line."""
-    result = run_adapt(config)
+def adapt_command(config: AdaptConfig) -> dict | list[dict]:
+    """``specdistill adapt``: run (one cycle, or ``--every``'s), then say what happened and print one JSON line
+    per cycle."""
+    if config.every:
+        from specdistill.adapt_loop import adapt_every
+
+        return adapt_every(config, on_cycle=lambda result: report(result, config))
+    return report(run_adapt(config), config)
+
+
+def report(result: dict, config: AdaptConfig) -> dict:
+    """Say what a cycle did, and print its JSON line."""
     verdict = "swapped in" if result.get("server") else "ready" if result["swap"] else "kept back"
     print(f"adapted {result['steps']} steps on {result['trained_on']} requests ({result['held_back']} held back), "
           f"{result['minutes']} min: {verdict} (blended {result['blend']} with the starting head); {result['reason']}")
     if result["swap"] and not config.swap_url:
         print(f"swap it in: curl -s localhost:8000/admin/draft -H 'Content-Type: application/json' "
               f"-d '{json.dumps({'draft': str(Path(result['draft']).resolve())})}'")
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
     return result

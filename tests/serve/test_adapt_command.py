@@ -3,6 +3,8 @@ chat, swapped into that server while it serves; what it refuses, and when."""
 
 import json
 import random
+import threading
+import time
 
 import openai
 import pytest
@@ -11,6 +13,7 @@ from serve_helpers import MODEL, char_chat_tokenizer, running_server
 from specdistill.serve import SpeculativeGenerator
 
 from specdistill.adapt import AdaptConfig, decide, run_adapt, split_held_back
+from specdistill.adapt_loop import adapt_every, chat_budget
 from specdistill.cli import main
 from specdistill.models import tiny_llama
 from specdistill.models.eagle3 import Eagle3Head, save_head
@@ -115,6 +118,11 @@ def test_held_back_requests_are_a_seeded_share_never_trained_on():
     assert len(held) == 5 and len(kept) == 45 and not set(map(str, held)) & set(map(str, kept))
     assert split_held_back(records, 0.1, 100, seed=0) == (held, kept)
     assert len(split_held_back(records, 0.5, 7, seed=0)[0]) == 7
+    grown = records + [([i], [i + 2]) for i in range(200)]  # the capture grows (adapt --every)
+    later = split_held_back(grown, 0.1, 5, seed=0)[0]
+    assert len(later) == 5 and not set(map(str, later)) & set(map(str, kept))  # never one trained on before
+    twice = split_held_back(records + records, 0.1, 100, seed=0)[0]  # a request captured twice: one side
+    assert all(twice.count(r) == 2 for r in twice)
 
 
 def test_adapt_refuses_what_it_cannot_adapt_on(tmp_path, capsys):
@@ -128,3 +136,45 @@ def test_adapt_refuses_what_it_cannot_adapt_on(tmp_path, capsys):
     assert "at least 10" in capsys.readouterr().err
     assert main(["adapt", "--data", str(tmp_path / "few"), "--draft-type", "lm", "--blend-start", "0"]) == 2
     assert "EAGLE-3" in capsys.readouterr().err
+
+
+def test_adapt_every_runs_a_cycle_per_new_requests_each_from_the_head_the_server_runs(tmp_path, tokenizer):
+    target, start = _tiny_target(tokenizer), tmp_path / "start"
+    save_head(Eagle3Head.for_target(target, torch.arange(2, len(tokenizer)), layer_ids=[0, 1, 2], seed=1), start)
+    gen = SpeculativeGenerator(target, Eagle3Head.for_target(target, torch.arange(2, len(tokenizer)), [0, 1, 2], 1),
+                               num_draft_tokens=3, tokenizer=tokenizer)
+    capture = tmp_path / "capture"
+    with running_server(gen, tokenizer, capture=str(capture)) as (url, engine):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(prompts):
+            for prompt in prompts:
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                               max_tokens=24, temperature=0)
+        config = _config(tmp_path, start, capture, swap_url=url, min_gain=-10, max_chat_loss=10, every=10, cycles=2)
+        ask(PROMPTS)
+        done = []
+        loop = threading.Thread(target=lambda: done.extend(adapt_every(config, 0.05, target, tokenizer, False)))
+        loop.start()  # 12 requests captured: the first cycle
+        deadline = time.monotonic() + 120
+        while len(engine.engine.draft_versions) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first cycle swaps its head in
+        ask(PROMPTS[:10])  # ten more: the second cycle
+        loop.join(timeout=120)
+        assert [r["cycle"] for r in done] == [1, 2] and [r["captured"] for r in done] == [12, 22]
+        assert engine.engine.draft_versions[-1].name == str((tmp_path / "adapt" / "cycle-2" / "final").resolve())
+    second = json.loads((tmp_path / "adapt" / "cycle-2" / "train_config.json").read_text())
+    assert second["draft"] == done[0]["draft"]  # the second cycle fine-tuned the head the first swapped in
+    assert not (tmp_path / "adapt" / "cycle-1" / "features").exists()
+    assert second["replay"] == ""
+    with pytest.raises(ValueError, match="earlier loop"):
+        adapt_every(config, 0.05, target, tokenizer, False)
+
+
+def test_chat_losses_of_the_cycles_share_one_budget():
+    config = AdaptConfig(max_chat_loss=0.15)
+    first = {"before": {"chat": {"tau": 2.8}}, "after": {"chat": {"tau": 2.7}}, "server": {"version": 2}}
+    assert chat_budget(config, []) == 0.15
+    assert chat_budget(config, [first]) == 0.05  # 0.1 of it spent by the first swap
+    kept = {"before": {"chat": {"tau": 2.7}}, "after": {"chat": {"tau": 2.2}}}  # never swapped in: costs nothing
+    assert chat_budget(config, [first, kept]) == 0.05

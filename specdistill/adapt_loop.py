@@ -1,0 +1,88 @@
+"""``specdistill adapt --every N``: the server learns from what it serves, cycle after cycle.
+
+    specdistill serve --capture runs/traffic
+    specdistill adapt --data runs/traffic --swap-url http://127.0.0.1:8000 --every 1000 --output-dir runs/adapt
+
+Each time the capture holds ``--every`` more finished requests than at the last cycle, one cycle of
+``specdistill adapt`` runs in ``output_dir/cycle-K``: it fine-tunes the head now serving on everything
+captured so far, checks it and swaps it in. Three things keep the cycles honest:
+
+- the held-back requests are chosen by a seeded hash (``split_held_back``), so a request a cycle trained
+  on is never held back by a later one;
+- chat's loss is counted from the first head: a cycle may lose only what ``--max-chat-loss`` has left,
+  so losses that each pass the check cannot add up;
+- the shipped head's records stay the replay in every cycle (``--replay auto`` resolved once), and a
+  cycle's feature cache is deleted once it has run (a few GB each).
+
+``--cycles`` stops after that many (0: until interrupted).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from specdistill.adapt import AdaptConfig, _checked, _reachable, run_adapt
+from specdistill.data.captured import read_capture
+from specdistill.models import load_target
+from specdistill.training.trainer import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, tokenizer=None,
+                progress: bool = True, on_cycle=None) -> list[dict]:
+    """Run a cycle per ``config.every`` new captured requests (see the module doc); each cycle's result,
+    also passed to ``on_cycle`` as it comes."""
+    if config.every < 1 or not config.swap_url:
+        raise ValueError("adapt --every N needs N >= 1 and --swap-url: each cycle starts from the head the server "
+                         "runs, so the adapted one must be swapped in")
+    if any(Path(config.train.output_dir).glob("cycle-*")):
+        raise ValueError(f"{config.train.output_dir} holds the cycles of an earlier loop: give this one a new "
+                         "--output-dir, and --draft the head the server runs now")
+    first = _checked(config, capture_needed=False)  # the replay resolved for the first head, kept for every cycle
+    _reachable(config.swap_url)
+    if target is None:
+        target, tokenizer = load_target(first.target)
+    target = target.to(pick_device(first.device)).eval()
+    base, draft, seen, results = Path(first.output_dir), first.draft, 0, []
+    while not config.cycles or len(results) < config.cycles:
+        seen = _wait_for(first.data, first.target, seen + config.every, poll_seconds)
+        cycle = base / f"cycle-{len(results) + 1}"
+        train = replace(first, draft=draft, output_dir=str(cycle), feature_cache=str(cycle / "features"))
+        cycle_config = replace(config, train=train, max_chat_loss=chat_budget(config, results))
+        result = run_adapt(cycle_config, target, tokenizer, progress) | {"cycle": len(results) + 1, "captured": seen}
+        shutil.rmtree(cycle / "features", ignore_errors=True)
+        if result.get("server"):
+            draft = result["draft"]  # the next cycle starts from the head now serving
+        results.append(result)
+        if on_cycle is not None:
+            on_cycle(result)
+    return results
+
+
+def chat_budget(config: AdaptConfig, results: list[dict]) -> float:
+    """What the next cycle may lose on chat: ``max_chat_loss`` less what the swapped heads lost since the first."""
+    swapped = [r for r in results if r.get("server")]
+    if not swapped:
+        return config.max_chat_loss
+    lost = results[0]["before"]["chat"]["tau"] - swapped[-1]["after"]["chat"]["tau"]
+    return round(config.max_chat_loss - max(lost, 0.0), 4)
+
+
+def _wait_for(capture: str, target: str, count: int, poll_seconds: float) -> int:
+    """Wait until the capture holds at least ``count`` finished requests; how many it holds."""
+    while True:
+        try:
+            held = len(read_capture(capture, target))
+        except ValueError as err:  # nothing finished yet
+            if "no finished request" not in str(err):
+                raise
+            held = 0
+        if held >= count:
+            return held
+        log.info("the capture holds %d finished requests; the next cycle starts at %d", held, count)
+        time.sleep(poll_seconds)
