@@ -5,16 +5,17 @@
 
 The loop docs/serving.md writes as three commands, in one, with a check before the swap:
 
-1. hold back  ``--holdout-share`` of the capture's finished requests (at most ``--holdout-max``), drawn at
-              random (``--seed``): they are never trained on
+1. hold back  about ``--holdout-share`` of the capture's finished requests (at most ``--holdout-max``), by a
+              seeded hash of each prompt (``--seed``): they are never trained on
 2. score      the starting head, teacher-forced on the target's answers to them (the traffic) and to the
               held-out chat prompts (what the head knew): τ predicted for a chain of 4 greedy drafts
 3. fine-tune  ``train`` on the rest with the recipe's settings (each a flag), so that the whole adapt,
-              feature cache and scoring included, keeps to ``--max-minutes``
+              feature cache and scoring included, keeps to ``--max-minutes`` (re-blends below add to it)
 4. check      the adapted head, scored the same way: it is swapped in only if its τ on the traffic rises
               by more than ``--min-gain`` and its τ on chat falls by at most ``--max-chat-loss``; when only
               chat fails, the head is re-blended with more of the starting head (``--blend-ladder``: 0.5,
-              then 0.7 of its weights, WiSE-FT) and checked again, ~30 s each, until one passes
+              then 0.7 of its weights, WiSE-FT) and checked again, ~30 s each, until one passes; when
+              none does, the head as trained is kept back
 5. swap       ``POST {swap_url}/admin/draft {"draft": output_dir/final}`` (with ``--api-key``)
 
 Like ``train``, a run resumes from ``output_dir/checkpoint``: give each cycle its own ``--output-dir``, and
@@ -52,8 +53,8 @@ log = logging.getLogger(__name__)
 # The shipped head's own training records, replayed so that it keeps chat (a source checkout has them).
 SHIPPED_REPLAY = Path(__file__).resolve().parents[1] / "bench/data/default-draft-train-v4.jsonl.gz"
 SCORED_K = 4  # the chain whose predicted τ the check compares
+MIN_RECORDS = 10  # finished requests a cycle needs: some to hold back, the rest to train on
 SWAP_TIMEOUT = 660  # seconds: the server's own swap timeout is 600
-CHAT_FAILED = "; keep more of the starting head (--blend-ladder 0.5,0.7,0.9) or replay more (--replay-share 0.3)"
 
 
 @dataclass
@@ -82,16 +83,14 @@ class AdaptConfig:
                                           "shares of the starting head in turn, checking each (empty: none)")
 
     def ladder(self) -> list[float]:
-        """The re-blend shares, each above ``--blend-start`` and below 1, ascending."""
+        """The re-blend shares above ``--blend-start``, ascending (those at or below it are already passed)."""
         try:
             shares = [float(x) for x in self.blend_ladder.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--blend-ladder {self.blend_ladder!r} must be shares like 0.5,0.7") from None
-        bounds = [self.train.blend_start, *shares, 1]
-        if any(low >= high for low, high in zip(bounds, bounds[1:])):
-            raise ValueError(f"--blend-ladder {self.blend_ladder!r} must rise from above --blend-start "
-                             f"{self.train.blend_start} to below 1")
-        return shares
+        if any(not 0 < x < 1 for x in shares):
+            raise ValueError(f"--blend-ladder {self.blend_ladder!r}: each share must be in (0, 1)")
+        return sorted({x for x in shares if x > self.train.blend_start})
 
 
 def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool = True) -> dict:
@@ -102,8 +101,7 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
         _reachable(config.swap_url)  # before the minutes of training, not after
     records = _records(train_config)
     if target is None:
-        dtype = torch.bfloat16 if train_config.bf16 and native_bf16() else torch.float32  # as train's teacher
-        target, tokenizer = load_target(train_config.target, dtype=dtype)
+        target, tokenizer = load_teacher(train_config)
     target = target.to(pick_device(train_config.device)).eval()
     held_back, kept = split_held_back(records, config.holdout_share, config.holdout_max, train_config.seed)
     pad = pad_id(tokenizer)
@@ -118,12 +116,20 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept
     trained = fine_tune(train_config, target, tokenizer, rows, minutes, progress)
     after, swap, reason, tried = check(config, train_config, target, trained, before, sets)
+    blend = tried[-1]["blend"] if swap else train_config.blend_start  # the head in draft_dir
     result = {"draft": trained["draft_dir"], "steps": trained["steps"], "held_back": len(held_back),
               "trained_on": len(kept), "before": before, "after": after, "swap": swap, "reason": reason,
-              "blend": tried[-1]["blend"], "tried": tried, "minutes": round((time.monotonic() - began) / 60, 2)}
+              "blend": blend, "tried": tried, "minutes": round((time.monotonic() - began) / 60, 2)}
     if swap and config.swap_url:
         result["server"] = swap_in(config.swap_url, config.api_key, trained["draft_dir"])
     return result
+
+
+def load_teacher(config: TrainConfig):
+    """(target, tokenizer) in the dtype ``train`` makes its teacher (bf16 where the CPU has the instructions),
+    so that a head is scored before and after in the same precision, as it serves."""
+    dtype = torch.bfloat16 if config.bf16 and native_bf16() else torch.float32
+    return load_target(config.target, dtype=dtype)
 
 
 def _checked(config: AdaptConfig, capture_needed: bool = True) -> TrainConfig:
@@ -152,20 +158,22 @@ def _checked(config: AdaptConfig, capture_needed: bool = True) -> TrainConfig:
 
 def _records(config: TrainConfig) -> list[tuple[list[int], list[int]]]:
     dataset = read_capture(config.data, config.target)
-    if len(dataset) < 10:
-        raise ValueError(f"{config.data} holds {len(dataset)} finished requests: adapt needs at least 10 (some to "
-                         "hold back, the rest to train on); capture longer")
+    if len(dataset) < MIN_RECORDS:
+        raise ValueError(f"{config.data} holds {len(dataset)} finished requests: adapt needs at least {MIN_RECORDS} "
+                         "(some to hold back, the rest to train on); capture longer")
     return dataset_records(dataset, "ids", tokenizer=None)  # token ids: no tokenizer needed
 
 
 def split_held_back(records: list, share: float, most: int, seed: int) -> tuple[list, list]:
-    """(held back, kept): ``share`` of the records (at least 1, at most ``most``), in order: those whose seeded
-    hash is lowest. A request captured twice falls on one side, and as the capture grows (``adapt --every``)
-    a request trained on is never held back later: only new ones can displace the held-back ones."""
-    count = min(most, max(1, round(len(records) * share)))
-    digests = [hashlib.sha256(f"{seed}:{prompt}:{answer}".encode()).digest() for prompt, answer in records]
-    cutoff = sorted(digests)[count - 1]
-    return ([r for r, d in zip(records, digests) if d <= cutoff], [r for r, d in zip(records, digests) if d > cutoff])
+    """(held back, kept), in order: the records whose prompt's seeded hash falls in the lowest ``share`` of its
+    range (at most the ``most`` lowest; at least the lowest one): about ``share`` of them, not exactly. Whether
+    a prompt is held back depends on its own hash (and, past ``most``, on the lower ones), so every answer to a
+    prompt asked twice falls on one side, and as the capture grows (``adapt --every``) a request once trained
+    on is never held back later: new requests can only displace held-back ones."""
+    digests = [int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big") / 2**64
+               for prompt, _ in records]
+    held = set(sorted({d for d in digests if d < share})[:most] or [min(digests)])
+    return [r for r, d in zip(records, digests) if d in held], [r for r, d in zip(records, digests) if d not in held]
 
 
 def score(target, head, sets: dict) -> dict:
@@ -177,30 +185,44 @@ def score(target, head, sets: dict) -> dict:
 
 
 def check(config: AdaptConfig, train_config: TrainConfig, target, trained: dict, before: dict, sets: dict):
-    """(the last scores, swap, reason, each blend tried with its scores): the adapted head as trained, then,
-    while only chat fails, re-blended with more of the starting head (``config.ladder()``), each saved over
-    ``trained["draft_dir"]`` and scored as it would serve."""
+    """(the scores of the head in ``trained["draft_dir"]``, swap, reason, each blend tried with its scores): the
+    adapted head as trained, then, while its traffic gain holds and chat alone fails, re-blended with more of
+    the starting head (``config.ladder()``), each saved over ``trained["draft_dir"]`` and scored as it would
+    serve. When no blend passes, the head as trained goes back in the folder, kept back."""
     head, share, tried = trained["draft"], train_config.blend_start, []
+    as_trained = {name: value.clone() for name, value in head.state_dict().items()}
     for rung in [share, *config.ladder()]:
         if rung != share:
             reblend(head, train_config, target, share, rung, trained)
             share = rung
-        after = score(target, load_draft(trained["draft_dir"], target, target.dtype)[0], sets)
-        swap, reason = decide(before, after, config)
-        tried.append({"blend": share, "traffic": after["traffic"]["tau"], "chat": after["chat"]["tau"]})
+        scores = score(target, load_draft(trained["draft_dir"], target, target.dtype)[0], sets)
+        swap, reason = decide(before, scores, config)
+        tried.append({"blend": share, "traffic": scores["traffic"]["tau"], "chat": scores["chat"]["tau"]})
         log.info("blended %.2f with the starting head: %s", share, reason)
-        if swap or not reason.endswith(CHAT_FAILED):  # more of the start cannot raise the traffic's gain
-            break
-    return after, swap, reason, tried
+        if swap:
+            return scores, True, reason, tried
+        if len(tried) == 1:
+            first = (scores, reason)  # the head as trained
+        if scores["traffic"]["tau"] - before["traffic"]["tau"] <= config.min_gain:
+            break  # more of the start cannot raise the traffic's gain
+    if share != train_config.blend_start:
+        head.load_state_dict(as_trained)
+        reblend(head, train_config, target, share, train_config.blend_start, trained, restore=True)
+    scores, reason = first
+    if len(tried) > 1:
+        reason += f" (re-blended {', '.join(str(t['blend']) for t in tried[1:])}: none passed)"
+    return scores, False, reason, tried
 
 
-def reblend(head, config: TrainConfig, target, share: float, rung: float, trained: dict) -> None:
-    """Move ``head``, blended ``share`` with its starting head, to ``rung``, and save it (weights and card)
-    over ``trained["draft_dir"]``; its retrieval corpus stays."""
-    # (1 - t) * ((1 - share) w + share s) + t s has (1 - rung) w when t = (rung - share) / (1 - share)
-    blend_with_start(head, replace(config, blend_start=(rung - share) / (1 - share)), target)
+def reblend(head, config: TrainConfig, target, share: float, rung: float, trained: dict,
+            restore: bool = False) -> None:
+    """Move ``head``, blended ``share`` with its starting head, to ``rung`` (``restore``: it is already there),
+    and save it (weights and card) over ``trained["draft_dir"]``; its retrieval corpus stays."""
+    if not restore:  # (1 - t) * ((1 - share) w + share s) + t s has (1 - rung) w when t = (rung - share) / (1 - share)
+        blend_with_start(head, replace(config, blend_start=(rung - share) / (1 - share)), target)
     save_head(head, trained["draft_dir"])
-    write_model_card(Path(trained["draft_dir"]), replace(config, blend_start=rung), trained["history"],
+    ran = TrainConfig(**json.loads((Path(config.output_dir) / "train_config.json").read_text()))  # as train ran
+    write_model_card(Path(trained["draft_dir"]), replace(ran, blend_start=rung), trained["history"],
                      getattr(target.config, "name_or_path", config.target))
 
 
@@ -212,7 +234,8 @@ def decide(before: dict, after: dict, config: AdaptConfig) -> tuple[bool, str]:
     if gain <= config.min_gain:
         return False, f"{moved}: the traffic gained no more than --min-gain {config.min_gain}; capture more traffic"
     if -chat > config.max_chat_loss:
-        return False, f"{moved}: chat lost more than --max-chat-loss {config.max_chat_loss}{CHAT_FAILED}"
+        return False, (f"{moved}: chat lost more than --max-chat-loss {config.max_chat_loss}; keep more of the "
+                       "starting head (higher --blend-ladder shares) or replay more (--replay-share 0.3)")
     return True, moved
 
 

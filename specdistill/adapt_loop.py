@@ -14,6 +14,7 @@ captured so far, checks it and swaps it in. Three things keep the cycles honest:
 - the shipped head's records stay the replay in every cycle (``--replay auto`` resolved once), and a
   cycle's feature cache is deleted once it has run (a few GB each).
 
+A cycle that fails (the server down at the swap, say) is logged and the loop goes on with the head it had.
 ``--cycles`` stops after that many (0: until interrupted).
 """
 
@@ -25,9 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from specdistill.adapt import AdaptConfig, _checked, _reachable, run_adapt
+from specdistill.adapt import MIN_RECORDS, AdaptConfig, _checked, _reachable, load_teacher, run_adapt
 from specdistill.data.captured import read_capture
-from specdistill.models import load_target
 from specdistill.training.trainer import pick_device
 
 log = logging.getLogger(__name__)
@@ -44,18 +44,27 @@ def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, to
         raise ValueError(f"{config.train.output_dir} holds the cycles of an earlier loop: give this one a new "
                          "--output-dir, and --draft the head the server runs now")
     first = _checked(config, capture_needed=False)  # the replay resolved for the first head, kept for every cycle
+    if not Path(first.data).expanduser().is_dir():
+        raise ValueError(f"--data {first.data!r} is not a folder: start `specdistill serve --capture {first.data}` "
+                         "first (it makes the folder)")
     _reachable(config.swap_url)
     if target is None:
-        target, tokenizer = load_target(first.target)
+        target, tokenizer = load_teacher(first)
     target = target.to(pick_device(first.device)).eval()
-    base, draft, seen, results = Path(first.output_dir), first.draft, 0, []
-    while not config.cycles or len(results) < config.cycles:
-        seen = _wait_for(first.data, first.target, seen + config.every, poll_seconds)
-        cycle = base / f"cycle-{len(results) + 1}"
+    base, draft, seen, results, number = Path(first.output_dir), first.draft, 0, [], 0
+    while not config.cycles or number < config.cycles:
+        seen = _wait_for(first.data, first.target, max(seen + config.every, MIN_RECORDS), poll_seconds)
+        number += 1
+        cycle = base / f"cycle-{number}"
         train = replace(first, draft=draft, output_dir=str(cycle), feature_cache=str(cycle / "features"))
-        cycle_config = replace(config, train=train, max_chat_loss=chat_budget(config, results))
-        result = run_adapt(cycle_config, target, tokenizer, progress) | {"cycle": len(results) + 1, "captured": seen}
-        shutil.rmtree(cycle / "features", ignore_errors=True)
+        try:
+            result = run_adapt(replace(config, train=train, max_chat_loss=chat_budget(config, results)), target,
+                               tokenizer, progress) | {"cycle": number, "captured": seen}
+        except Exception:  # a loop that serves for days outlives one bad cycle
+            log.exception("cycle %d failed; the server keeps the head it runs (%s)", number, draft)
+            continue
+        finally:
+            shutil.rmtree(cycle / "features", ignore_errors=True)
         if result.get("server"):
             draft = result["draft"]  # the next cycle starts from the head now serving
         results.append(result)
@@ -75,6 +84,7 @@ def chat_budget(config: AdaptConfig, results: list[dict]) -> float:
 
 def _wait_for(capture: str, target: str, count: int, poll_seconds: float) -> int:
     """Wait until the capture holds at least ``count`` finished requests; how many it holds."""
+    say = log.warning  # once at the level the command shows, then quietly
     while True:
         try:
             held = len(read_capture(capture, target))
@@ -84,5 +94,6 @@ def _wait_for(capture: str, target: str, count: int, poll_seconds: float) -> int
             held = 0
         if held >= count:
             return held
-        log.info("the capture holds %d finished requests; the next cycle starts at %d", held, count)
+        say("the capture holds %d finished requests; the next cycle starts at %d", held, count)
+        say = log.info
         time.sleep(poll_seconds)
