@@ -273,16 +273,6 @@ def swap_in(url: str, api_key: str, draft_dir: str) -> dict:
     return response.json()
 
 
-def adapt_command(config: AdaptConfig) -> dict | list[dict]:
-    """``specdistill adapt``: run (one cycle, or ``--every``'s), then say what happened and print one JSON line
-    per cycle."""
-    if config.every:
-        from specdistill.adapt_loop import adapt_every
-
-        return adapt_every(config, on_cycle=lambda result: report(result, config))
-    return report(run_adapt(config), config)
-
-
 def report(result: dict, config: AdaptConfig) -> dict:
     """Say what a cycle did, and print its JSON line."""
     verdict = "swapped in" if result.get("server") else "ready" if result["swap"] else "kept back"

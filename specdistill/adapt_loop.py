@@ -26,11 +26,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from specdistill.adapt import MIN_RECORDS, AdaptConfig, _checked, _reachable, load_teacher, run_adapt
+from specdistill.adapt import MIN_RECORDS, AdaptConfig, _checked, _reachable, load_teacher, report, run_adapt
 from specdistill.data.captured import read_capture
 from specdistill.training.trainer import pick_device
 
 log = logging.getLogger(__name__)
+
+
+def adapt_command(config: AdaptConfig) -> dict | list[dict]:
+    """``specdistill adapt``: one cycle now, or ``--every``'s; each says what happened and prints one JSON line."""
+    if config.every:
+        return adapt_every(config, on_cycle=lambda result: report(result, config))
+    return report(run_adapt(config), config)
 
 
 def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, tokenizer=None,

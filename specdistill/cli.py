@@ -64,7 +64,8 @@ PRINTS_SUMMARY = ("train", "cache-teacher", "generate-data", "make-prompts")  # 
 
 def _subcommands():
     # Imported lazily so `specdistill --help` stays fast.
-    from specdistill.adapt import AdaptConfig, adapt_command
+    from specdistill.adapt import AdaptConfig
+    from specdistill.adapt_loop import adapt_command
     from specdistill.bench import BenchConfig, run_bench
     from specdistill.demo import DemoConfig, run_demo
     from specdistill.serve.config import ServeConfig
