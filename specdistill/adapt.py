@@ -93,8 +93,9 @@ class AdaptConfig:
         return sorted({x for x in shares if x > self.train.blend_start})
 
 
-def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool = True) -> dict:
-    """Hold back, score, fine-tune, check, swap (see the module doc); the figures and the decision."""
+def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool = True, chat=None) -> dict:
+    """Hold back, score, fine-tune, check, swap (see the module doc); the figures and the decision. ``chat``: the
+    chat set's rows (default: the target's answers to the held-out chat prompts, made in ``output_dir``)."""
     began = time.monotonic()
     train_config = _checked(config)
     if config.swap_url:
@@ -105,7 +106,8 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     target = target.to(pick_device(train_config.device)).eval()
     held_back, kept = split_held_back(records, config.holdout_share, config.holdout_max, train_config.seed)
     pad = pad_id(tokenizer)
-    chat = HeldOutEval(train_config, target, tokenizer, pad, progress).rows  # train's own held-out chat set
+    if chat is None:
+        chat = chat_rows(train_config, target, tokenizer, progress)
     sets = {"traffic": record_rows(held_back, pad), "chat": chat}
     scoring = time.monotonic()
     before = score(target, load_draft(train_config.draft, target, target.dtype)[0], sets)
@@ -123,6 +125,11 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     if swap and config.swap_url:
         result["server"] = swap_in(config.swap_url, config.api_key, trained["draft_dir"])
     return result
+
+
+def chat_rows(config: TrainConfig, target, tokenizer, progress: bool = True):
+    """The chat set: the target's answers to train's own held-out chat prompts (``HeldOutEval``), as rows."""
+    return HeldOutEval(config, target, tokenizer, pad_id(tokenizer), progress).rows
 
 
 def load_teacher(config: TrainConfig):

@@ -26,7 +26,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from specdistill.adapt import MIN_RECORDS, AdaptConfig, _checked, _reachable, load_teacher, report, run_adapt
+from specdistill.adapt import MIN_RECORDS, AdaptConfig, _checked, _reachable, chat_rows, load_teacher, report, run_adapt
 from specdistill.data.captured import read_capture
 from specdistill.training.trainer import pick_device
 
@@ -58,6 +58,9 @@ def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, to
     if target is None:
         target, tokenizer = load_teacher(first)
     target = target.to(pick_device(first.device)).eval()
+    # One chat set for every cycle, so that the chat budget compares scores along the same tokens: made anew in
+    # each cycle, 6 of 12 bf16 answers came out otherwise after a cycle had trained (session 29).
+    chat = None
     base, draft, seen, results, number = Path(first.output_dir), first.draft, 0, [], 0
     while not config.cycles or number < config.cycles:
         seen = _wait_for(first.data, first.target, max(seen + config.every, MIN_RECORDS), poll_seconds)
@@ -65,8 +68,9 @@ def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, to
         cycle = base / f"cycle-{number}"
         train = replace(first, draft=draft, output_dir=str(cycle), feature_cache=str(cycle / "features"))
         try:
+            chat = chat_rows(first, target, tokenizer, progress) if chat is None else chat
             result = run_adapt(replace(config, train=train, max_chat_loss=chat_budget(config, results)), target,
-                               tokenizer, progress) | {"cycle": number, "captured": seen}
+                               tokenizer, progress, chat) | {"cycle": number, "captured": seen}
         except Exception:  # a loop that serves for days outlives one bad cycle
             log.exception("cycle %d failed; the server keeps the head it runs (%s)", number, draft)
             continue

@@ -186,6 +186,10 @@ def test_adapt_every_runs_a_cycle_per_new_requests_each_from_the_head_the_server
     assert second["draft"] == done[0]["draft"]  # the second cycle fine-tuned the head the first swapped in
     assert not (tmp_path / "adapt" / "cycle-1" / "features").exists()
     assert second["replay"] == ""
+    # one chat set for both cycles: the second scores the head the first swapped in along the same answers
+    assert done[1]["before"]["chat"] == done[0]["after"]["chat"]
+    assert (tmp_path / "adapt" / "eval_answers.jsonl").exists()
+    assert not (tmp_path / "adapt" / "cycle-2" / "eval_answers.jsonl").exists()
     with pytest.raises(ValueError, match="earlier loop"):
         adapt_every(config, 0.05, target, tokenizer, False)
 
