@@ -9,8 +9,8 @@ captured so far, checks it and swaps it in. Three things keep the cycles honest:
 
 - the held-back requests are chosen by a seeded hash (``split_held_back``), so a request a cycle trained
   on is never held back by a later one;
-- chat's loss is counted from the first head: a cycle may lose only what ``--max-chat-loss`` has left,
-  so losses that each pass the check cannot add up;
+- chat's loss is counted from the first head, along one chat set made once: a cycle may lose only what
+  ``--max-chat-loss`` has left, so losses that each pass the check cannot add up;
 - the shipped head's records stay the replay in every cycle (``--replay auto`` resolved once), and a
   cycle's feature cache is deleted once it has run (a few GB each).
 
