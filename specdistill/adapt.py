@@ -214,22 +214,26 @@ def check(config: AdaptConfig, train_config: TrainConfig, target, trained: dict,
             break  # more of the start cannot raise the traffic's gain
     if share != train_config.blend_start:
         head.load_state_dict(as_trained)
-        reblend(head, train_config, target, share, train_config.blend_start, trained, restore=True)
+        save_blended(head, train_config, target, train_config.blend_start, trained)
     scores, reason = first
     if len(tried) > 1:
         reason += f" (re-blended {', '.join(str(t['blend']) for t in tried[1:])}: none passed)"
     return scores, False, reason, tried
 
 
-def reblend(head, config: TrainConfig, target, share: float, rung: float, trained: dict,
-            restore: bool = False) -> None:
-    """Move ``head``, blended ``share`` with its starting head, to ``rung`` (``restore``: it is already there),
-    and save it (weights and card) over ``trained["draft_dir"]``; its retrieval corpus stays."""
-    if not restore:  # (1 - t) * ((1 - share) w + share s) + t s has (1 - rung) w when t = (rung - share) / (1 - share)
-        blend_with_start(head, replace(config, blend_start=(rung - share) / (1 - share)), target)
+def reblend(head, config: TrainConfig, target, share: float, rung: float, trained: dict) -> None:
+    """Move ``head``, blended ``share`` with its starting head, to ``rung``, and save it (``save_blended``)."""
+    # (1 - t) * ((1 - share) w + share s) + t s has (1 - rung) w when t = (rung - share) / (1 - share)
+    blend_with_start(head, replace(config, blend_start=(rung - share) / (1 - share)), target)
+    save_blended(head, config, target, rung, trained)
+
+
+def save_blended(head, config: TrainConfig, target, share: float, trained: dict) -> None:
+    """Save ``head``, blended ``share`` with its starting head, over ``trained["draft_dir"]``: its weights, and
+    its card with the settings train ran with but that share; the folder's retrieval corpus stays."""
     save_head(head, trained["draft_dir"])
     ran = TrainConfig(**json.loads((Path(config.output_dir) / "train_config.json").read_text()))  # as train ran
-    write_model_card(Path(trained["draft_dir"]), replace(ran, blend_start=rung), trained["history"],
+    write_model_card(Path(trained["draft_dir"]), replace(ran, blend_start=share), trained["history"],
                      getattr(target.config, "name_or_path", config.target))
 
 
