@@ -4,13 +4,15 @@
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
     python bench/bench_adapt.py --reuse-capture runs/adapt/capture --ttt-steps 2 --out runs/adapt-ttt2   # adapt again
 
-1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture`` answers
-            ``--capture-requests`` requests of the domain, made from the standard library's documentation
-            (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7 alternately
+1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture --capture-features``
+            answers ``--capture-requests`` requests of the domain, made from the standard library's
+            documentation (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7
+            alternately; it keeps the target states it served them with, so the adapt reads them
 2. adapt    ``specdistill adapt`` without ``--swap-url`` (its defaults: ``--lr 1e-3 --ttt-steps 3 --blend-start 0.3
             --head-vocab-size 13312``) for the minutes given, its check included: a tenth of the capture is held
             back, the shipped head and the adapted one are scored on it and on chat (predicted τ of a chain of
-            4), and the JSON says whether the check would swap; then a feature cache; the head's vocabulary
+            4), and the JSON says whether the check would swap; the target states of the replayed records
+            are computed (the captured ones are read: ``target_states`` in the JSON); the head's vocabulary
             grows by 1,024 of the answers' tokens it lacks; 20% of the records replay the shipped head's own
             training data, so it keeps chat; the exported head's weights are 30% the shipped head's; the
             adapted head's folder also holds the answers it trained on, the shipped corpus's and the captured
@@ -98,6 +100,12 @@ def parse_args():
     parser.add_argument("--head-vocab-size", type=int, default=13312,
                         help="the adapted head's draft vocabulary (the shipped head's 12,288: no tokens added)")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--capture-features", action=argparse.BooleanOptionalAction, default=True,
+                        help="the server keeps the target states of what it serves (serve --capture-features), so "
+                             "the adapt runs the target over the replayed records alone")
+    parser.add_argument("--states-cache", default="",
+                        help="the adapt's folder of computed target states (default OUT/features); one kept from an "
+                             "earlier run skips the replay's")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default="runs/adapt")
     parser.add_argument("--num-heldout", type=int, default=0, help="measure the first N of each set (0 = all)")
@@ -219,7 +227,8 @@ def adapt(capture: Path, out: Path, args) -> dict:
     config = AdaptConfig()
     train_config = dataclasses.replace(
         config.train, data=str(capture), replay=args.replay or "", output_dir=str(out / "head"),
-        feature_cache=str(out / "features"), lr=args.lr, ttt_steps=args.ttt_steps, freeze_lm_head=args.freeze_lm_head,
+        feature_cache=args.states_cache or str(out / "features"), lr=args.lr, ttt_steps=args.ttt_steps,
+        freeze_lm_head=args.freeze_lm_head,
         blend_start=args.blend_start, head_vocab_size=args.head_vocab_size, max_minutes=args.adapt_minutes,
         seed=args.seed)
     return run_adapt(dataclasses.replace(config, train=train_config))
@@ -241,7 +250,8 @@ def main():
             "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
     capture = Path(args.reuse_capture) if args.reuse_capture else out / "capture"
     config = ServeConfig(capture="" if args.reuse_capture else str(capture), max_batch_size=args.clients,
-                         max_queue=4 * args.capture_requests)
+                         max_queue=4 * args.capture_requests,
+                         capture_features=args.capture_features and not args.reuse_capture)
     with serving(config) as (url, engine):
         start = time.perf_counter()
         if args.reuse_capture:

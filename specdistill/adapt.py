@@ -10,7 +10,10 @@ The loop docs/serving.md writes as three commands, in one, with a check before t
 2. score      the starting head, teacher-forced on the target's answers to them (the traffic) and to the
               held-out chat prompts (what the head knew): τ predicted for a chain of 4 greedy drafts
 3. fine-tune  ``train`` on the rest with the recipe's settings (each a flag), so that the whole adapt,
-              feature cache and scoring included, keeps to ``--max-minutes`` (re-blends below add to it)
+              target states and scoring included, keeps to ``--max-minutes`` (re-blends below add to it);
+              each record's target states are read from the capture (``serve --capture-features``) or
+              from ``--feature-cache`` (default ``output_dir/features``), else computed there once
+              (``training.record_states``)
 4. check      the adapted head, scored the same way: it is swapped in only if its τ on the traffic rises
               by more than ``--min-gain`` and its τ on chat falls by at most ``--max-chat-loss``; when only
               chat fails, the head is re-blended with more of the starting head (``--blend-ladder``: 0.5,
@@ -46,7 +49,9 @@ from specdistill.training.config import TrainConfig
 from specdistill.training.eagle3_head import blend_with_start, head_acceptance
 from specdistill.training.heldout_eval import HeldOutEval
 from specdistill.training.model_card import write_model_card
+from specdistill.training.record_states import record_state_rows
 from specdistill.training.sources import pad_id, with_replay
+from specdistill.training.step import autocast
 from specdistill.training.trainer import pick_device, train
 
 log = logging.getLogger(__name__)
@@ -110,18 +115,24 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
         chat = chat_rows(train_config, target, tokenizer, progress)
     sets = {"traffic": record_rows(held_back, pad), "chat": chat}
     scoring = time.monotonic()
-    before = score(target, load_draft(train_config.draft, target, target.dtype)[0], sets)
+    start = load_draft(train_config.draft, target, target.dtype)[0]
+    before = score(target, start, sets)
     scoring = time.monotonic() - scoring
     log.info("the starting head: %s", before)
     train_records = with_replay(kept, train_config, tokenizer) if train_config.replay else kept
-    rows = pack_records(train_records, train_config.seq_len, pad)
+    states = time.monotonic()
+    rows = record_state_rows(pack_records(train_records, train_config.seq_len, pad), train_records, target,
+                             start.layer_ids, train_config.feature_cache, [Path(train_config.data) / "states"],
+                             lambda: autocast(target.device, train_config.bf16), progress=progress)
+    states = rows.counts | {"minutes": round((time.monotonic() - states) / 60, 2)}
     minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept
-    trained = fine_tune(train_config, target, tokenizer, rows, minutes, progress)
+    # The rows carry their target states: train must not build a feature cache over them.
+    trained = fine_tune(replace(train_config, feature_cache=""), target, tokenizer, rows, minutes, progress)
     after, swap, reason, tried = check(config, train_config, target, trained, before, sets)
     blend = tried[-1]["blend"] if swap else train_config.blend_start  # the head in draft_dir
     result = {"draft": trained["draft_dir"], "steps": trained["steps"], "held_back": len(held_back),
-              "trained_on": len(kept), "before": before, "after": after, "swap": swap, "reason": reason,
-              "blend": blend, "tried": tried, "minutes": round((time.monotonic() - began) / 60, 2)}
+              "trained_on": len(kept), "target_states": states, "before": before, "after": after, "swap": swap,
+              "reason": reason, "blend": blend, "tried": tried, "minutes": round((time.monotonic() - began) / 60, 2)}
     if swap and config.swap_url:
         result["server"] = swap_in(config.swap_url, config.api_key, trained["draft_dir"])
     return result
@@ -158,7 +169,7 @@ def _checked(config: AdaptConfig, capture_needed: bool = True) -> TrainConfig:
             log.warning("the shipped head's training records (%s) come with a source checkout only: adapting "
                         "without replay, so the head may forget more of other traffic", SHIPPED_REPLAY.name)
         train_config = replace(train_config, replay=str(SHIPPED_REPLAY) if shipped else "")
-    if not train_config.feature_cache:  # the target's features over the rows, made once: steps 2-3x cheaper
+    if not train_config.feature_cache:  # each record's target states, made once: steps 2-3x cheaper
         train_config = replace(train_config, feature_cache=str(Path(train_config.output_dir) / "features"))
     return train_config
 

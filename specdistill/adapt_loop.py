@@ -11,8 +11,12 @@ captured so far, checks it and swaps it in. Three things keep the cycles honest:
   on is never held back by a later one;
 - chat's loss is counted from the first head, along one chat set made once: a cycle may lose only what
   ``--max-chat-loss`` has left, so losses that each pass the check cannot add up;
-- the shipped head's records stay the replay in every cycle (``--replay auto`` resolved once), and a
-  cycle's feature cache is deleted once it has run (a few GB each).
+- the shipped head's records stay the replay in every cycle (``--replay auto`` resolved once).
+
+Every cycle reads the records' target states from one folder (``--feature-cache``, default
+``output_dir/features``; ``training.record_states``), so the target runs over each record once in the
+whole loop, and never over those the server captured with ``--capture-features``. The folder grows
+with the traffic (~4.6 KB a token for SmolLM2-135M in bf16): delete it when the loop has ended.
 
 A cycle that fails (the server down at the swap, say) is logged and the loop goes on with the head it had.
 ``--cycles`` stops after that many (0: until interrupted).
@@ -21,7 +25,6 @@ A cycle that fails (the server down at the swap, say) is logged and the loop goe
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,7 +69,7 @@ def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, to
         seen = _wait_for(first.data, first.target, max(seen + config.every, MIN_RECORDS), poll_seconds)
         number += 1
         cycle = base / f"cycle-{number}"
-        train = replace(first, draft=draft, output_dir=str(cycle), feature_cache=str(cycle / "features"))
+        train = replace(first, draft=draft, output_dir=str(cycle))  # first.feature_cache: one folder for all
         try:
             chat = chat_rows(first, target, tokenizer, progress) if chat is None else chat
             result = run_adapt(replace(config, train=train, max_chat_loss=chat_budget(config, results)), target,
@@ -74,8 +77,6 @@ def adapt_every(config: AdaptConfig, poll_seconds: float = 60.0, target=None, to
         except Exception:  # a loop that serves for days outlives one bad cycle
             log.exception("cycle %d failed; the server keeps the head it runs (%s)", number, draft)
             continue
-        finally:
-            shutil.rmtree(cycle / "features", ignore_errors=True)
         if result.get("server"):
             draft = result["draft"]  # the next cycle starts from the head now serving
         results.append(result)

@@ -62,6 +62,10 @@ class ServeConfig:
     capture: str = option("", "append each finished request (prompt, answer ids, sampling, acceptance) to JSON-lines "
                               "files in this directory, for `specdistill train --data DIR`; they hold users' prompts: "
                               "keep them as you keep logs (empty = off)")
+    capture_features: bool = option(False, "with --capture and an EAGLE-3 head: also keep the target's states "
+                                           "(the head's features, ~4.6 KB a token for SmolLM2-135M in bf16) in "
+                                           "DIR/states, so `specdistill adapt` need not run the target over the "
+                                           "traffic again")
     capture_sample: float = option(1.0, "the share of requests captured")
     capture_max_mb: int = option(64, "a capture file is rotated at this size (MiB)")
     admin_from: str = option("loopback", "clients that may call /admin (swap the draft): loopback, any, or "
@@ -83,6 +87,8 @@ class ServeConfig:
         if not 0 < self.capture_sample <= 1 or self.capture_max_mb < 1:
             raise ValueError(f"capture_sample must be in (0, 1] and capture_max_mb >= 1, got {self.capture_sample} "
                              f"and {self.capture_max_mb}")
+        if self.capture_features and not self.capture:
+            raise ValueError("capture_features keeps the target's states beside captured requests: set --capture DIR")
         admin_networks(self.admin_from)
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")

@@ -15,6 +15,7 @@ is the caller's job, as is deciding k.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -41,20 +42,22 @@ def clocked(call, *args, **kwargs):
     return out, time.perf_counter() - began
 
 
-def prefill(target, target_state, draft, draft_state, rows, device) -> float:
+def prefill(target, target_state, draft, draft_state, rows, device, layers=None, take_features=None) -> float:
     """Each cache takes each prompt minus its last token (the first step feeds it).
     Prompts are right-padded; the padding is rolled back at once. A feature-conditioned
-    draft takes the target's features of those positions instead. Returns seconds."""
+    draft takes the target's features of those positions instead: ``layers`` (default:
+    the draft's) handed to ``take_features(features, counts)`` (default: the draft's own).
+    Returns seconds."""
     width = max(len(row.tokens) for row in rows) - 1
     if width < 1:
         return 0.0
     ids = right_padded([row.tokens[:-1] for row in rows], width, device)
     lengths = [len(row.tokens) - 1 for row in rows]
-    layers = feature_layers(draft)
+    layers = layers or feature_layers(draft)
     out, seconds = timed(target, target_state, ids, [width - 1] * len(rows), hidden_layers=layers)
     target.rollback(target_state, lengths)
     if layers:
-        draft.take_features(draft_state, out[1], lengths)
+        (take_features or functools.partial(draft.take_features, draft_state))(out[1], lengths)
         return seconds
     _, elapsed = timed(draft, draft_state, ids, [width - 1] * len(rows))
     draft.rollback(draft_state, lengths)

@@ -144,7 +144,8 @@ class LlamaRunner:
         """Logits after feeding input_ids [B, T]: [B, T, V] at every position, or [B, V]
         at position ``keep[b]`` of each row when ``keep`` is given. With ``hidden_layers``,
         (logits, features [B, T, len * H]): the hidden states entering those layers
-        (HF's ``hidden_states[i]``), concatenated, at every position."""
+        (HF's ``hidden_states[i]``; i = the number of layers: the final normed state),
+        concatenated, at every position."""
         width = input_ids.shape[1]
         if max(state.lengths) + width > state.keys[0].shape[2]:
             _grow(state, max(state.lengths) + width)
@@ -234,6 +235,8 @@ class LlamaRunner:
                                     layer_values, masks[layer.window], span, common_start)
             gate, up = self._linear(self._norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
             x = x + self._linear(F.silu(gate) * up, layer.down)
+        if hidden_layers and len(self.layers) in hidden_layers:  # HF's last hidden state: after the final norm
+            captured[len(self.layers)] = self._norm(x, self.final_norm)
         if keep_index is not None:  # the head, the draft's costliest matmul, only where needed
             x = x[torch.arange(x.shape[0], device=x.device), keep_index]
         logits = self._linear(self._norm(x, self.final_norm), self.head)

@@ -82,6 +82,9 @@ class Request:
     error: BaseException | None = None
     cancelled: bool = False
     arrival: float = field(default_factory=time.perf_counter)
+    # With ``SpecEngine.capture_states``: the target's head features and final state [n, F + H] of each
+    # position fed, in pieces as they came (None once a swap changed the head's layers mid-request).
+    target_states: list[torch.Tensor] | None = field(default_factory=list)
 
     @property
     def new(self) -> int:
@@ -109,6 +112,9 @@ class SpecEngine:
         self._lock = threading.Lock()
         self._target_state = self._draft_state = None
         self.draft_versions = [DraftVersion(1, generator.draft_name, self.stats.counts())]
+        # Keep each request's target states for a head (``serve --capture-features``): what the target
+        # computes anyway, so a head adapting to the captured traffic need not run it again.
+        self.capture_states = False
 
     # ---- requests in, from any thread --------------------------------------------------------
 
@@ -201,7 +207,7 @@ class SpecEngine:
         """Verify each row's chain of ``limits[b]`` drafts in one pass, accept, tell the policy
         (``learn(outcomes, verify_seconds=...)``) and roll both caches to what was accepted."""
         gen = self.gen
-        layers = decode.feature_layers(gen.draft_runner)
+        layers = self._feature_layers()
         target_out, target_seconds = decode.verify(gen.target_runner, self._target_state, rows, drafts, layers)
         target_logits = target_out[0] if layers else target_out
         accepted = decode.accept(rows, limits, drafts, draft_probs, target_logits)
@@ -212,7 +218,7 @@ class SpecEngine:
         gen.target_runner.rollback(self._target_state, lengths)
         gen.draft_runner.rollback(self._draft_state, lengths)
         if layers:  # the features of the last token and the accepted drafts, for the next proposal
-            gen.draft_runner.take_features(self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
+            self._take_features(rows, self._draft_state, target_out[1], [n + 1 for n, _ in accepted])
         return self._results(rows, [drafts[i, :n].tolist() + [token] for i, (n, token) in enumerate(accepted)])
 
     def _retrieved(self, rows: list[Request]) -> tuple[list[list[int]], float]:
@@ -276,7 +282,7 @@ class SpecEngine:
             accept = functools.partial(accept_sampled_tree, drafted, rows)
             longest = [gen.sampled_topology.depth] * len(rows)
         (logits, features), target_seconds, base = verify_tree(gen.target_runner, self._target_state, rows, tree,
-                                                               gen.draft_runner.feature_layers)
+                                                               self._feature_layers())
         accepted = accept(logits, limits)
         self._account(rows, [(min(most, limit), len(path)) for most, limit, (path, _) in
                              zip(longest, limits, accepted)], draft_seconds, draft_calls, target_seconds, tree=True)
@@ -291,10 +297,28 @@ class SpecEngine:
         width = max(map(len, paths))
         index = torch.tensor([p + [p[-1]] * (width - len(p)) for p in paths], device=features.device)
         path_features = features.gather(1, index[:, :, None].expand(-1, -1, features.shape[-1]))
-        gen.draft_runner.take_features(self._draft_state, path_features, list(map(len, paths)))
+        self._take_features(rows, self._draft_state, path_features, list(map(len, paths)))
         tokens = tree.tokens.tolist()
         return self._results(rows, [[tokens[i][node - 1] for node in path] + [token]
                                     for i, (path, token) in enumerate(accepted)])
+
+    def _feature_layers(self) -> list[int] | None:
+        """The hidden states the target's passes return: the head's layers (None for other drafts), and
+        with ``capture_states`` the final normed state after them (HF's ``hidden_states[num_layers]``)."""
+        layers = decode.feature_layers(self.gen.draft_runner)
+        if layers and self.capture_states:
+            return layers + [self.gen.target.config.num_hidden_layers]
+        return layers
+
+    def _take_features(self, rows: list[Request], state, features: torch.Tensor, counts: list[int]) -> None:
+        """Each row's first ``counts[b]`` target features [B, T, F] go to the head; with ``capture_states``
+        they carry the final state too, and the row's request keeps both (a copy: ``features`` is a view)."""
+        if self.capture_states:
+            for row, n, row_features in zip(rows, counts, features):
+                if n and row.target_states is not None:
+                    row.target_states.append(row_features[:n].to("cpu", copy=True))
+            features = features[..., : -self.gen.target.config.hidden_size]
+        self.gen.draft_runner.take_features(state, features, counts)
 
     @staticmethod
     def _results(rows: list[Request], produced_by_row: list[list[int]]) -> list[tuple[Request, list[int], str | None]]:
@@ -348,6 +372,9 @@ class SpecEngine:
         old one keeps drafting."""
         gen = self.gen
         runner = gen.draft_runner_for(draft, draft_vocab)
+        if decode.feature_layers(runner) != decode.feature_layers(gen.draft_runner):
+            for request in self.running:  # their states so far are another head's features
+                request.target_states = None
         state = None
         if self.running:
             capacity = max(len(r.prompt) + r.max_new_tokens for r in self.running) + self._lookahead()
@@ -383,7 +410,8 @@ class SpecEngine:
             target_state = gen.target_runner.start(len(batch), capacity)
             draft_state = gen.draft_runner.start(len(batch), capacity)
             seconds = decode.prefill(gen.target_runner, target_state, gen.draft_runner, draft_state, batch,
-                                     self.device)
+                                     self.device, self._feature_layers(),
+                                     functools.partial(self._take_features, batch, draft_state))
         except Exception as err:  # out of memory, say: these requests fail, the running ones go on
             log.exception("prefilling %d requests failed", len(batch))
             self._fail(batch, err, out)

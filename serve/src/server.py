@@ -11,7 +11,8 @@ that goes away frees its row at the next step, bodies and ``max_tokens`` are
 bounded, ``--api-key`` guards /v1 and /admin. Every bad input is a 4xx with an OpenAI error
 object and the server keeps serving; a failed decode step fails its requests only.
 With ``--capture DIR`` each finished request is appended to JSON-lines files there
-(``capture.py``), off the decode thread.
+(``capture.py``), off the decode thread; with ``--capture-features`` also the target states
+a head's fine-tune reads (``DIR/states``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
     app = FastAPI(title="specdistill", lifespan=_lifespan)
     capture = TrafficCapture(config.capture, config.capture_sample, config.capture_max_mb << 20) \
         if config.capture else None
+    engine.engine.capture_states = bool(capture and config.capture_features)
     app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine, capture,
                                    target_identity(config.target) if capture else "")
     app.state.metrics = metrics
@@ -271,8 +273,11 @@ def _capturer(state: ServerState, raw: Request, body, ident: str, created: int, 
     def capture(status: str | None) -> None:
         version = state.engine.engine.draft_versions[-1]  # the draft at the end drafted most of it
         draft = {"draft": version.name, "draft_version": version.version}
-        for record in choice_records(base | draft, body, choices, status):
-            state.capture.add(record)
+        gen = state.engine.engine.gen
+        layers, hidden = getattr(gen.draft_runner, "feature_layers", None), gen.target.config.hidden_size
+        for choice, record in zip(choices, choice_records(base | draft, body, choices, status)):
+            states = choice.request.target_states
+            state.capture.add(record, (states, layers, hidden) if states and layers else None)
     return capture
 
 

@@ -63,6 +63,8 @@ class TokenRows:
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     prompts: list[list[int]] | None = None  # the records' prompts, for on-policy batches (None for plain text)
+    # Packed records: per row, (record index, first position, length) of each record in it, in order.
+    segments: list[list[tuple[int, int, int]]] | None = None
 
     def __post_init__(self):
         if self.input_ids.dim() != 2 or self.input_ids.shape != self.loss_mask.shape:
@@ -99,8 +101,8 @@ def pack_records(records: list[tuple[list[int], list[int]]], seq_len: int, pad_i
     in the log). Padding never counts."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    rows, masks, ids, mask, skipped = [], [], [], [], 0
-    for prompt, answer in records:
+    rows, masks, segments, ids, mask, segment, skipped = [], [], [], [], [], [], 0
+    for index, (prompt, answer) in enumerate(records):
         if not answer or len(prompt) >= seq_len:
             skipped += 1
             continue
@@ -108,11 +110,12 @@ def pack_records(records: list[tuple[list[int], list[int]]], seq_len: int, pad_i
         # Position t predicts token t + 1: answer token j (at len(prompt) + j) is predicted at len(prompt) + j - 1.
         counts = [len(prompt) - 1 <= t < len(tokens) - 1 for t in range(len(tokens))]
         if len(ids) + len(tokens) > seq_len:
-            rows.append(ids), masks.append(mask)
-            ids, mask = [], []
+            rows.append(ids), masks.append(mask), segments.append(segment)
+            ids, mask, segment = [], [], []
+        segment = segment + [(index, len(ids), len(tokens))]
         ids, mask = ids + tokens, mask + counts
     if ids:
-        rows.append(ids), masks.append(mask)
+        rows.append(ids), masks.append(mask), segments.append(segment)
     if skipped:
         log.warning("%d of %d records had no answer tokens within seq_len=%d and were skipped", skipped,
                     len(records), seq_len)
@@ -122,6 +125,7 @@ def pack_records(records: list[tuple[list[int], list[int]]], seq_len: int, pad_i
         torch.tensor([row + [pad_id] * (seq_len - len(row)) for row in rows]),
         torch.tensor([row + [False] * (seq_len - len(row)) for row in masks]),
         prompts=[prompt for prompt, _ in records],
+        segments=segments,
     )
 
 

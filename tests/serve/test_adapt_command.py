@@ -20,6 +20,7 @@ from specdistill.data.captured import read_capture
 from specdistill.models import tiny_llama
 from specdistill.models.eagle3 import Eagle3Head, save_head
 from specdistill.models.eagle3_io import load_head
+from specdistill.models.target_states import load_states
 from specdistill.training.config import TrainConfig
 
 PROMPTS = ["sort a list", "open a file", "define a class", "zip two lists", "print it", "read a line",
@@ -54,11 +55,16 @@ def test_adapt_trains_on_the_capture_checks_the_head_and_swaps_it_into_the_serve
     save_head(head, start)
     gen = SpeculativeGenerator(target, head, num_draft_tokens=3, tokenizer=tokenizer)
     capture = tmp_path / "capture"
-    with running_server(gen, tokenizer, capture=str(capture)) as (url, engine):
+    with running_server(gen, tokenizer, capture=str(capture), capture_features=True) as (url, engine):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         answers = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
                                                   max_tokens=24, temperature=0).choices[0].message.content
                    for p in PROMPTS]
+        _wait_for_records(capture, 12)
+        for record in _records(capture):  # each with the target states it was served with
+            features, final = load_states([capture / "states"], record["states"], [0, 1, 2])
+            tokens = len(record["prompt_ids"]) + len(record["answer_ids"])
+            assert features.shape == (tokens - 1, 3 * 32) and final.shape == (tokens - 1, 32)
         with pytest.raises(ValueError, match="does not answer /health"):  # before any training
             run_adapt(_config(tmp_path, start, capture, swap_url="http://127.0.0.1:9"), target, tokenizer, False)
         config = _config(tmp_path, start, capture, swap_url=url, min_gain=-10, max_chat_loss=10)
@@ -68,10 +74,21 @@ def test_adapt_trains_on_the_capture_checks_the_head_and_swaps_it_into_the_serve
         for figures in (result["before"], result["after"]):
             assert set(figures) == {"traffic", "chat"} and 1 <= figures["traffic"]["tau"] <= 5
         assert result["before"] != result["after"]
+        assert not list((tmp_path / "adapt" / "features").glob("*.safetensors"))  # the capture's states: none computed
         assert engine.engine.draft_versions[-1].name == str((tmp_path / "adapt" / "final").resolve())
         again = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}],
                                                max_tokens=24, temperature=0).choices[0].message.content
         assert again == answers[0]  # the new head drafts; the output is still the target's
+
+
+def _records(capture) -> list[dict]:
+    return [json.loads(line) for path in sorted(capture.glob("capture-*.jsonl")) for line in path.open()]
+
+
+def _wait_for_records(capture, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while (not capture.is_dir() or len(_records(capture)) < count) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a thread of the server writes the records
 
 
 def test_the_check_keeps_a_head_that_does_not_gain_or_forgets_chat():

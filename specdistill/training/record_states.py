@@ -1,0 +1,121 @@
+"""The target's states of packed records, each record's own, for an EAGLE-3 head's fine-tune.
+
+``specdistill adapt`` trains a head on (prompt, answer) records packed into rows. Its step
+needs the target's states at every position (``training.eagle3_head.head_step``); here they
+come per record (``specdistill.models.target_states``), as the target computed them while
+serving that request alone:
+
+    read     from the capture's ``states`` folder (``serve --capture-features``), or from the
+             run's own folder, where an earlier run or cycle left them
+    compute  the rest, once: the target over each record alone, kept in the run's folder, so
+             the next cycle of ``adapt --every`` runs the target over new records only
+    join     a batch's rows are joined from their records' states at the records' places
+             (``TokenRows.segments``); a record's last position, which the target never
+             read while serving, and padding get zeros (no loss counts there)
+
+Unlike ``feature_cache`` (the target over whole packed rows), no record's states depend on
+the record packed before it: they are the states the head reads when it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from specdistill.data.batches import Batch, TokenRows
+from specdistill.models import decoder_and_head
+from specdistill.models.target_states import load_states, record_key, save_states
+
+log = logging.getLogger(__name__)
+
+
+class RecordStateRows(TokenRows):
+    """Packed rows whose batches carry the target's states (``Batch.features``), joined from
+    ``states[i]`` = (features [n, F], final [n, H]) of record i (None for records left out)."""
+
+    def __init__(self, rows: TokenRows, states: list[tuple[torch.Tensor, torch.Tensor] | None]):
+        if rows.segments is None:
+            raise ValueError("record states need rows packed from records (pack_records)")
+        super().__init__(rows.input_ids, rows.loss_mask, rows.prompts, rows.segments)
+        self.states = states
+        self.widths = next((f.shape[1], h.shape[1], f.dtype) for f, h in (s for s in states if s is not None))
+
+    def batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        index = self.batch_rows(step, batch_size, seed)
+        features, final = zip(*(self.row_states(int(row)) for row in index))
+        return Batch(self.input_ids[index], self.loss_mask[index], features=(torch.stack(features), torch.stack(final)))
+
+    def row_states(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width, (feature_width, hidden, dtype) = self.input_ids.shape[1], self.widths
+        features, final = torch.zeros(width, feature_width, dtype=dtype), torch.zeros(width, hidden, dtype=dtype)
+        for record, start, length in self.segments[row]:
+            record_features, record_final = self.states[record]
+            n = min(length, len(record_features))
+            features[start: start + n], final[start: start + n] = record_features[:n], record_final[:n]
+        return features, final
+
+
+def record_state_rows(rows: TokenRows, records: list[tuple[list[int], list[int]]], target, layer_ids: list[int],
+                      folder: str | Path, read_from: list[str | Path] = (), autocast=contextlib.nullcontext,
+                      forward_tokens: int = 8192, progress: bool = True) -> RecordStateRows:
+    """``rows`` (``pack_records(records, ...)``) with each packed record's target states: read from
+    ``folder`` or ``read_from`` (a capture's ``states``), the rest computed and kept in ``folder``."""
+    if decoder_and_head(target) is None:
+        raise ValueError("record states need a target whose logits are its final hidden state times the LM head "
+                         "(no head bias or logit scaling)")
+    dtype = next(target.parameters()).dtype
+    keys = [record_key(prompt, answer) for prompt, answer in records]
+    states: list = [None] * len(records)
+    missing: dict[str, list[int]] = {}  # key -> the packed records that share it
+    for index in sorted({record for row in rows.segments for record, _, _ in row}):
+        found = load_states([folder, *read_from], keys[index], layer_ids)
+        if found is None:
+            missing.setdefault(keys[index], []).append(index)
+        else:
+            states[index] = tuple(part.to(dtype) for part in found)
+    read = sum(s is not None for s in states)
+    log.info("target states: %d records read, %d to compute", read, len(missing))
+    for key, computed in _computed(target, records, missing, layer_ids, autocast, forward_tokens, progress):
+        features, final = (part.to(dtype) for part in computed)
+        save_states(folder, key, features, final, layer_ids)
+        for index in missing[key]:
+            states[index] = (features, final)
+    joined = RecordStateRows(rows, states)
+    joined.counts = {"read": read, "computed": len(missing)}
+    return joined
+
+
+@torch.no_grad()
+def _computed(target, records, missing: dict[str, list[int]], layer_ids: list[int], autocast, forward_tokens: int,
+              progress: bool):
+    """(key, (features, final)) of each missing record: the target over the record alone, records of
+    similar length batched (right-padded: a causal model's earlier positions never see the padding)."""
+    if not missing:
+        return
+    decoder, _ = decoder_and_head(target)
+    device = next(target.parameters()).device
+    todo = sorted(missing, key=lambda key: -len(_tokens(records[missing[key][0]])))  # longest first: a batch's width
+    with tqdm(total=len(todo), desc="target states", unit="record", disable=not progress) as bar:
+        while todo:
+            width = len(_tokens(records[missing[todo[0]][0]]))
+            batch = todo[: max(1, forward_tokens // max(width, 1))]
+            todo = todo[len(batch):]
+            tokens = [_tokens(records[missing[key][0]]) for key in batch]
+            longest = max(map(len, tokens))
+            ids = torch.tensor([t + [0] * (longest - len(t)) for t in tokens], device=device)
+            with autocast():
+                out = decoder(input_ids=ids, output_hidden_states=True)
+            features = torch.cat([out.hidden_states[i] for i in layer_ids], -1).cpu()
+            final = out.last_hidden_state.cpu()
+            for row, (key, ids_of_row) in enumerate(zip(batch, tokens)):
+                yield key, (features[row, : len(ids_of_row)].clone(), final[row, : len(ids_of_row)].clone())
+            bar.update(len(batch))
+
+
+def _tokens(record: tuple[list[int], list[int]]) -> list[int]:
+    prompt, answer = record
+    return prompt + answer
