@@ -43,7 +43,7 @@ from specdistill.data.dataset_records import dataset_records
 from specdistill.models import load_target
 from specdistill.models.drafts import load_draft
 from specdistill.models.eagle3 import save_head
-from specdistill.models.loading import native_bf16
+from specdistill.models.loading import native_bf16, target_identity
 from specdistill.options import nested, option
 from specdistill.training.config import TrainConfig
 from specdistill.training.eagle3_head import blend_with_start, head_acceptance
@@ -122,7 +122,9 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     train_records = with_replay(kept, train_config, tokenizer) if train_config.replay else kept
     states = time.monotonic()
     rows = record_state_rows(pack_records(train_records, train_config.seq_len, pad), train_records, target,
-                             start.layer_ids, train_config.feature_cache, [Path(train_config.data) / "states"],
+                             target_identity(train_config.target), start.layer_ids,
+                             Path(train_config.feature_cache).expanduser(),
+                             [Path(train_config.data).expanduser() / "states"],
                              lambda: autocast(target.device, train_config.bf16), progress=progress)
     states = rows.counts | {"minutes": round((time.monotonic() - states) / 60, 2)}
     minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept

@@ -15,8 +15,9 @@ captured so far, checks it and swaps it in. Three things keep the cycles honest:
 
 Every cycle reads the records' target states from one folder (``--feature-cache``, default
 ``output_dir/features``; ``training.record_states``), so the target runs over each record once in the
-whole loop, and never over those the server captured with ``--capture-features``. The folder grows
-with the traffic (~4.6 KB a token for SmolLM2-135M in bf16): delete it when the loop has ended.
+whole loop (a replayed record's when it first joins a cycle: the replay is a share of a growing capture),
+and never over those the server captured with ``--capture-features``. The folder grows with the traffic
+(~4.6 KB a token for SmolLM2-135M in bf16) and reveals what it held: delete it when the loop has ended.
 
 A cycle that fails (the server down at the swap, say) is logged and the loop goes on with the head it had.
 ``--cycles`` stops after that many (0: until interrupted).

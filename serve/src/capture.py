@@ -78,8 +78,11 @@ class TrafficCapture:
         while (item := self._queue.get()) is not _END:
             record, states = item
             try:
-                if states and states[0] and record["status"] == "finished":
+                if states and record["status"] == "finished":
                     record["states"] = self._write_states(record, *states)
+            except Exception:  # the record is still worth keeping: adapt computes its states
+                log.exception("capture: a request's target states could not be written")
+            try:
                 self._write(json.dumps(record, ensure_ascii=False) + "\n")
             except Exception:  # a full disk must not stop serving; the record is lost, and said so
                 log.exception("capture: a record could not be written")
@@ -90,7 +93,8 @@ class TrafficCapture:
         # The target read every token but the last; a stop string may have cut the answer shorter.
         joined = torch.cat(pieces)[: len(record["prompt_ids"]) + len(record["answer_ids"])]
         key = record_key(record["prompt_ids"], record["answer_ids"])
-        save_states(self.directory / "states", key, joined[:, :-hidden], joined[:, -hidden:], layer_ids)
+        save_states(self.directory / "states", key, joined[:, :-hidden], joined[:, -hidden:], layer_ids,
+                    record["target"])
         return key
 
     def _write(self, line: str) -> None:

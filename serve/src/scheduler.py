@@ -85,6 +85,7 @@ class Request:
     # With ``SpecEngine.capture_states``: the target's head features and final state [n, F + H] of each
     # position fed, in pieces as they came (None once a swap changed the head's layers mid-request).
     target_states: list[torch.Tensor] | None = field(default_factory=list)
+    state_layers: list[int] | None = None  # the head's layers those features are of
 
     @property
     def new(self) -> int:
@@ -314,9 +315,11 @@ class SpecEngine:
         """Each row's first ``counts[b]`` target features [B, T, F] go to the head; with ``capture_states``
         they carry the final state too, and the row's request keeps both (a copy: ``features`` is a view)."""
         if self.capture_states:
-            for row, n, row_features in zip(rows, counts, features):
+            host = features[:, : max(counts)].to("cpu")  # one copy off an accelerator, not one per row
+            for row, n, row_states in zip(rows, counts, host):
                 if n and row.target_states is not None:
-                    row.target_states.append(row_features[:n].to("cpu", copy=True))
+                    row.target_states.append(row_states[:n].clone())
+                    row.state_layers = self.gen.draft_runner.feature_layers
             features = features[..., : -self.gen.target.config.hidden_size]
         self.gen.draft_runner.take_features(state, features, counts)
 

@@ -266,6 +266,8 @@ def _end_all(engine: AsyncEngine, choices: list[Choice], capture, status: str | 
 def _capturer(state: ServerState, raw: Request, body, ident: str, created: int, choices: list[Choice]):
     """What records this response when it ends (None: not captured): a sampled share of requests."""
     if state.capture is None or not state.capture.wants():
+        for choice in choices:  # not captured: its target states need not be kept
+            choice.request.target_states = None
         return None
     base = {"request_id": ident, "time": created, "route": raw.url.path,
             "target": state.captured_target, "model": state.model_name}
@@ -273,11 +275,11 @@ def _capturer(state: ServerState, raw: Request, body, ident: str, created: int, 
     def capture(status: str | None) -> None:
         version = state.engine.engine.draft_versions[-1]  # the draft at the end drafted most of it
         draft = {"draft": version.name, "draft_version": version.version}
-        gen = state.engine.engine.gen
-        layers, hidden = getattr(gen.draft_runner, "feature_layers", None), gen.target.config.hidden_size
+        hidden = state.engine.engine.gen.target.config.hidden_size
         for choice, record in zip(choices, choice_records(base | draft, body, choices, status)):
-            states = choice.request.target_states
-            state.capture.add(record, (states, layers, hidden) if states and layers else None)
+            request = choice.request  # its states' layers: a swap may have come since it finished
+            states = (request.target_states, request.state_layers, hidden) if request.target_states else None
+            state.capture.add(record, states)
     return capture
 
 

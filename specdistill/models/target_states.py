@@ -9,7 +9,8 @@ over it again.
 
 One safetensors file per record, named by the record's key (a hash of its prompt and answer
 ids), in a folder: a folder grows record by record, and any number of them can be read together.
-The file's metadata names the head's layers; states for other layers are not used.
+The file's metadata names the head's layers and the target; states for other layers or of another
+target are not used. They reveal what the records hold: keep them as you keep the capture.
 """
 
 from __future__ import annotations
@@ -34,26 +35,31 @@ def states_path(folder: str | Path, key: str) -> Path:
 
 
 def save_states(folder: str | Path, key: str, features: torch.Tensor, final: torch.Tensor,
-                layer_ids: list[int]) -> Path:
+                layer_ids: list[int], target: str) -> Path:
     """Write a record's states, whole (beside, then renamed: a reader never sees half a file)."""
     path = states_path(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     save_file({"features": features.contiguous(), "final": final.contiguous()}, str(partial),
-              metadata={"layer_ids": ",".join(map(str, layer_ids))})
+              metadata={"layer_ids": ",".join(map(str, layer_ids)), "target": target})
     partial.replace(path)
     return path
 
 
-def load_states(folders: list[str | Path], key: str, layer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A record's (features, final) from the first of ``folders`` that holds them for these layers; None if none."""
-    wanted = ",".join(map(str, layer_ids))
+def load_states(folders: list[str | Path], key: str, layer_ids: list[int], target: str,
+                least: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A record's (features, final) from the first of ``folders`` that holds them for these layers and this
+    target, over at least ``least`` positions; None if none does."""
+    wanted = {"layer_ids": ",".join(map(str, layer_ids)), "target": target}
     for folder in folders:
         path = states_path(folder, key)
         if not path.exists():
             continue
         with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("layer_ids") != wanted:
+            metadata = handle.metadata() or {}
+            if any(metadata.get(name) != value for name, value in wanted.items()):
+                continue
+            if handle.get_slice("final").get_shape()[0] < least:
                 continue
             return handle.get_tensor("features"), handle.get_tensor("final")
     return None

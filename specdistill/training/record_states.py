@@ -34,15 +34,16 @@ log = logging.getLogger(__name__)
 
 
 class RecordStateRows(TokenRows):
-    """Packed rows whose batches carry the target's states (``Batch.features``), joined from
-    ``states[i]`` = (features [n, F], final [n, H]) of record i (None for records left out)."""
+    """Packed rows whose batches carry the target's states (``Batch.features``, in ``dtype``), joined
+    from ``states[i]`` = (features [n, F], final [n, H]) of record i (None for records left out)."""
 
-    def __init__(self, rows: TokenRows, states: list[tuple[torch.Tensor, torch.Tensor] | None]):
+    def __init__(self, rows: TokenRows, states: list[tuple[torch.Tensor, torch.Tensor] | None], dtype: torch.dtype):
         if rows.segments is None:
             raise ValueError("record states need rows packed from records (pack_records)")
         super().__init__(rows.input_ids, rows.loss_mask, rows.prompts, rows.segments)
-        self.states = states
-        self.widths = next((f.shape[1], h.shape[1], f.dtype) for f, h in (s for s in states if s is not None))
+        self.states, self.dtype = states, dtype
+        self.widths = next((f.shape[1], h.shape[1]) for f, h in (s for s in states if s is not None))
+        self.counts: dict = {}
 
     def batch(self, step: int, batch_size: int, seed: int) -> Batch:
         index = self.batch_rows(step, batch_size, seed)
@@ -50,8 +51,9 @@ class RecordStateRows(TokenRows):
         return Batch(self.input_ids[index], self.loss_mask[index], features=(torch.stack(features), torch.stack(final)))
 
     def row_states(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        width, (feature_width, hidden, dtype) = self.input_ids.shape[1], self.widths
-        features, final = torch.zeros(width, feature_width, dtype=dtype), torch.zeros(width, hidden, dtype=dtype)
+        width, (feature_width, hidden) = self.input_ids.shape[1], self.widths
+        features = torch.zeros(width, feature_width, dtype=self.dtype)
+        final = torch.zeros(width, hidden, dtype=self.dtype)
         for record, start, length in self.segments[row]:
             record_features, record_final = self.states[record]
             n = min(length, len(record_features))
@@ -59,60 +61,65 @@ class RecordStateRows(TokenRows):
         return features, final
 
 
-def record_state_rows(rows: TokenRows, records: list[tuple[list[int], list[int]]], target, layer_ids: list[int],
-                      folder: str | Path, read_from: list[str | Path] = (), autocast=contextlib.nullcontext,
-                      forward_tokens: int = 8192, progress: bool = True) -> RecordStateRows:
+def record_state_rows(rows: TokenRows, records: list[tuple[list[int], list[int]]], target, target_name: str,
+                      layer_ids: list[int], folder: str | Path, read_from: list[str | Path] = (),
+                      autocast=contextlib.nullcontext, forward_tokens: int = 8192,
+                      progress: bool = True) -> RecordStateRows:
     """``rows`` (``pack_records(records, ...)``) with each packed record's target states: read from
-    ``folder`` or ``read_from`` (a capture's ``states``), the rest computed and kept in ``folder``."""
+    ``folder`` or ``read_from`` (a capture's ``states``) when they are ``target_name``'s for these layers,
+    the rest computed and kept in ``folder``. Only the positions the rows hold are kept in memory."""
     if decoder_and_head(target) is None:
         raise ValueError("record states need a target whose logits are its final hidden state times the LM head "
                          "(no head bias or logit scaling)")
-    dtype = next(target.parameters()).dtype
+    used: dict[int, int] = {}  # packed record -> the positions its row holds (fewer where cut at the row's end)
+    for row in rows.segments:
+        for record, _, length in row:
+            used[record] = length
     keys = [record_key(prompt, answer) for prompt, answer in records]
     states: list = [None] * len(records)
     missing: dict[str, list[int]] = {}  # key -> the packed records that share it
-    for index in sorted({record for row in rows.segments for record, _, _ in row}):
-        found = load_states([folder, *read_from], keys[index], layer_ids)
+    for index, length in sorted(used.items()):
+        # A server never reads a record's last token: its states may be one position short.
+        found = load_states([folder, *read_from], keys[index], layer_ids, target_name, least=length - 1)
         if found is None:
             missing.setdefault(keys[index], []).append(index)
         else:
-            states[index] = tuple(part.to(dtype) for part in found)
-    read = sum(s is not None for s in states)
+            states[index] = tuple(part[:length].clone() if len(part) > length else part for part in found)
+    read = len({keys[i] for i, s in enumerate(states) if s is not None})
     log.info("target states: %d records read, %d to compute", read, len(missing))
-    for key, computed in _computed(target, records, missing, layer_ids, autocast, forward_tokens, progress):
-        features, final = (part.to(dtype) for part in computed)
-        save_states(folder, key, features, final, layer_ids)
+    for key, computed in _computed(target, records, missing, used, layer_ids, autocast, forward_tokens, progress):
+        save_states(folder, key, *computed, layer_ids, target_name)
         for index in missing[key]:
-            states[index] = (features, final)
-    joined = RecordStateRows(rows, states)
+            states[index] = computed
+    joined = RecordStateRows(rows, states, next(target.parameters()).dtype)
     joined.counts = {"read": read, "computed": len(missing)}
     return joined
 
 
 @torch.no_grad()
-def _computed(target, records, missing: dict[str, list[int]], layer_ids: list[int], autocast, forward_tokens: int,
-              progress: bool):
-    """(key, (features, final)) of each missing record: the target over the record alone, records of
-    similar length batched (right-padded: a causal model's earlier positions never see the padding)."""
+def _computed(target, records, missing: dict[str, list[int]], used: dict[int, int], layer_ids: list[int], autocast,
+              forward_tokens: int, progress: bool):
+    """(key, (features, final)) of each missing record: the target over the positions its rows hold, alone,
+    records of similar length batched (right-padded: a causal model's earlier positions never see the padding)."""
     if not missing:
         return
     decoder, _ = decoder_and_head(target)
     device = next(target.parameters()).device
-    todo = sorted(missing, key=lambda key: -len(_tokens(records[missing[key][0]])))  # longest first: a batch's width
+    tokens_of = {key: _tokens(records[indices[0]])[: used[indices[0]]] for key, indices in missing.items()}
+    todo = sorted(missing, key=lambda key: -len(tokens_of[key]))  # longest first: it sets a batch's width
     with tqdm(total=len(todo), desc="target states", unit="record", disable=not progress) as bar:
         while todo:
-            width = len(_tokens(records[missing[todo[0]][0]]))
-            batch = todo[: max(1, forward_tokens // max(width, 1))]
+            batch = todo[: max(1, forward_tokens // len(tokens_of[todo[0]]))]
             todo = todo[len(batch):]
-            tokens = [_tokens(records[missing[key][0]]) for key in batch]
-            longest = max(map(len, tokens))
-            ids = torch.tensor([t + [0] * (longest - len(t)) for t in tokens], device=device)
+            longest = len(tokens_of[batch[0]])
+            ids = torch.tensor([tokens_of[key] + [0] * (longest - len(tokens_of[key])) for key in batch], device=device)
             with autocast():
                 out = decoder(input_ids=ids, output_hidden_states=True)
             features = torch.cat([out.hidden_states[i] for i in layer_ids], -1).cpu()
             final = out.last_hidden_state.cpu()
-            for row, (key, ids_of_row) in enumerate(zip(batch, tokens)):
-                yield key, (features[row, : len(ids_of_row)].clone(), final[row, : len(ids_of_row)].clone())
+            for row, key in enumerate(batch):
+                n = len(tokens_of[key])
+                yield key, (features[row, :n].clone(), final[row, :n].clone())
             bar.update(len(batch))
 
 

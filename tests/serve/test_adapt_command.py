@@ -61,10 +61,7 @@ def test_adapt_trains_on_the_capture_checks_the_head_and_swaps_it_into_the_serve
                                                   max_tokens=24, temperature=0).choices[0].message.content
                    for p in PROMPTS]
         _wait_for_records(capture, 12)
-        for record in _records(capture):  # each with the target states it was served with
-            features, final = load_states([capture / "states"], record["states"], [0, 1, 2])
-            tokens = len(record["prompt_ids"]) + len(record["answer_ids"])
-            assert features.shape == (tokens - 1, 3 * 32) and final.shape == (tokens - 1, 32)
+        assert all(record["states"] for record in _records(capture))  # each with the target states it was served with
         with pytest.raises(ValueError, match="does not answer /health"):  # before any training
             run_adapt(_config(tmp_path, start, capture, swap_url="http://127.0.0.1:9"), target, tokenizer, False)
         config = _config(tmp_path, start, capture, swap_url=url, min_gain=-10, max_chat_loss=10)
@@ -74,7 +71,8 @@ def test_adapt_trains_on_the_capture_checks_the_head_and_swaps_it_into_the_serve
         for figures in (result["before"], result["after"]):
             assert set(figures) == {"traffic", "chat"} and 1 <= figures["traffic"]["tau"] <= 5
         assert result["before"] != result["after"]
-        assert not list((tmp_path / "adapt" / "features").glob("*.safetensors"))  # the capture's states: none computed
+        assert result["target_states"]["read"] == result["trained_on"]  # the capture's states: none computed
+        assert not list((tmp_path / "adapt" / "features").glob("*.safetensors"))
         assert engine.engine.draft_versions[-1].name == str((tmp_path / "adapt" / "final").resolve())
         again = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}],
                                                max_tokens=24, temperature=0).choices[0].message.content
@@ -89,6 +87,28 @@ def _wait_for_records(capture, count: int) -> None:
     deadline = time.monotonic() + 20
     while (not capture.is_dir() or len(_records(capture)) < count) and time.monotonic() < deadline:
         time.sleep(0.05)  # a thread of the server writes the records
+    assert len(_records(capture)) == count
+
+
+def test_captured_states_are_the_target_own_over_each_record_as_answered(tmp_path, tokenizer):
+    target = _tiny_target(tokenizer)
+    head = Eagle3Head.for_target(target, torch.arange(2, len(tokenizer)), layer_ids=[0, 1, 2], seed=1)
+    gen = SpeculativeGenerator(target, head, num_draft_tokens=3, tokenizer=tokenizer)
+    capture = tmp_path / "capture"
+    with running_server(gen, tokenizer, capture=str(capture), capture_features=True) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for prompt, stop in [("sort a list", None), ("open a file", ["e", "a"]), ("print it", ["o"])]:
+            client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, temperature=0, stop=stop)
+        _wait_for_records(capture, 3)
+    for record in _records(capture):  # cut by a stop string or not, the states line up with its tokens
+        tokens = record["prompt_ids"] + record["answer_ids"]
+        features, final = load_states([capture / "states"], record["states"], [0, 1, 2], record["target"])
+        with torch.no_grad():
+            hidden = target(input_ids=torch.tensor([tokens]), output_hidden_states=True).hidden_states
+        assert len(features) == len(tokens) - 1
+        torch.testing.assert_close(features, torch.cat([hidden[i] for i in (0, 1, 2)], -1)[0, :-1], atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(final, hidden[-1][0, :-1], atol=1e-4, rtol=1e-4)
 
 
 def test_the_check_keeps_a_head_that_does_not_gain_or_forgets_chat():
