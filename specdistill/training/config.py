@@ -36,7 +36,8 @@ class TrainConfig(DataConfig):
                                      "of what it knew (other traffic) for a little of what it learned")
     ttt_decay: float = option(1.0, "eagle3: draft position j's loss weighs ttt_decay ** (j - 1)")
     feature_cache: str = option("", "eagle3: a directory for the target's features over the training rows, made "
-                                    "once and read by every step instead of running the target", resumable=True)
+                                    "once and read by every step instead of running the target (in `adapt`: "
+                                    "per-record target states, shared by runs and cycles)", resumable=True)
     keep_layers: str = option("0,1,2,-1", "target layers the pruned draft keeps (negative = from the end)")
     output_dir: str = option("runs/draft", "checkpoints, logs and the exported draft (final/, best/) go here")
     teacher_cache: str = option("", "a top-k teacher cache from `specdistill cache-teacher`: its rows and teacher "

@@ -119,11 +119,14 @@ def _replay_source(config: DataConfig):
 
 def with_replay(records: list, config: DataConfig, tokenizer) -> list:
     """``records`` with ``--replay``'s records mixed in (``replay_share`` of the result, drawn at
-    random, all of them if there are fewer), shuffled so every packed row holds both."""
+    random, all of them if there are fewer), shuffled so every packed row holds both. The draw is a
+    prefix of one seeded order of the pool, so more records replay a superset of fewer's (``adapt
+    --every``: a cycle's replayed records' target states are read from the cycle before)."""
     dataset, kind = _replay_source(config)
     pool = dataset_records(dataset, kind, tokenizer)
     rng = random.Random(config.seed)
     wanted = round(len(records) * config.replay_share / (1 - config.replay_share))
-    mixed = records + rng.sample(pool, min(wanted, len(pool)))
+    order = rng.sample(range(len(pool)), len(pool))
+    mixed = records + [pool[i] for i in order[:wanted]]
     rng.shuffle(mixed)
     return mixed

@@ -95,6 +95,9 @@ def test_replay_mixes_its_share_of_records_and_refuses_plain_text(tmp_path, chat
     mixed = with_replay(records, DataConfig(data="unused.jsonl", replay=replay, replay_share=0.5), chat_tokenizer)
     assert len(mixed) == 20 and sorted(r for r in mixed if r[1][0] == 5) == sorted(records)
     assert mixed != records + mixed[10:]  # shuffled, so packed rows hold both
+    more = with_replay(records * 3, DataConfig(data="unused.jsonl", replay=replay, replay_share=0.5), chat_tokenizer)
+    replayed = {tuple(r[1]) for r in more if r[1][0] == 9}
+    assert len(replayed) == 30 and {tuple(r[1]) for r in mixed if r[1][0] == 9} < replayed  # a superset of 10's
     text = _jsonl(tmp_path / "text.jsonl", [{"text": "plain words"}])
     with pytest.raises(ValueError, match="plain text"):
         with_replay(records, DataConfig(data="unused.jsonl", replay=text), chat_tokenizer)
