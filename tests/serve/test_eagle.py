@@ -3,7 +3,7 @@ test trains, and decoding with it stays lossless (greedy equality, exact samplin
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs, sharp_tiny_target, tiny_head
+from serve_helpers import assert_follows, exact_joint, hf_greedy, sampled_pairs
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.eagle_runner import EagleRunner
 from specdistill.serve.tree import TreeShape
@@ -12,16 +12,6 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper
 from specdistill.models import tiny_llama
 from specdistill.models.eagle3 import Eagle3Head, save_head
 from specdistill.models.eagle3_io import load_head
-
-
-@pytest.fixture(scope="module")
-def target():
-    return sharp_tiny_target()
-
-
-@pytest.fixture(scope="module")
-def head(target):
-    return tiny_head(target)
 
 
 def _features(target, head, ids):

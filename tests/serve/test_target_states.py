@@ -4,22 +4,11 @@ the engine stepped (prefill, chains, trees, batches, sampled rows)."""
 
 import pytest
 import torch
-from serve_helpers import sharp_tiny_target, tiny_head
 from specdistill.serve import SpeculativeGenerator
 
 from specdistill.models.eagle3 import Eagle3Head
 
 PROMPTS = [[2, 5, 3, 9], [7, 1, 7, 1, 7, 4, 4], [4, 11], [6, 2, 9, 9, 3, 1, 5, 8, 12]]
-
-
-@pytest.fixture(scope="module")
-def target():
-    return sharp_tiny_target()
-
-
-@pytest.fixture(scope="module")
-def head(target):
-    return tiny_head(target)
 
 
 def _run(gen, capture: bool, **params):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from serve_helpers import assert_follows, exact_joint, hf_greedy, sharp_tiny_target, tiny_head
+from serve_helpers import assert_follows, exact_joint, hf_greedy, tiny_head
 from specdistill.serve import SpeculativeGenerator
 from specdistill.serve.sampling import SamplingParams, warp_probs
 from specdistill.serve.tree import DraftTree, TreeShape, _ancestors
@@ -111,16 +111,6 @@ def test_the_topology_keeps_parents_first_and_draws_in_order():
         siblings = topology.children(parent)
         assert [topology.ranks[c - 1] for c in siblings] == list(range(len(siblings)))
     assert topology.children(0)[:2] == [1, 5] and topology.parents[1] == 1  # the first draws form the trunk
-
-
-@pytest.fixture(scope="module")
-def target():
-    return sharp_tiny_target()
-
-
-@pytest.fixture(scope="module")
-def head(target):
-    return tiny_head(target)
 
 
 def test_sampled_rows_in_the_engine_follow_the_target_with_trees(target, head):
