@@ -120,13 +120,13 @@ def run_adapt(config: AdaptConfig, target=None, tokenizer=None, progress: bool =
     scoring = time.monotonic() - scoring
     log.info("the starting head: %s", before)
     train_records = with_replay(kept, train_config, tokenizer) if train_config.replay else kept
-    states = time.monotonic()
+    states_began = time.monotonic()
     rows = record_state_rows(pack_records(train_records, train_config.seq_len, pad), train_records, target,
                              target_identity(train_config.target), start.layer_ids,
                              Path(train_config.feature_cache).expanduser(),
                              [Path(train_config.data).expanduser() / "states"],
                              lambda: autocast(target.device, train_config.bf16), progress=progress)
-    states = rows.counts | {"minutes": round((time.monotonic() - states) / 60, 2)}
+    states = rows.counts | {"minutes": round((time.monotonic() - states_began) / 60, 2)}
     minutes = train_config.max_minutes - (time.monotonic() - began + scoring) / 60  # the check's scoring kept
     # The rows carry their target states: train must not build a feature cache over them.
     trained = fine_tune(replace(train_config, feature_cache=""), target, tokenizer, rows, minutes, progress)

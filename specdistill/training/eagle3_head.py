@@ -81,9 +81,15 @@ def target_pass(target, head: Eagle3Head, input_ids, draft_vocab_only: bool = Fa
         out = target(input_ids=input_ids, output_hidden_states=True)
         logits = out.logits[..., head.draft_ids] if draft_vocab_only else out.logits
         return torch.cat([out.hidden_states[i] for i in head.layer_ids], -1), logits
+    features, final = target_states(decoder, input_ids, head.layer_ids)
+    return features, F.linear(final, weight[head.draft_ids] if draft_vocab_only else weight)
+
+
+def target_states(decoder, input_ids, layer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's (decoder's) states a head trains on: its features, the hidden states entering
+    ``layer_ids`` concatenated [B, T, len * H], and the final normed hidden state [B, T, H]."""
     out = decoder(input_ids=input_ids, output_hidden_states=True)
-    weight = weight[head.draft_ids] if draft_vocab_only else weight
-    return torch.cat([out.hidden_states[i] for i in head.layer_ids], -1), F.linear(out.last_hidden_state, weight)
+    return torch.cat([out.hidden_states[i] for i in layer_ids], -1), out.last_hidden_state
 
 
 def shifted(x: torch.Tensor, j: int, fill) -> torch.Tensor:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from specdistill.data.batches import Batch, TokenRows
 from specdistill.models import decoder_and_head
 from specdistill.training.checkpoints import save_shard
+from specdistill.training.eagle3_head import target_states
 
 FORMAT_VERSION = 1
 SHARD_ROWS = 256  # rows per shard file: a killed run loses at most one shard of work
@@ -96,8 +97,9 @@ def _write_shard(path: Path, target, ids: torch.Tensor, layer_ids: list[int], au
     features, final = [], []
     for start in range(0, len(ids), forward_batch):
         with autocast():
-            out = decoder(input_ids=ids[start: start + forward_batch].to(device), output_hidden_states=True)
-        features.append(torch.cat([out.hidden_states[i] for i in layer_ids], -1).cpu())
-        final.append(out.last_hidden_state.cpu())
+            batch_features, batch_final = target_states(decoder, ids[start: start + forward_batch].to(device),
+                                                        layer_ids)
+        features.append(batch_features.cpu())
+        final.append(batch_final.cpu())
         bar.update(len(final[-1]))
     save_shard(path, {"features": torch.cat(features).contiguous(), "final": torch.cat(final).contiguous()})

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from specdistill.data.batches import Batch, TokenRows
 from specdistill.models import decoder_and_head
 from specdistill.models.target_states import load_states, record_key, save_states
+from specdistill.training.eagle3_head import target_states
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,14 @@ class RecordStateRows(TokenRows):
     """Packed rows whose batches carry the target's states (``Batch.features``, in ``dtype``), joined
     from ``states[i]`` = (features [n, F], final [n, H]) of record i (None for records left out)."""
 
-    def __init__(self, rows: TokenRows, states: list[tuple[torch.Tensor, torch.Tensor] | None], dtype: torch.dtype):
+    def __init__(self, rows: TokenRows, states: list[tuple[torch.Tensor, torch.Tensor] | None], dtype: torch.dtype,
+                 counts: dict | None = None):
         if rows.segments is None:
             raise ValueError("record states need rows packed from records (pack_records)")
         super().__init__(rows.input_ids, rows.loss_mask, rows.prompts, rows.segments)
         self.states, self.dtype = states, dtype
         self.widths = next((f.shape[1], h.shape[1]) for f, h in (s for s in states if s is not None))
-        self.counts: dict = {}
+        self.counts = counts or {}  # records whose states were read and computed
 
     def batch(self, step: int, batch_size: int, seed: int) -> Batch:
         index = self.batch_rows(step, batch_size, seed)
@@ -91,9 +93,7 @@ def record_state_rows(rows: TokenRows, records: list[tuple[list[int], list[int]]
         save_states(folder, key, *computed, layer_ids, target_name)
         for index in missing[key]:
             states[index] = computed
-    joined = RecordStateRows(rows, states, next(target.parameters()).dtype)
-    joined.counts = {"read": read, "computed": len(missing)}
-    return joined
+    return RecordStateRows(rows, states, next(target.parameters()).dtype, {"read": read, "computed": len(missing)})
 
 
 @torch.no_grad()
@@ -114,9 +114,7 @@ def _computed(target, records, missing: dict[str, list[int]], used: dict[int, in
             longest = len(tokens_of[batch[0]])
             ids = torch.tensor([tokens_of[key] + [0] * (longest - len(tokens_of[key])) for key in batch], device=device)
             with autocast():
-                out = decoder(input_ids=ids, output_hidden_states=True)
-            features = torch.cat([out.hidden_states[i] for i in layer_ids], -1).cpu()
-            final = out.last_hidden_state.cpu()
+                features, final = (part.cpu() for part in target_states(decoder, ids, layer_ids))
             for row, key in enumerate(batch):
                 n = len(tokens_of[key])
                 yield key, (features[row, :n].clone(), final[row, :n].clone())
