@@ -21,7 +21,10 @@ Writing happens in a thread of its own, fed by a queue, so a decode step never w
 disk; files rotate at ``max_bytes`` (capture-<start>-<n>.jsonl). A finished request's target
 states (its head's features and the final hidden state at every position the target read, about
 4.6 KB a token for SmolLM2-135M with a 3-layer head, in bf16) are written before its record, so a
-record that names them finds them.
+record that names them finds them. The states waiting for the writer are bounded
+(``max_pending_states``, 1 GiB): past it a record is queued without its states (counted in
+``states_skipped``), so a slow disk costs ``specdistill adapt`` a recomputation, never the server
+its memory.
 """
 
 from __future__ import annotations
@@ -46,14 +49,17 @@ class TrafficCapture:
     """Appends records to rotated JSON-lines files in ``directory`` from a background thread.
     ``sample`` is the share of requests kept (decided per request by ``wants``)."""
 
-    def __init__(self, directory: str | Path, sample: float = 1.0, max_bytes: int = 64 << 20, seed: int | None = None):
+    def __init__(self, directory: str | Path, sample: float = 1.0, max_bytes: int = 64 << 20, seed: int | None = None,
+                 max_pending_states: int = 1 << 30):
         if not 0 < sample <= 1:
             raise ValueError(f"capture sample must be in (0, 1], got {sample}")
         if max_bytes < 1:
             raise ValueError(f"capture max_bytes must be >= 1, got {max_bytes}")
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.sample, self.max_bytes = sample, max_bytes
+        self.sample, self.max_bytes, self.max_pending_states = sample, max_bytes, max_pending_states
+        self.states_skipped = 0  # records queued without their states, past max_pending_states
+        self._pending_states, self._pending_lock = 0, threading.Lock()
         self._random = random.Random(seed)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._prefix = f"capture-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -61,13 +67,28 @@ class TrafficCapture:
         self._thread = threading.Thread(target=self._write_all, name="specdistill-capture", daemon=True)
         self._thread.start()
 
+    @property
+    def pending_states(self) -> int:
+        """Bytes of target states queued and not yet written."""
+        return self._pending_states
+
     def wants(self) -> bool:
         return self.sample >= 1 or self._random.random() < self.sample
 
     def add(self, record: dict, states=None) -> None:
         """Queue a record; never blocks. ``states``: (the request's ``target_states`` pieces, the head's
-        layer ids, the target's hidden size), written to ``DIR/states`` when the request finished."""
-        self._queue.put((record, states))
+        layer ids, the target's hidden size), written to ``DIR/states`` when the request finished; dropped
+        when the states already waiting would exceed ``max_pending_states`` bytes."""
+        size = sum(p.numel() * p.element_size() for p in states[0]) if states else 0
+        with self._pending_lock:
+            if size and self._pending_states + size > self.max_pending_states:
+                if not self.states_skipped:
+                    log.warning("capture: the writer is %d MB of target states behind; records are queued "
+                                "without them until it catches up (adapt computes them)", self._pending_states >> 20)
+                self.states_skipped += 1
+                states, size = None, 0
+            self._pending_states += size
+        self._queue.put((record, states, size))
 
     def close(self) -> None:
         """Write what is queued, then stop."""
@@ -76,12 +97,14 @@ class TrafficCapture:
 
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not _END:
-            record, states = item
+            record, states, size = item
             try:
                 if states and record["status"] == "finished":
                     record["states"] = self._write_states(record, *states)
             except Exception:  # the record is still worth keeping: adapt computes its states
                 log.exception("capture: a request's target states could not be written")
+            with self._pending_lock:
+                self._pending_states -= size
             try:
                 self._write(json.dumps(record, ensure_ascii=False) + "\n")
             except Exception:  # a full disk must not stop serving; the record is lost, and said so

@@ -7,7 +7,8 @@ counters are defined): ``…:spec_decode_num_drafts`` (steps that drafted),
 length = 1 + accepted / drafts. The same three ``…_by_draft`` per draft version (labels ``draft``,
 ``draft_version``; ``POST /admin/draft`` adds versions), and ``…:draft_info`` names the serving one.
 Also queue depth, running rows, request counts,
-tokens, time to first token and inter-token latency.
+tokens, time to first token and inter-token latency; with ``--capture``, the target states waiting
+for the capture's writer (bytes) and the records queued without theirs (``capture.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5
 
 
 class ServerMetrics:
-    def __init__(self, engine, model_name: str):
+    def __init__(self, engine, model_name: str, capture=None):
         self.registry = CollectorRegistry()
         labels = {"model_name": model_name}
         self._labels = labels
@@ -40,6 +41,8 @@ class ServerMetrics:
         self.e2e = Histogram(f"{p}:e2e_request_latency_seconds", "Seconds from arrival to the last token",
                              ["model_name"], buckets=LATENCY_BUCKETS, registry=registry).labels(**labels)
         registry.register(_EngineCollector(engine, labels))
+        if capture is not None:
+            registry.register(_CaptureCollector(capture, labels))
 
     def finished(self, reason: str) -> None:
         self.requests.labels(finished_reason=reason, **self._labels).inc()
@@ -101,3 +104,22 @@ class _EngineCollector:
             for version in engine.draft_versions:
                 counter.add_metric([*values, version.name, str(version.version)], version.counts(now)[key])
             yield counter
+
+
+class _CaptureCollector:
+    """How far the capture's writer is behind, read when scraped."""
+
+    def __init__(self, capture, labels: dict):
+        self.capture, self.labels = capture, labels
+
+    def collect(self):
+        names, values = list(self.labels), list(self.labels.values())
+        pending = GaugeMetricFamily(f"{PREFIX}:capture_pending_states_bytes",
+                                    "Bytes of target states waiting for the capture's writer", labels=names)
+        pending.add_metric(values, self.capture.pending_states)
+        yield pending
+        skipped = CounterMetricFamily(f"{PREFIX}:capture_states_skipped",
+                                      "Captured records queued without their target states (the writer was behind)",
+                                      labels=names)
+        skipped.add_metric(values, self.capture.states_skipped)
+        yield skipped

@@ -80,10 +80,10 @@ def build_app(engine: AsyncEngine, tokenizer, config: ServeConfig, model_name: s
               start_engine: bool = True) -> FastAPI:
     """The FastAPI app over an ``AsyncEngine``, which it starts in a thread of its own
     with the app (``start_engine``), or which the caller steps (``run_forever``)."""
-    metrics = ServerMetrics(engine, model_name)
     app = FastAPI(title="specdistill", lifespan=_lifespan)
     capture = TrafficCapture(config.capture, config.capture_sample, config.capture_max_mb << 20) \
         if config.capture else None
+    metrics = ServerMetrics(engine, model_name, capture)
     engine.engine.capture_states = bool(capture and config.capture_features)
     app.state.server = ServerState(engine, tokenizer, config, model_name, metrics, start_engine, capture,
                                    target_identity(config.target) if capture else "")

@@ -174,6 +174,9 @@ def test_captured_requests_are_records_the_trainer_reads(tmp_path, tokenizer, mo
         body = {"model": MODEL, "prompt": "define a class", "max_tokens": 64, "temperature": 0, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=body) as response:
             next(response.iter_lines())  # the client goes away after the first event
+        metrics = httpx.get(url + "/metrics").text
+        assert 'specdistill:capture_states_skipped_total{model_name="tiny"} 0.0' in metrics
+        assert "specdistill:capture_pending_states_bytes{" in metrics
     records = _records(capture)  # the writer is drained when the server stops
     assert len(records) == 1 + 4 + 1
     first = records[0]
@@ -210,6 +213,34 @@ def test_capture_samples_and_rotates_off_the_caller(tmp_path):
     assert [r["i"] for r in _records(tmp_path)] == list(range(100))
     with pytest.raises(ValueError, match="sample"):
         TrafficCapture(tmp_path, sample=0)
+
+
+def test_states_behind_the_writer_are_bounded_and_their_records_kept(tmp_path):
+    """Past ``max_pending_states`` bytes waiting, a record is queued without its states (adapt computes them)."""
+    import threading
+
+    from specdistill.models.target_states import load_states
+
+    hidden, layers = 8, [0, 1]
+    piece = torch.randn(6, (len(layers) + 1) * hidden)  # 6 positions: a prompt of 4, an answer of 3
+    capture = TrafficCapture(tmp_path, max_pending_states=2 * piece.numel() * 4)
+    release, write_states = threading.Event(), capture._write_states
+
+    def slow_disk(*args):
+        release.wait(10)
+        return write_states(*args)
+    capture._write_states = slow_disk
+    for i in range(3):
+        record = {"i": i, "status": "finished", "target": "tiny", "prompt_ids": [1, 2, 3, i], "answer_ids": [5, 6, 7]}
+        capture.add(record, ([piece.clone()], layers, hidden))
+    assert capture.states_skipped == 1 and capture.pending_states == 2 * piece.numel() * 4
+    release.set()
+    capture.close()
+    records = _records(tmp_path)
+    assert [r["i"] for r in records] == [0, 1, 2] and capture.pending_states == 0
+    assert [("states" in r) for r in records] == [True, True, False]
+    features, final = load_states([tmp_path / "states"], records[1]["states"], layers, "tiny")
+    torch.testing.assert_close(final, piece[:, -hidden:])
 
 
 def test_a_saved_head_swaps_in_by_its_folder(tmp_path):
