@@ -62,6 +62,8 @@ from specdistill.data.batches import record_rows
 from specdistill.data.captured import read_capture
 from specdistill.data.corpora import stdlib_files
 from specdistill.data.prompts import HELDOUT_PROMPTS, Conversation, by_category, read_conversations
+from specdistill.data.sql_prompts import DOMAINS as SQL_DOMAINS
+from specdistill.data.sql_prompts import sql_prompts
 from specdistill.data.task_prompts import module_docs, task_prompts
 from specdistill.measure import measure_speculative
 from specdistill.models import load_target
@@ -81,7 +83,8 @@ BLEND_START = 0.3
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", default="translation", help="a task of make-prompts --source tasks")
-    parser.add_argument("--heldout", default=str(ROOT / "bench/prompts/broad-heldout.jsonl"))
+    parser.add_argument("--heldout", default="", help="hand-written held-out requests with the domain's category "
+                        "(default: bench/prompts/sql-heldout.jsonl for sql, else broad-heldout.jsonl)")
     parser.add_argument("--capture-requests", type=int, default=1000)
     parser.add_argument("--reuse-capture", default="",
                         help="adapt on this capture folder (an earlier run's OUT/capture) instead of capturing anew")
@@ -115,10 +118,16 @@ def parse_args():
 
 
 def domain_prompts(domain: str, count: int, heldout: int, seed: int) -> tuple[list[str], list[str]]:
-    """``count`` and ``heldout`` distinct first turns of the domain's task prompts from the standard library's
-    documentation; the held-out ones from a tenth of its modules, which the others never use, so that they
-    share no document with the captured requests."""
+    """``count`` and ``heldout`` distinct first turns of the domain's task prompts: from the standard library's
+    documentation, the held-out ones from a tenth of its modules, which the others never use, so that they
+    share no document with the captured requests; for ``sql``, the held-out ones from three of its template
+    domains (schemas) that the others never use."""
     rng = random.Random(seed)
+    if domain == "sql":
+        names = sorted(SQL_DOMAINS)
+        rng.shuffle(names)
+        return ([r["prompt"] for r in sql_prompts(count, rng, names[3:])],
+                [r["prompt"] for r in sql_prompts(heldout, rng, names[:3])])
     docs = module_docs(stdlib_files())
     rng.shuffle(docs)
     cut = max(1, len(docs) // 10)
@@ -236,6 +245,8 @@ def adapt(capture: Path, out: Path, args) -> dict:
 
 def main():
     args = parse_args()
+    args.heldout = args.heldout or str(ROOT / "bench/prompts" / ("sql-heldout.jsonl" if args.domain == "sql"
+                                                                   else "broad-heldout.jsonl"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     heldout = by_category(read_conversations(args.heldout))

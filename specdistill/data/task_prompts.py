@@ -16,6 +16,8 @@ from templates written for this project; the target then answers each prompt as 
     math            a word problem with a step-by-step answer (``specdistill.data.math_problems``)
     code            write or explain a function (``specdistill.data.prompt_mining``)
     rag             a question over four passages of different modules, one of them relevant
+    sql             a schema of two or three tables and a question, answered as a query
+                    (``specdistill.data.sql_prompts``: templates of our own; not in the broad mix)
 
 Held-out prompts are left out. A measured set must come from other sources
 (``bench/prompts/broad-heldout.jsonl`` uses installed packages' READMEs and hand-written requests).
@@ -33,8 +35,9 @@ from tqdm.auto import tqdm
 
 from specdistill.data.everyday_prompts import everyday_prompts
 from specdistill.data.math_problems import math_problems
+from specdistill.data.sql_prompts import sql_prompts
 
-TASKS = ("chat", "everyday", "translation", "summarization", "qa", "extraction", "math", "code", "rag")
+TASKS = ("chat", "everyday", "translation", "summarization", "qa", "extraction", "math", "code", "rag", "sql")
 # Named mixes (``make-prompts --mix broad``): task weights, normalized to shares. ``broad`` weighs
 # chat (Python and everyday) and code double (most of what users send), the rest once each.
 MIXES = {"broad": "chat:1,everyday:2,translation:1,summarization:1,qa:1,extraction:1,math:1,code:2,rag:1"}
@@ -124,6 +127,8 @@ def task_prompts(task: str, docs: list[ModuleDoc], count: int, rng: random.Rando
         return [r | {"category": "math"} for r in math_problems(count, rng.randrange(2**31))]
     if task == "everyday":
         return [r | {"category": "everyday", "source": "specdistill templates"} for r in everyday_prompts(count, rng)]
+    if task == "sql":
+        return [r | {"category": "sql"} for r in sql_prompts(count, rng)]
     rows = []
     for _ in range(count * 4):
         if len(rows) >= count:
