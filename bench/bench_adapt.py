@@ -1,13 +1,14 @@
-"""One capture-adapt-swap cycle on a domain the shipped head drafts poorly (translation by default).
+"""One capture-adapt-swap cycle on a domain the shipped head drafts poorly (translation by default, or sql).
 
     python bench/bench_adapt.py                     # ~1,000 captured requests, 15 minutes of adapting
+    python bench/bench_adapt.py --domain sql --out runs/adapt-sql   # text-to-SQL (held out: 3 schema domains)
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
     python bench/bench_adapt.py --reuse-capture runs/adapt/capture --ttt-steps 2 --out runs/adapt-ttt2   # adapt again
 
 1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture --capture-features``
             answers ``--capture-requests`` requests of the domain, made from the standard library's
-            documentation (``make-prompts --source tasks``), 16 clients at a time, greedy and T = 0.7
-            alternately; it keeps the target states it served them with, so the adapt reads them
+            documentation (``make-prompts --source tasks``; sql: from its templates), 16 clients at a time,
+            greedy and T = 0.7 alternately; it keeps the target states it served them with, so the adapt reads them
 2. adapt    ``specdistill adapt`` without ``--swap-url`` (its defaults: ``--lr 1e-3 --ttt-steps 3 --blend-start 0.3
             --head-vocab-size 13312``) for the minutes given, its check included: a tenth of the capture is held
             back, the shipped head and the adapted one are scored on it and on chat (predicted τ of a chain of

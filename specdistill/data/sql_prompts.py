@@ -137,6 +137,10 @@ class Table:
     singular: str
     columns: list[Column]
 
+    @property
+    def words(self) -> str:
+        return self.name.replace("_", " ")
+
     def of(self, kind: str) -> list[Column]:
         return [c for c in self.columns if c.kind == kind]
 
@@ -169,16 +173,16 @@ def _single(t: Table, rng: random.Random) -> str | None:
     text, cat, num, date = (rng.choice(t.of(k)) if t.of(k) else None for k in ("text", "cat", "num", "date"))
     year = rng.randint(2018, 2025)
     templates = [
-        (cat, lambda: f"How many {t.name.replace('_', ' ')} are there for each {cat.words}?"),
+        (cat, lambda: f"How many {t.words} are there for each {cat.words}?"),
         (num and text, lambda: f"List the {text.words} of every {t.singular} with {num.words} above "
                                f"{_value(num, rng)}."),
-        (num and text, lambda: f"Which {rng.choice((3, 5, 10))} {t.name.replace('_', ' ')} have the highest "
+        (num and text, lambda: f"Which {rng.choice((3, 5, 10))} {t.words} have the highest "
                                f"{num.words}? Show their {text.words} and {num.words}."),
         (num and cat, lambda: f"What is the average {num.words} per {cat.words}?"),
         (cat and text, lambda: f"Show the {text.words} of each {t.singular} whose {cat.words} is "
                                f"{_value(cat, rng)}, sorted alphabetically."),
-        (date, lambda: f"Find all {t.name.replace('_', ' ')} with a {date.words} in {year}, newest first."),
-        (cat and num, lambda: f"How many {t.name.replace('_', ' ')} have {cat.words} {_value(cat, rng)} and "
+        (date, lambda: f"Find all {t.words} with a {date.words} in {year}, newest first."),
+        (cat and num, lambda: f"How many {t.words} have {cat.words} {_value(cat, rng)} and "
                               f"{num.words} below {_value(num, rng)}?"),
         (cat and num, lambda: f"What is the largest {num.words} for {cat.words} {_value(cat, rng)}?"),
         (cat, lambda: f"List the distinct values of {cat.words} in {t.name}, in alphabetical order."),
@@ -194,7 +198,7 @@ def _joined(parent: Table, child: Table, rng: random.Random) -> str | None:
     if label is None:
         return None
     num = rng.choice(child.of("num")) if child.of("num") else None
-    children = child.name.replace("_", " ")
+    children = child.words
     templates = [
         lambda: f"For each {parent.singular}, give its {label.words} and the number of {children}.",
         lambda: f"List the {label.words} of {parent.name} that have at least {rng.randint(2, 10)} {children}.",

@@ -29,7 +29,7 @@ class MakePromptsConfig:
     mix: str = option("broad", "with source tasks: a named mix (broad = chat:1,everyday:2,translation:1,"
                                "summarization:1,qa:1,extraction:1,math:1,code:2,rag:1) or task:weight pairs of chat "
                                "(two turns about Python), everyday (two turns of everyday chat), translation, "
-                               "summarization, qa, extraction, math, code, rag")
+                               "summarization, qa, extraction, math, code, rag, sql (text-to-SQL; not in broad)")
     writer: str = option("smollm2-135m", "with source target: the model that writes them (local dir or default)")
     out: str = option("runs/teacher-data/prompts.jsonl", "the JSONL file of prompts (replaced)")
     max_prompts: int = option(5000, "keep at most this many (a seeded random choice)")
