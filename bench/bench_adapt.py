@@ -24,7 +24,11 @@
             times each on every set, so that both see the same seconds of a host whose speed drifts:
             held-out requests of the domain, two sets (``--heldout``'s category: hand-written, other text
             than the capture's; and ``--heldout-generated`` requests made like the captured ones but never
-            sent, the traffic the server sees next), and the held-out chat prompts
+            sent, the traffic the server sees next), and the held-out chat prompts. For sql the generated
+            ones come from 3 schema domains the capture never uses, and the hand-written ones from other
+            domains (``bench/prompts/sql-heldout.jsonl``); the captured requests are near-duplicates of each
+            other (60–90 questions and 6 ways of asking per schema), so the check's held-back tenth is barely
+            held out: the two held-out sets are the measure
 
 Also, per set, the check's score of both heads along the target's own greedy answers (teacher-forced predicted τ
 of a chain of 4: the same tokens for both, where decoding in bf16 may flip a near-tie of the target's logits

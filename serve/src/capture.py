@@ -53,13 +53,15 @@ class TrafficCapture:
                  max_pending_states: int = 1 << 30):
         if not 0 < sample <= 1:
             raise ValueError(f"capture sample must be in (0, 1], got {sample}")
+        if max_pending_states < 0:
+            raise ValueError(f"capture max_pending_states must be >= 0 bytes, got {max_pending_states}")
         if max_bytes < 1:
             raise ValueError(f"capture max_bytes must be >= 1, got {max_bytes}")
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sample, self.max_bytes, self.max_pending_states = sample, max_bytes, max_pending_states
         self.states_skipped = 0  # records queued without their states, past max_pending_states
-        self._pending_states, self._pending_lock = 0, threading.Lock()
+        self._pending_states, self._pending_lock, self._behind = 0, threading.Lock(), False
         self._random = random.Random(seed)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._prefix = f"capture-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -79,12 +81,15 @@ class TrafficCapture:
         """Queue a record; never blocks. ``states``: (the request's ``target_states`` pieces, the head's
         layer ids, the target's hidden size), written to ``DIR/states`` when the request finished; dropped
         when the states already waiting would exceed ``max_pending_states`` bytes."""
+        if record.get("status") != "finished":
+            states = None  # only finished records train: the writer would drop them
         size = sum(p.numel() * p.element_size() for p in states[0]) if states else 0
         with self._pending_lock:
             if size and self._pending_states + size > self.max_pending_states:
-                if not self.states_skipped:
+                if not self._behind:  # once per backlog, not per record
                     log.warning("capture: the writer is %d MB of target states behind; records are queued "
                                 "without them until it catches up (adapt computes them)", self._pending_states >> 20)
+                self._behind = True
                 self.states_skipped += 1
                 states, size = None, 0
             self._pending_states += size
@@ -105,6 +110,8 @@ class TrafficCapture:
                 log.exception("capture: a request's target states could not be written")
             with self._pending_lock:
                 self._pending_states -= size
+                self._behind = self._behind and self._pending_states > self.max_pending_states // 2
+            del item, states  # nothing of this record stays alive while the writer waits for the next
             try:
                 self._write(json.dumps(record, ensure_ascii=False) + "\n")
             except Exception:  # a full disk must not stop serving; the record is lost, and said so

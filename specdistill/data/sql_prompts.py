@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 
 # A domain: tables as "name/singular: column TYPE [kind[=values]], ...". The kinds a question can use:
-# text (a name to show), cat=a|b|c (a category and some of its values), num=low..high, date, fk=table.
+# text (a name to show), cat=a|b|c (a category and some of its values), num=low..high (an amount: totals make
+# sense), level=low..high (a number that is compared and averaged, never added up), date, fk=table.
 DOMAINS = {
     "company": ["employees/employee: id INTEGER, full_name TEXT text, department TEXT cat=Sales|Support|Finance|"
                 "Engineering, salary REAL num=30000..120000, hired_on DATE date, manager_id INTEGER",
@@ -27,28 +28,29 @@ DOMAINS = {
              "orders/order: id INTEGER, customer_id INTEGER fk=customers, total REAL num=5..900, "
              "status TEXT cat=paid|shipped|returned, placed_on DATE date"],
     "library": ["authors/author: id INTEGER, name TEXT text, country TEXT cat=France|Japan|Chile|Canada",
-                "books/book: id INTEGER, title TEXT text, author_id INTEGER fk=authors, year INTEGER num=1950..2024, "
+                "books/book: id INTEGER, title TEXT text, author_id INTEGER fk=authors, year INTEGER level=1950..2024, "
                 "genre TEXT cat=poetry|crime|history|science",
                 "loans/loan: id INTEGER, book_id INTEGER fk=books, borrowed_on DATE date, days INTEGER num=1..60"],
-    "cinema": ["movies/movie: id INTEGER, title TEXT text, rating TEXT cat=G|PG|R, minutes INTEGER num=70..200",
+    "cinema": ["movies/movie: id INTEGER, title TEXT text, rating TEXT cat=G|PG|R, minutes INTEGER level=70..200",
                "screenings/screening: id INTEGER, movie_id INTEGER fk=movies, starts_at TIMESTAMP date, "
                "seats_sold INTEGER num=0..300"],
     "airline": ["airports/airport: code TEXT text, city TEXT cat=Madrid|Oslo|Dublin|Athens",
                 "flights/flight: id INTEGER, origin TEXT, destination TEXT cat=Madrid|Oslo|Dublin|Athens, "
-                "departs_at TIMESTAMP date, seats INTEGER num=50..400, price REAL num=40..900"],
+                "departs_at TIMESTAMP date, seats INTEGER level=50..400, price REAL level=40..900"],
     "clinic": ["patients/patient: id INTEGER, name TEXT text, city TEXT cat=Nantes|Graz|Turin|Ghent, "
                "birth_date DATE date",
                "visits/visit: id INTEGER, patient_id INTEGER fk=patients, doctor TEXT cat=Dr. Lane|Dr. Ortiz|"
                "Dr. Kim, visited_on DATE date, cost REAL num=20..400"],
     "school": ["students/student: id INTEGER, name TEXT text, grade INTEGER cat=9|10|11|12, enrolled_on DATE date",
-               "courses/course: id INTEGER, title TEXT text, credits INTEGER num=1..6",
+               "courses/course: id INTEGER, title TEXT text, credits INTEGER level=1..6",
                "enrollments/enrollment: student_id INTEGER fk=students, course_id INTEGER fk=courses, "
-               "score REAL num=0..100"],
+               "score REAL level=0..100"],
     "warehouse": ["suppliers/supplier: id INTEGER, name TEXT text, country TEXT cat=Italy|Mexico|Vietnam|Poland",
                   "products/product: sku TEXT, name TEXT text, supplier_id INTEGER fk=suppliers, "
-                  "category TEXT cat=tools|garden|kitchen|toys, stock INTEGER num=0..500, unit_price REAL num=1..300"],
+                  "category TEXT cat=tools|garden|kitchen|toys, stock INTEGER num=0..500, "
+                  "unit_price REAL level=1..300"],
     "hotel": ["hotels/hotel: id INTEGER, name TEXT text, city TEXT cat=Rome|Vienna|Prague|Seville, "
-              "stars INTEGER num=1..5",
+              "stars INTEGER level=1..5",
               "bookings/booking: id INTEGER, hotel_id INTEGER fk=hotels, guest TEXT text, check_in DATE date, "
               "nights INTEGER num=1..14, amount REAL num=60..3000"],
     "music": ["artists/artist: id INTEGER, name TEXT text, genre TEXT cat=jazz|rock|folk|techno",
@@ -60,12 +62,12 @@ DOMAINS = {
                "players/player: id INTEGER, team_id INTEGER fk=teams, name TEXT text, position TEXT "
                "cat=goalkeeper|defender|midfielder|forward, goals INTEGER num=0..40, born_on DATE date"],
     "rentals": ["cars/car: id INTEGER, plate TEXT text, model TEXT cat=Clio|Golf|Corolla|Model 3, "
-                "mileage INTEGER num=1000..200000",
+                "mileage INTEGER level=1000..200000",
                 "rentals/rental: id INTEGER, car_id INTEGER fk=cars, customer TEXT text, picked_up DATE date, "
                 "days INTEGER num=1..30, fee REAL num=30..2500"],
     "support": ["agents/agent: id INTEGER, name TEXT text, team TEXT cat=billing|technical|returns",
                 "tickets/ticket: id INTEGER, agent_id INTEGER fk=agents, subject TEXT text, priority TEXT "
-                "cat=low|normal|high|urgent, opened_at TIMESTAMP date, minutes_to_close INTEGER num=5..5000"],
+                "cat=low|normal|high|urgent, opened_at TIMESTAMP date, minutes_to_close INTEGER level=5..5000"],
     "billing": ["clients/client: id INTEGER, company TEXT text, country TEXT cat=Spain|Kenya|Peru|Norway",
                 "invoices/invoice: id INTEGER, client_id INTEGER fk=clients, amount REAL num=100..50000, "
                 "issued_on DATE date, state TEXT cat=open|paid|overdue"],
@@ -73,28 +75,28 @@ DOMAINS = {
                   "shipments/shipment: id INTEGER, depot_id INTEGER fk=depots, weight_kg REAL num=1..2000, "
                   "shipped_on DATE date, carrier TEXT cat=DHL|UPS|FedEx"],
     "events": ["events/event: id INTEGER, name TEXT text, venue TEXT cat=Hall A|Hall B|Garden, "
-               "held_on DATE date, capacity INTEGER num=20..2000",
+               "held_on DATE date, capacity INTEGER level=20..2000",
                "tickets_sold/sale: event_id INTEGER fk=events, buyer TEXT text, price REAL num=5..250, "
                "sold_at TIMESTAMP date"],
     "recipes": ["recipes/recipe: id INTEGER, name TEXT text, cuisine TEXT cat=Thai|Greek|Mexican|Indian, "
-                "prep_minutes INTEGER num=5..180",
+                "prep_minutes INTEGER level=5..180",
                 "ingredients/ingredient: recipe_id INTEGER fk=recipes, item TEXT text, grams INTEGER num=1..1000"],
     "sensors": ["devices/device: id INTEGER, label TEXT text, room TEXT cat=kitchen|lab|office|garage, "
                 "installed_on DATE date",
                 "readings/reading: device_id INTEGER fk=devices, taken_at TIMESTAMP date, "
-                "temperature REAL num=-10..45, humidity REAL num=0..100"],
+                "temperature REAL level=-10..45, humidity REAL level=0..100"],
     "blog": ["users/user: id INTEGER, username TEXT text, country TEXT cat=Chile|Egypt|Ireland|Korea, "
              "signed_up DATE date",
              "posts/post: id INTEGER, user_id INTEGER fk=users, title TEXT text, published_on DATE date, "
              "views INTEGER num=0..100000",
              "comments/comment: id INTEGER, post_id INTEGER fk=posts, body TEXT text, likes INTEGER num=0..500"],
     "gym": ["members/member: id INTEGER, name TEXT text, plan TEXT cat=basic|plus|premium, joined_on DATE date",
-            "classes/class: id INTEGER, title TEXT text, coach TEXT cat=Ana|Ben|Chloe, minutes INTEGER num=30..90",
-            "attendance/attendance: member_id INTEGER fk=members, class_id INTEGER fk=classes, "
-            "attended_on DATE date"],
+            "classes/class: id INTEGER, title TEXT text, coach TEXT cat=Ana|Ben|Chloe, minutes INTEGER level=30..90",
+            "check_ins/check_in: member_id INTEGER fk=members, class_id INTEGER fk=classes, "
+            "checked_in_on DATE date"],
     "realty": ["agents/agent: id INTEGER, name TEXT text, office TEXT cat=downtown|harbour|airport",
                "listings/listing: id INTEGER, agent_id INTEGER fk=agents, address TEXT text, price REAL "
-               "num=80000..2000000, bedrooms INTEGER num=1..6, listed_on DATE date"],
+               "level=80000..2000000, bedrooms INTEGER level=1..6, listed_on DATE date"],
     "transit": ["stations/station: id INTEGER, name TEXT text, line TEXT cat=red|blue|green|yellow",
                 "trips/trip: id INTEGER, station_id INTEGER fk=stations, rider_type TEXT cat=adult|student|senior, "
                 "fare REAL num=1..12, tapped_at TIMESTAMP date"],
@@ -102,7 +104,7 @@ DOMAINS = {
              "harvests/harvest: field_id INTEGER fk=fields, harvested_on DATE date, tonnes REAL num=1..2000"],
     "courses_online": ["instructors/instructor: id INTEGER, name TEXT text, field TEXT cat=design|data|writing",
                        "lessons/lesson: id INTEGER, instructor_id INTEGER fk=instructors, title TEXT text, "
-                       "minutes INTEGER num=3..90, published_on DATE date, views INTEGER num=0..90000"],
+                       "minutes INTEGER level=3..90, published_on DATE date, views INTEGER num=0..90000"],
 }
 ASKS = (
     "Given this SQLite schema:\n\n{schema}\n\nWrite one SQL query that answers: {question} Reply with the query only.",
@@ -161,16 +163,19 @@ def parse_table(spec: str) -> Table:
 
 
 def _value(column: Column, rng: random.Random) -> str:
-    """A literal for a WHERE clause: one of a category's values, or a round point of a number's range."""
+    """A literal for a WHERE clause: one of a category's values (quoted if text), or a round point of a number's
+    range."""
     if column.kind == "cat":
-        return f"'{rng.choice(column.values.split('|'))}'"
+        value = rng.choice(column.values.split("|"))
+        return f"'{value}'" if column.type == "TEXT" else value
     low, high = (float(x) for x in column.values.split(".."))
     return str(int(low + (high - low) * rng.choice((0.2, 0.25, 0.5, 0.6, 0.75, 0.9))))
 
 
 def _single(t: Table, rng: random.Random) -> str | None:
     """A question over one table, or None when the table lacks the columns the drawn template needs."""
-    text, cat, num, date = (rng.choice(t.of(k)) if t.of(k) else None for k in ("text", "cat", "num", "date"))
+    text, cat, amount, date = (rng.choice(t.of(k)) if t.of(k) else None for k in ("text", "cat", "num", "date"))
+    num = rng.choice(t.of("num") + t.of("level")) if t.of("num") + t.of("level") else None  # compared, averaged
     year = rng.randint(2018, 2025)
     templates = [
         (cat, lambda: f"How many {t.words} are there for each {cat.words}?"),
@@ -181,12 +186,12 @@ def _single(t: Table, rng: random.Random) -> str | None:
         (num and cat, lambda: f"What is the average {num.words} per {cat.words}?"),
         (cat and text, lambda: f"Show the {text.words} of each {t.singular} whose {cat.words} is "
                                f"{_value(cat, rng)}, sorted alphabetically."),
-        (date, lambda: f"Find all {t.words} with a {date.words} in {year}, newest first."),
+        (date, lambda: f"Find all {t.words} whose {date.words} is in {year}, newest first."),
         (cat and num, lambda: f"How many {t.words} have {cat.words} {_value(cat, rng)} and "
                               f"{num.words} below {_value(num, rng)}?"),
         (cat and num, lambda: f"What is the largest {num.words} for {cat.words} {_value(cat, rng)}?"),
         (cat, lambda: f"List the distinct values of {cat.words} in {t.name}, in alphabetical order."),
-        (num and date, lambda: f"What was the total {num.words} per month in {year}?"),
+        (amount and date, lambda: f"What was the total {amount.words} per month in {year}?"),
     ]
     usable = [make for ok, make in templates if ok]
     return rng.choice(usable)() if usable else None
@@ -197,18 +202,20 @@ def _joined(parent: Table, child: Table, rng: random.Random) -> str | None:
     label = (parent.of("text") or parent.of("cat") or [None])[0]
     if label is None:
         return None
-    num = rng.choice(child.of("num")) if child.of("num") else None
+    amount = rng.choice(child.of("num")) if child.of("num") else None
+    num = rng.choice(child.of("num") + child.of("level")) if child.of("num") + child.of("level") else None
     children = child.words
     templates = [
         lambda: f"For each {parent.singular}, give its {label.words} and the number of {children}.",
         lambda: f"List the {label.words} of {parent.name} that have at least {rng.randint(2, 10)} {children}.",
         lambda: f"Which {parent.name} have no {children} at all?",
     ]
+    if amount is not None:
+        templates.append(lambda: f"What is the total {amount.words} of {children} for each {parent.singular}'s "
+                                 f"{label.words}? Highest first.")
     if num is not None:
-        templates += [lambda: f"What is the total {num.words} of {children} for each {parent.singular}'s "
-                              f"{label.words}? Highest first.",
-                      lambda: f"Show the {label.words} of the {parent.singular} with the highest average "
-                              f"{num.words} over its {children}."]
+        templates.append(lambda: f"Show the {label.words} of the {parent.singular} with the highest average "
+                                 f"{num.words} over its {children}.")
     return rng.choice(templates)()
 
 

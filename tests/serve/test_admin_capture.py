@@ -243,6 +243,19 @@ def test_states_behind_the_writer_are_bounded_and_their_records_kept(tmp_path):
     torch.testing.assert_close(final, piece[:, -hidden:])
 
 
+def test_states_that_fail_or_would_not_train_leave_the_budget_free(tmp_path):
+    hidden, piece = 8, torch.randn(6, 16)
+    capture = TrafficCapture(tmp_path / "a", max_pending_states=piece.numel() * 4)
+    capture._write_states = lambda *args: 1 / 0  # a broken disk: the record is kept, its bytes released
+    capture.add({"i": 0, "status": "finished"}, ([piece], [0], hidden))
+    capture.close()
+    assert capture.pending_states == 0 and "states" not in _records(tmp_path / "a")[0]
+    capture = TrafficCapture(tmp_path / "b", max_pending_states=piece.numel() * 4)
+    capture.add({"i": 0, "status": "cancelled"}, ([piece], [0], hidden))  # never trains: no bytes held for it
+    assert capture.pending_states == 0 and capture.states_skipped == 0
+    capture.close()
+
+
 def test_a_saved_head_swaps_in_by_its_folder(tmp_path):
     from specdistill.serve.async_engine import AsyncEngine
 
