@@ -104,7 +104,7 @@ class TrafficCapture:
         while (item := self._queue.get()) is not _END:
             record, states, size = item
             try:
-                if states and record["status"] == "finished":
+                if states:  # ``add`` keeps them for finished records only
                     record["states"] = self._write_states(record, *states)
             except Exception:  # the record is still worth keeping: adapt computes its states
                 log.exception("capture: a request's target states could not be written")

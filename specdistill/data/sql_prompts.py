@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 
 # A domain: tables as "name/singular: column TYPE [kind[=values]], ...". The kinds a question can use:
 # text (a name to show), cat=a|b|c (a category and some of its values), num=low..high (an amount: totals make
@@ -162,6 +163,16 @@ def parse_table(spec: str) -> Table:
     return Table(name, singular, columns)
 
 
+@cache
+def domain_tables(domain: str) -> tuple[Table, ...]:
+    """A domain's tables, parsed once (never mutated)."""
+    return tuple(parse_table(spec) for spec in DOMAINS[domain])
+
+
+def _pick(columns: list[Column], rng: random.Random) -> Column | None:
+    return rng.choice(columns) if columns else None
+
+
 def _value(column: Column, rng: random.Random) -> str:
     """A literal for a WHERE clause: one of a category's values (quoted if text), or a round point of a number's
     range."""
@@ -174,8 +185,8 @@ def _value(column: Column, rng: random.Random) -> str:
 
 def _single(t: Table, rng: random.Random) -> str | None:
     """A question over one table, or None when the table lacks the columns the drawn template needs."""
-    text, cat, amount, date = (rng.choice(t.of(k)) if t.of(k) else None for k in ("text", "cat", "num", "date"))
-    num = rng.choice(t.of("num") + t.of("level")) if t.of("num") + t.of("level") else None  # compared, averaged
+    text, cat, amount, date = (_pick(t.of(k), rng) for k in ("text", "cat", "num", "date"))
+    num = _pick(t.of("num") + t.of("level"), rng)  # compared and averaged; only an amount is summed
     year = rng.randint(2018, 2025)
     templates = [
         (cat, lambda: f"How many {t.words} are there for each {cat.words}?"),
@@ -202,8 +213,7 @@ def _joined(parent: Table, child: Table, rng: random.Random) -> str | None:
     label = (parent.of("text") or parent.of("cat") or [None])[0]
     if label is None:
         return None
-    amount = rng.choice(child.of("num")) if child.of("num") else None
-    num = rng.choice(child.of("num") + child.of("level")) if child.of("num") + child.of("level") else None
+    amount, num = _pick(child.of("num"), rng), _pick(child.of("num") + child.of("level"), rng)
     children = child.words
     templates = [
         lambda: f"For each {parent.singular}, give its {label.words} and the number of {children}.",
@@ -221,7 +231,7 @@ def _joined(parent: Table, child: Table, rng: random.Random) -> str | None:
 
 def sql_request(domain: str, rng: random.Random) -> str:
     """One request: the domain's schema, a question over it, asked one of several ways."""
-    tables = [parse_table(spec) for spec in DOMAINS[domain]]
+    tables = domain_tables(domain)
     by_name = {t.name: t for t in tables}
     links = [(by_name[c.values], t) for t in tables for c in t.of("fk")]
     question = None

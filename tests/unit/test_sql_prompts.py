@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from specdistill.data.prompts import read_conversations
-from specdistill.data.sql_prompts import ASKS, DOMAINS, parse_table, sql_prompts
+from specdistill.data.sql_prompts import ASKS, DOMAINS, domain_tables, sql_prompts
 
 HELDOUT = Path(__file__).resolve().parents[2] / "bench/prompts/sql-heldout.jsonl"
 
 
 def test_every_domain_parses_into_a_schema_sqlite_accepts():
-    for domain, specs in DOMAINS.items():
-        tables = [parse_table(spec) for spec in specs]
+    for domain in DOMAINS:
+        tables = domain_tables(domain)
         names = {t.name for t in tables}
         for table in tables:
             assert table.of("text") or table.of("cat") or table.of("fk"), f"{domain}.{table.name}: nothing to ask"
