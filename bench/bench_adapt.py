@@ -4,6 +4,7 @@
     python bench/bench_adapt.py --domain sql --out runs/adapt-sql   # text-to-SQL (held out: 3 schema domains)
     python bench/bench_adapt.py --capture-requests 200 --adapt-minutes 3 --out runs/adapt-small
     python bench/bench_adapt.py --reuse-capture runs/adapt/capture --ttt-steps 2 --out runs/adapt-ttt2   # adapt again
+    python bench/bench_adapt.py --measure runs/adapt/head/final --rounds 3 --out runs/adapt-again   # measure again
 
 1. capture  a real server (``specdistill serve``'s app, on loopback) with ``--capture --capture-features``
             answers ``--capture-requests`` requests of the domain, made from the standard library's
@@ -28,16 +29,21 @@
             ones come from 3 schema domains the capture never uses, and the hand-written ones from other
             domains (``bench/prompts/sql-heldout.jsonl``); the captured requests are near-duplicates of each
             other (60–90 questions and 6 ways of asking per schema), so the check's held-back tenth is barely
-            held out: the two held-out sets are the measure
+            held out: the two held-out sets are the measure. Each generator's retrieval store starts with the
+            answers the server gave while capturing, as the live server's held them at the swap (its store of
+            served outputs, which the swap keeps): the shipped head retrieves them too, so the figures are what
+            the swap adds on that server (``--cold-store``: empty stores, as a restarted server's; until
+            session 32 the benchmark measured so, which credited the adapt with the retrieval of the captured
+            answers that the adapted head's corpus holds and the shipped head's store then lacked)
 
 Also, per set, the check's score of both heads along the target's own greedy answers (teacher-forced predicted τ
 of a chain of 4: the same tokens for both, where decoding in bf16 may flip a near-tie of the target's logits
 with one head's verification and not the other's; the JSON counts the prompts whose tree outputs differ).
 
-Each measurement has three rows: as served (k auto, tree, retrieval with each head's corpus: tokens/s, and τ
-of what the policy chose, which moves by ±0.3 between runs with the policy's timing-driven choices), the
-tree with its retrieval branch on every step (τ of the head and its corpus, no policy), and a fixed chain of
-4 (τ of the head alone); each figure is the mean over the rounds.
+Each measurement has three rows: as served (k auto, tree, retrieval with each head's corpus and the served
+answers: tokens/s, and τ of what the policy chose, which moves by ±0.3 between runs with the policy's
+timing-driven choices), the tree with its retrieval branch on every step (τ of the head and its stores, no
+policy), and a fixed chain of 4 (τ of the head alone); each figure is the mean over the rounds.
 
 Prints a table, then ONE JSON line.
 """
@@ -91,6 +97,9 @@ def parse_args():
     parser.add_argument("--heldout", default="", help="hand-written held-out requests with the domain's category "
                         "(default: bench/prompts/sql-heldout.jsonl for sql, else broad-heldout.jsonl)")
     parser.add_argument("--capture-requests", type=int, default=1000)
+    parser.add_argument("--measure", default="", metavar="HEAD",
+                        help="only measure this adapted head (an earlier run's OUT/head/final) against the shipped "
+                             "one: no capture, adapt or swap")
     parser.add_argument("--reuse-capture", default="",
                         help="adapt on this capture folder (an earlier run's OUT/capture) instead of capturing anew")
     parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
@@ -114,6 +123,9 @@ def parse_args():
     parser.add_argument("--states-cache", default="",
                         help="the adapt's folder of computed target states (default OUT/features); one kept from an "
                              "earlier run skips the replay's")
+    parser.add_argument("--cold-store", action="store_true",
+                        help="measure both heads with empty retrieval stores (a restarted server), not with the "
+                             "outputs served while capturing (the live server at the swap)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default="runs/adapt")
     parser.add_argument("--num-heldout", type=int, default=0, help="measure the first N of each set (0 = all)")
@@ -144,11 +156,12 @@ def domain_prompts(domain: str, count: int, heldout: int, seed: int) -> tuple[li
 
 
 def measure(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]], max_tokens: int,
-            rounds: int) -> dict:
+            rounds: int, store: list[list[int]] = ()) -> dict:
     """Each head on each set, as served (k auto, tree, retrieval), with the tree on every step and as a chain of 4,
     ``rounds`` times: within a round each head keeps one generator per mode over the set (as one server
     would: its policy learns across requests), and the heads take each prompt in turn, so both see the same
-    seconds of a host whose speed drifts within minutes. Per head and set, the means over the rounds."""
+    seconds of a host whose speed drifts within minutes. Each generator's retrieval store starts with the
+    outputs in ``store``, as the server's held them at the swap. Per head and set, the means over the rounds."""
     modes = {"served": dict(num_draft_tokens="auto", draft_confidence=0.4, draft_tree="auto", draft_retrieval="auto"),
              "tree": dict(num_draft_tokens=4, draft_confidence=0.4, draft_tree="auto", draft_retrieval="auto"),
              "chain4": dict(num_draft_tokens=4)}
@@ -157,6 +170,9 @@ def measure(target, tokenizer, heads: dict, sets: dict[str, list[Conversation]],
         for _ in range(rounds):
             generators = {label: {mode: SpeculativeGenerator(target, head, **settings)
                                   for mode, settings in modes.items()} for label, head in heads.items()}
+            for generator in (g for by_mode in generators.values() for g in by_mode.values() if g.draft_retrieval):
+                for output in store:
+                    generator.draft_retrieval.learn(output)
             stats = {label: {mode: SpecStats() for mode in modes} for label in heads}
             tree_outputs = {label: [] for label in heads}
             for i, conversation in enumerate(conversations):
@@ -248,22 +264,28 @@ def adapt(capture: Path, out: Path, args) -> dict:
     return run_adapt(dataclasses.replace(config, train=train_config))
 
 
-def main():
-    args = parse_args()
-    args.heldout = args.heldout or str(ROOT / "bench/prompts" / ("sql-heldout.jsonl" if args.domain == "sql"
-                                                                   else "broad-heldout.jsonl"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    heldout = by_category(read_conversations(args.heldout))
-    if args.domain not in heldout:
-        raise SystemExit(f"{args.heldout} has no {args.domain!r} records; its categories: {sorted(heldout)}")
-    # The capture's requests and the wave around the swap, and the generated held-out ones from other modules.
-    captured_prompts, generated = domain_prompts(args.domain, args.capture_requests + 64, args.heldout_generated,
-                                                 args.seed)
-    captured_prompts, wave = captured_prompts[:-64], captured_prompts[-64:]
-    sets = {args.domain: heldout[args.domain][: args.num_heldout or None],
-            f"{args.domain}-generated": [Conversation.of(p) for p in generated],
-            "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
+def check_seed(head: Path, seed: int) -> None:
+    """--measure: the generated held-out requests come from the schema domains or modules that ``--seed`` kept out
+    of the capture, so measuring with another seed than the head's run would measure it on its own training
+    traffic."""
+    config = head.parent / "train_config.json"  # OUT/head/train_config.json beside OUT/head/final
+    trained = json.loads(config.read_text()).get("seed") if config.is_file() else None
+    if trained is not None and trained != seed:
+        raise SystemExit(f"{head} was adapted with --seed {trained}: measure it with --seed {trained} (its "
+                         f"held-out requests are kept out of that seed's capture), not {seed}")
+
+
+def served_outputs(capture: Path) -> list[list[int]]:
+    """The answers the server gave while capturing (its finished requests): its retrieval store held them at the
+    swap, for the shipped head as for the adapted one, so both are measured with them."""
+    if not capture.is_dir():
+        raise SystemExit(f"no capture folder at {capture}: give --reuse-capture the one the head was adapted on, "
+                         "or --cold-store to measure with empty retrieval stores")
+    return [list(answer) for answer in read_capture(str(capture), "smollm2-135m")["answer_ids"]]
+
+
+def run_cycle(args, out: Path, captured_prompts: list[str], wave: list[str]) -> dict:
+    """Steps 1-3: capture on a real server, adapt, swap while a wave streams; what each step reported."""
     capture = Path(args.reuse_capture) if args.reuse_capture else out / "capture"
     config = ServeConfig(capture="" if args.reuse_capture else str(capture), max_batch_size=args.clients,
                          max_queue=4 * args.capture_requests,
@@ -290,17 +312,46 @@ def main():
                                                                 args.max_tokens, args.clients, during=swap))
         print(f"swap: HTTP {status} {swapped}; {done} requests finished around it, {dropped} dropped", flush=True)
         metrics = httpx.get(url + "/metrics").text
+    return {"capture": str(capture), "captured": captured, "capture_failed": lost,
+            "capture_minutes": round(capture_minutes, 2),
+            "adapt": trained, "swap_status": status, "swap": swapped, "finished_around_swap": done,
+            "dropped_around_swap": dropped,
+            "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
+
+
+def main():
+    args = parse_args()
+    args.heldout = args.heldout or str(ROOT / "bench/prompts" / ("sql-heldout.jsonl" if args.domain == "sql"
+                                                                   else "broad-heldout.jsonl"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    heldout = by_category(read_conversations(args.heldout))
+    if args.domain not in heldout:
+        raise SystemExit(f"{args.heldout} has no {args.domain!r} records; its categories: {sorted(heldout)}")
+    # The capture's requests and the wave around the swap, and the generated held-out ones from other modules.
+    captured_prompts, generated = domain_prompts(args.domain, args.capture_requests + 64, args.heldout_generated,
+                                                 args.seed)
+    captured_prompts, wave = captured_prompts[:-64], captured_prompts[-64:]
+    sets = {args.domain: heldout[args.domain][: args.num_heldout or None],
+            f"{args.domain}-generated": [Conversation.of(p) for p in generated],
+            "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
+    # --measure: an adapted head measured again (another host, more rounds), no capture, adapt or swap.
+    if args.measure:
+        check_seed(Path(args.measure), args.seed)
+    cycle = ({"capture": args.reuse_capture or str(Path(args.measure).parents[1] / "capture"),
+              "adapt": {"draft": args.measure}} if args.measure else run_cycle(args, out, captured_prompts, wave))
+    adapted = cycle["adapt"]["draft"]
+    served = [] if args.cold_store else served_outputs(Path(cycle["capture"]))
     target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
     heads = {"before": load_draft("default", target, torch.bfloat16)[0],
              "after": load_draft(str(adapted), target, torch.bfloat16)[0]}
     corpus_tokens = {label: len(corpus_for(head, head.vocab_size).tokens) for label, head in heads.items()}
     print("the shipped head (before) and the adapted one (after), in turns", flush=True)
-    measured = measure(target, tokenizer, heads, sets, args.max_tokens, args.rounds)
+    print(f"each retrieval store starts with the {len(served)} outputs served before the measurement", flush=True)
+    measured = measure(target, tokenizer, heads, sets, args.max_tokens, args.rounds, served)
     before, after = measured["before"], measured["after"]
     forced = teacher_forced(target, tokenizer, heads, sets, args.max_tokens, out)
-    report = {"domain": args.domain, "rounds": args.rounds, "captured": captured, "capture_failed": lost,
-              "capture_minutes": round(capture_minutes, 2), "adapt": trained, "swap_status": status,
-              "swap": swapped, "finished_around_swap": done, "dropped_around_swap": dropped,
+    report = {"domain": args.domain, "rounds": args.rounds, **cycle, "served_store": len(served),
               "corpus_tokens": corpus_tokens, "before": before, "after": after,
               "tau_gain": {k: round(after[k]["tau"] - before[k]["tau"], 3) for k in sets},
               "tree_tau_gain": {k: round(after[k]["tree_tau"] - before[k]["tree_tau"], 3) for k in sets},
@@ -308,8 +359,7 @@ def main():
               "speedup": {k: round(after[k]["tokens_per_s"] / before[k]["tokens_per_s"], 3) for k in sets},
               "teacher_forced": forced,
               "teacher_forced_gain": {k: round(forced["after"][k]["tau"] - forced["before"][k]["tau"], 3)
-                                      for k in sets},
-              "by_draft_metrics": [line for line in metrics.splitlines() if "_by_draft_total{" in line]}
+                                      for k in sets}}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(f"\n{'set':22} {'tau before':>10} {'after':>6} {'tok/s before':>13} {'after':>6} {'x':>6} "
           f"{'tree tau before':>16} {'after':>6} {'chain-4 tau before':>19} {'after':>6} {'forced before':>14} "
