@@ -30,8 +30,8 @@
             domains (``bench/prompts/sql-heldout.jsonl``); the captured requests are near-duplicates of each
             other (60–90 questions and 6 ways of asking per schema), so the check's held-back tenth is barely
             held out: the two held-out sets are the measure. Each generator's retrieval store starts with the
-            answers the server gave while capturing, as the live server's held them at the swap (its store of
-            served outputs, which the swap keeps): the shipped head retrieves them too, so the figures are what
+            capture's answers (the swap wave's included), as the live server's store of served outputs held them
+            around the swap (the swap keeps it): the shipped head retrieves them too, so the figures are what
             the swap adds on that server (``--cold-store``: empty stores, as a restarted server's; until
             session 32 the benchmark measured so, which credited the adapt with the retrieval of the captured
             answers that the adapted head's corpus holds and the shipped head's store then lacked)
@@ -99,9 +99,12 @@ def parse_args():
     parser.add_argument("--capture-requests", type=int, default=1000)
     parser.add_argument("--measure", default="", metavar="HEAD",
                         help="only measure this adapted head (an earlier run's OUT/head/final) against the shipped "
-                             "one: no capture, adapt or swap")
+                             "one: no capture, adapt or swap (give the run's --domain, --seed, --capture-requests and "
+                             "--heldout-generated: they make the held-out requests; the report holds the measure "
+                             "only)")
     parser.add_argument("--reuse-capture", default="",
-                        help="adapt on this capture folder (an earlier run's OUT/capture) instead of capturing anew")
+                        help="adapt on this capture folder (an earlier run's OUT/capture) instead of capturing anew; "
+                             "with --measure, the capture whose answers fill the stores (default: the head's run's)")
     parser.add_argument("--adapt-minutes", type=float, default=15.0, help="the whole adapt, feature cache included")
     parser.add_argument("--heldout-generated", type=int, default=20,
                         help="requests made like the captured ones, never sent before the swap, measured too")
@@ -337,9 +340,13 @@ def main():
             "chat": [Conversation.of(p) for p in HELDOUT_PROMPTS][: args.num_heldout or None]}
     # --measure: an adapted head measured again (another host, more rounds), no capture, adapt or swap.
     if args.measure:
+        run = Path(args.measure).resolve().parents[1]  # OUT of OUT/head/final
         check_seed(Path(args.measure), args.seed)
-    cycle = ({"capture": args.reuse_capture or str(Path(args.measure).parents[1] / "capture"),
-              "adapt": {"draft": args.measure}} if args.measure else run_cycle(args, out, captured_prompts, wave))
+        if out.resolve() == run:
+            raise SystemExit(f"--out {args.out} is the measured head's run folder: give another, so its report stays")
+        cycle = {"capture": args.reuse_capture or str(run / "capture"), "adapt": {"draft": args.measure}}
+    else:
+        cycle = run_cycle(args, out, captured_prompts, wave)
     adapted = cycle["adapt"]["draft"]
     served = [] if args.cold_store else served_outputs(Path(cycle["capture"]))
     target, tokenizer = load_target("smollm2-135m", dtype=torch.bfloat16)
